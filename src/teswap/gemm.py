@@ -1,0 +1,71 @@
+"""The one place the `torch` backend's layers do their GEMMs (qkv, proj, fc1, fc2).
+
+Keeping every matmul behind `GemmSite` is what lets the FP8 recipe emulation quantize exactly the
+four GEMMs TE runs in FP8, and nothing else (norms, RoPE, attention and residuals stay high
+precision, as in TE).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class GemmSite:
+    """One GEMM of a TE-layout layer, named as TE names its module (qkv, proj, fc1, fc2)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """y = inp @ weight.T (no bias: TE's Llama layers are bias-free)."""
+        return F.linear(inp, weight)
+
+    def __repr__(self) -> str:
+        return f"GemmSite({self.name!r})"
+
+
+class NoopCat(torch.autograd.Function):
+    """Hand a GEMM the fused weight that split parameters are views of; split its gradient back.
+
+    TE keeps query/key/value weights as views of one buffer so the fused QKV GEMM needs no copy;
+    copying per forward would double the QKV weights saved for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, fused: torch.Tensor, *parts: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.sizes = [p.shape[0] for p in parts]
+        return fused.view_as(fused)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return (None, *grad.split(ctx.sizes, dim=0))
+
+
+def is_view_chain(fused: torch.Tensor | None, parts: list[torch.Tensor]) -> bool:
+    """True when `parts` are consecutive row blocks of `fused`, in order, sharing its storage."""
+    if fused is None:
+        return False
+    offset = 0
+    for part in parts:
+        expected_ptr = fused.data_ptr() + offset * fused.stride(0) * fused.element_size()
+        if (
+            part.device != fused.device
+            or part.dtype != fused.dtype
+            or not part.is_contiguous()
+            or part.data_ptr() != expected_ptr
+        ):
+            return False
+        offset += part.shape[0]
+    return offset == fused.shape[0]
+
+
+def fuse_in_place(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Re-point `params` at consecutive row blocks of one new buffer and return that buffer."""
+    with torch.no_grad():
+        fused = torch.cat([p.detach() for p in params], dim=0)
+        offset = 0
+        for p in params:
+            p.data = fused[offset : offset + p.shape[0]]
+            offset += p.shape[0]
+    return fused

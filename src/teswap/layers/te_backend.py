@@ -1,0 +1,94 @@
+"""`TELlamaDecoderLayer` on `transformer_engine.pytorch.TransformerLayer` (TE 2.x, read from its source).
+
+The class is made on demand because importing TE needs a CUDA build of its PyTorch extension; the
+module itself imports nothing from TE. Differences from TE's te_llama example, on purpose:
+RoPE from the HF model's own inv_freq (one shared table), attention_scaling honoured through the
+softmax scale, kv_channels = config head_dim, layer_number = layer_idx + 1, a tensor returned,
+cache / padding / packed inputs refused instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PretrainedConfig
+
+from teswap.errors import UnsupportedConfigError
+from teswap.layers.hf_adapter import check_decoder_call, te_layer_kwargs
+from teswap.rope import attention_softmax_scale, shared_table_for
+
+# TE's DotProductAttention keeps its softmax scale on itself and on each attention backend; TE's
+# TransformerLayer has no softmax_scale argument (always 1/sqrt(kv_channels)).
+_SOFTMAX_SCALE_HOLDERS = ("", "flash_attention", "fused_attention", "unfused_attention")
+
+
+def te_transformer_layer_kwargs(config: PretrainedConfig, layer_idx: int, *, fuse_qkv: bool) -> dict[str, Any]:
+    """Every TransformerLayer argument we pass, by keyword (TE's positional order changes)."""
+    return {
+        **te_layer_kwargs(config, layer_idx),
+        "hidden_dropout": 0.0,
+        "bias": False,
+        "fuse_qkv_params": fuse_qkv,
+        "normalization": "RMSNorm",
+        "activation": "swiglu",
+        "attn_input_format": "bshd",
+        "self_attn_mask_type": "causal",
+        "params_dtype": torch.get_default_dtype(),  # HF's _from_config sets it to the model dtype
+        "device": torch.get_default_device(),
+    }
+
+
+def set_softmax_scale(layer: torch.nn.Module, scale: float) -> None:
+    """Override TE's 1/sqrt(kv_channels) where attention_scaling != 1; refuse if TE's layout moved."""
+    core = layer.self_attention.core_attention
+    holders = [core if not name else getattr(core, name, None) for name in _SOFTMAX_SCALE_HOLDERS]
+    found = [h for h in holders if h is not None and hasattr(h, "softmax_scale")]
+    if not found:
+        raise UnsupportedConfigError(
+            "this TransformerEngine version keeps no softmax_scale on core_attention; rope types with "
+            "attention_scaling != 1 (yarn, longrope) cannot be honoured by the te backend"
+        )
+    for holder in found:
+        holder.softmax_scale = scale
+
+
+def te_decoder_class(*, fuse_qkv: bool = False) -> type:
+    """Build the TE decoder-layer class (imports transformer_engine.pytorch now)."""
+    import transformer_engine.pytorch as te
+
+    class TELlamaDecoderLayer(te.TransformerLayer):
+        """A drop-in for LlamaDecoderLayer on TE's TransformerLayer."""
+
+        backend = "te"
+        fuse_qkv_params = fuse_qkv
+
+        def __init__(self, config: PretrainedConfig, layer_idx: int) -> None:
+            kwargs = te_transformer_layer_kwargs(config, layer_idx, fuse_qkv=fuse_qkv)
+            super().__init__(**kwargs)
+            self.layer_idx = layer_idx
+            self.rope = shared_table_for(config)  # `bind_rope` re-points it at the model's own
+            if self.rope.attention_scaling != 1.0:
+                set_softmax_scale(self, attention_softmax_scale(self.rope, kwargs["kv_channels"]))
+
+        def forward(  # type: ignore[override]
+            self,
+            hidden_states: torch.Tensor,
+            attention_mask: torch.Tensor | None = None,
+            position_ids: torch.Tensor | None = None,
+            cache: Any = None,
+            use_cache: bool | None = False,
+            position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+            past_key_values: Any = None,
+            **kwargs: Any,
+        ) -> torch.Tensor:
+            seq_len = hidden_states.shape[1]
+            check_decoder_call(attention_mask=attention_mask, cache=cache, past_key_values=past_key_values,
+                               use_cache=use_cache, seq_len=seq_len, kwargs=kwargs)
+            freqs = self.rope.freqs(position_ids, seq_len, hidden_states.device)
+            # Mask type "causal": TE builds the causal mask itself; a padded mask was refused above.
+            return super().forward(hidden_states, attention_mask=None, rotary_pos_emb=freqs)
+
+    if fuse_qkv:
+        TELlamaDecoderLayer.__name__ = TELlamaDecoderLayer.__qualname__ = "TELlamaDecoderLayerFusedQKV"
+    return TELlamaDecoderLayer

@@ -1,0 +1,180 @@
+"""A pure-PyTorch TE-layout transformer layer: TE's TransformerLayer math, on CPU or any GPU.
+
+Module tree and parameter names match `transformer_engine.pytorch.TransformerLayer` built with
+normalization="RMSNorm", activation="swiglu", bias=False:
+
+    self_attention.layernorm_qkv.{layer_norm_weight, query_weight, key_weight, value_weight}
+                                 (or .weight when fuse_qkv_params=True)
+    self_attention.proj.weight
+    layernorm_mlp.{layer_norm_weight, fc1_weight, fc2_weight}
+
+so one HF<->TE mapping serves both backends. The math follows TE: RMSNorm fused ahead of the QKV and
+fc1 GEMMs (computed in fp32), one QKV GEMM, RoPE from fp32 freqs, causal GQA attention, SwiGLU with
+SiLU on the FIRST half of fc1's output, every GEMM through a `GemmSite`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from teswap.gemm import GemmSite, NoopCat, fuse_in_place, is_view_chain
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, zero_centered_gamma: bool) -> torch.Tensor:
+    """TE's RMSNorm: y = x / sqrt(mean(x^2) + eps) * gamma in fp32, cast back to x's dtype."""
+    xf = x.float()
+    gamma = weight.float() + 1.0 if zero_centered_gamma else weight.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * gamma).to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Non-interleaved RoPE on bshd `t` from fp32 freqs [s, 1, 1, d], in fp32 like TE's fused kernel."""
+    angles = freqs.transpose(0, 1)  # [1, s, 1, d] broadcasts over batch and heads in bshd
+    tf = t.float()
+    return (tf * angles.cos() + rotate_half(tf) * angles.sin()).to(t.dtype)
+
+
+class LayerNormLinear(nn.Module):
+    """RMSNorm then one GEMM; split parameters (query_/key_/value_weight) or one fused `weight`."""
+
+    def __init__(self, hidden_size: int, splits: dict[str, int], *, eps: float, fused: bool,
+                 zero_centered_gamma: bool, gemm_name: str) -> None:
+        super().__init__()
+        self.eps = eps
+        self.zero_centered_gamma = zero_centered_gamma
+        self.split_names = [f"{name}_weight" for name in splits] if not fused else []
+        self.layer_norm_weight = nn.Parameter(torch.ones(hidden_size))
+        total = sum(splits.values())
+        if fused:
+            self.weight = nn.Parameter(torch.empty(total, hidden_size))
+            nn.init.normal_(self.weight, std=0.023)
+        else:
+            for name, rows in splits.items():
+                param = nn.Parameter(torch.empty(rows, hidden_size))
+                nn.init.normal_(param, std=0.023)
+                self.register_parameter(f"{name}_weight", param)
+        self._fused_buffer: torch.Tensor | None = None
+        self.gemm = GemmSite(gemm_name)
+
+    def gemm_weight(self) -> torch.Tensor:
+        """The [out, in] weight of the one GEMM, without copying split parameters."""
+        if not self.split_names:
+            return self.weight
+        parts = [getattr(self, name) for name in self.split_names]
+        if not is_view_chain(self._fused_buffer, parts):  # after .to(), load or re-assignment
+            self._fused_buffer = fuse_in_place(parts)
+        return NoopCat.apply(self._fused_buffer, *parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = rms_norm(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
+        return self.gemm(normed, self.gemm_weight())
+
+
+class Linear(nn.Module):
+    """The attention output projection: one GEMM, TE's `proj` module."""
+
+    def __init__(self, in_features: int, out_features: int, *, gemm_name: str) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.normal_(self.weight, std=0.023)
+        self.gemm = GemmSite(gemm_name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gemm(x, self.weight)
+
+
+class LayerNormMLP(nn.Module):
+    """RMSNorm, fc1 ([gate; up] rows), SwiGLU = silu(first half) * second half, fc2."""
+
+    def __init__(self, hidden_size: int, ffn_hidden_size: int, *, eps: float, zero_centered_gamma: bool) -> None:
+        super().__init__()
+        self.eps = eps
+        self.zero_centered_gamma = zero_centered_gamma
+        self.layer_norm_weight = nn.Parameter(torch.ones(hidden_size))
+        self.fc1_weight = nn.Parameter(torch.empty(2 * ffn_hidden_size, hidden_size))
+        self.fc2_weight = nn.Parameter(torch.empty(hidden_size, ffn_hidden_size))
+        nn.init.normal_(self.fc1_weight, std=0.023)
+        nn.init.normal_(self.fc2_weight, std=0.023)
+        self.fc1 = GemmSite("fc1")
+        self.fc2 = GemmSite("fc2")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = rms_norm(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
+        gate, up = self.fc1(normed, self.fc1_weight).chunk(2, dim=-1)
+        return self.fc2(F.silu(gate) * up, self.fc2_weight)
+
+
+class MultiheadAttention(nn.Module):
+    """TE-layout self-attention: fused-norm QKV GEMM, RoPE, causal GQA SDPA, output projection."""
+
+    def __init__(self, *, hidden_size: int, num_attention_heads: int, num_gqa_groups: int, kv_channels: int,
+                 eps: float, fuse_qkv_params: bool, attention_dropout: float, softmax_scale: float | None,
+                 zero_centered_gamma: bool) -> None:
+        super().__init__()
+        if num_attention_heads % num_gqa_groups:
+            raise ValueError(f"{num_attention_heads} heads do not split into {num_gqa_groups} groups")
+        self.heads, self.groups, self.head_dim = num_attention_heads, num_gqa_groups, kv_channels
+        self.fused = fuse_qkv_params
+        self.attention_dropout = attention_dropout
+        self.softmax_scale = softmax_scale if softmax_scale is not None else kv_channels**-0.5
+        q_rows, kv_rows = num_attention_heads * kv_channels, num_gqa_groups * kv_channels
+        self.layernorm_qkv = LayerNormLinear(
+            hidden_size, {"query": q_rows, "key": kv_rows, "value": kv_rows}, eps=eps, fused=fuse_qkv_params,
+            zero_centered_gamma=zero_centered_gamma, gemm_name="qkv",
+        )
+        self.proj = Linear(q_rows, hidden_size, gemm_name="proj")
+
+    def split_qkv(self, mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Split the QKV GEMM output into bshd q, k, v as TE's MultiheadAttention does."""
+        b, s, _ = mixed.shape
+        if self.fused:  # interleaved per group: [q_g0 .. q_g(n-1), k_g, v_g] for each group g
+            per_group = self.heads // self.groups
+            grouped = mixed.view(b, s, self.groups, per_group + 2, self.head_dim)
+            q, k, v = grouped.split([per_group, 1, 1], dim=3)
+            return q.reshape(b, s, self.heads, self.head_dim), k.squeeze(3), v.squeeze(3)
+        q_rows, kv_rows = self.heads * self.head_dim, self.groups * self.head_dim
+        q, k, v = mixed.split([q_rows, kv_rows, kv_rows], dim=-1)
+        return (q.view(b, s, self.heads, self.head_dim), k.view(b, s, self.groups, self.head_dim),
+                v.view(b, s, self.groups, self.head_dim))
+
+    def forward(self, x: torch.Tensor, rotary_pos_emb: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q, k, v = self.split_qkv(self.layernorm_qkv(x))
+        q, k = apply_rotary(q, rotary_pos_emb), apply_rotary(k, rotary_pos_emb)
+        context = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=True, scale=self.softmax_scale, enable_gqa=self.groups != self.heads,
+        )
+        return self.proj(context.transpose(1, 2).reshape(b, s, self.heads * self.head_dim))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm decoder layer with TE's module tree: x + attn(norm(x)), then + mlp(norm(.))."""
+
+    def __init__(self, *, hidden_size: int, ffn_hidden_size: int, num_attention_heads: int, num_gqa_groups: int,
+                 kv_channels: int, layernorm_epsilon: float, layer_number: int, fuse_qkv_params: bool = False,
+                 attention_dropout: float = 0.0, softmax_scale: float | None = None,
+                 zero_centered_gamma: bool = False) -> None:
+        super().__init__()
+        self.layer_number = layer_number
+        self.self_attention = MultiheadAttention(
+            hidden_size=hidden_size, num_attention_heads=num_attention_heads, num_gqa_groups=num_gqa_groups,
+            kv_channels=kv_channels, eps=layernorm_epsilon, fuse_qkv_params=fuse_qkv_params,
+            attention_dropout=attention_dropout, softmax_scale=softmax_scale,
+            zero_centered_gamma=zero_centered_gamma,
+        )
+        self.layernorm_mlp = LayerNormMLP(
+            hidden_size, ffn_hidden_size, eps=layernorm_epsilon, zero_centered_gamma=zero_centered_gamma
+        )
+
+    def forward(self, hidden_states: torch.Tensor, rotary_pos_emb: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attention(hidden_states, rotary_pos_emb)
+        return hidden_states + self.layernorm_mlp(hidden_states)

@@ -1,0 +1,120 @@
+"""`build_pair`: the stock HF model and a TE-swapped copy with identical weights, from one seed."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+from teswap.backends import get_backend
+from teswap.checksum import tensor_checksum
+from teswap.errors import MappingError, TeswapError
+from teswap.families import Family, family_for_config
+from teswap.layers.hf_adapter import validate_config
+from teswap.mapping import hf_to_te_state_dict, te_to_hf_state_dict
+from teswap.rope import bind_rope
+from teswap.sources import ResolvedSource, Source, resolve_source
+from teswap.swap import no_swap_active, replace_decoder
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pair:
+    """Stock and swapped causal-LM models (eval mode) and the proof their weights are equal."""
+
+    stock: PreTrainedModel
+    swapped: PreTrainedModel
+    source: str
+    backend: str
+    seed: int
+    dtype: torch.dtype
+    device: torch.device
+    fuse_qkv: bool
+    # HF key -> (checksum of the stock tensor, checksum of the swapped tensor mapped back to HF)
+    checksums: dict[str, tuple[str, str]] = field(repr=False)
+
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.stock.config
+
+    @property
+    def weights_equal(self) -> bool:
+        return all(a == b for a, b in self.checksums.values())
+
+
+def build_pair(
+    source: Source,
+    *,
+    seed: int = 0,
+    backend: str = "torch",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    fuse_qkv: bool = False,
+) -> Pair:
+    """Build stock under `seed`, then the swapped model under `replace_decoder`, then copy weights."""
+    resolved = resolve_source(source)
+    family = family_for_config(resolved.config)
+    validate_config(resolved.config)
+    chosen = get_backend(backend)
+    chosen.require()
+    device = torch.device(device)
+    stock = _build_stock(resolved, family, seed=seed, dtype=dtype, device=device)
+    swapped = _build_swapped(stock, family, chosen.decoder_class(fuse_qkv), dtype=dtype, device=device)
+    _copy_weights(stock, swapped, fuse_qkv=fuse_qkv)
+    bind_rope(swapped)
+    return Pair(
+        stock=stock.eval(), swapped=swapped.eval(), source=resolved.name, backend=backend, seed=seed,
+        dtype=dtype, device=device, fuse_qkv=fuse_qkv, checksums=weight_checksums(stock, swapped),
+    )
+
+
+def _build_stock(resolved: ResolvedSource, family: Family, *, seed: int, dtype: torch.dtype,
+                 device: torch.device) -> PreTrainedModel:
+    """The unmodified HF model: loaded from safetensors when the source has them, else seeded init."""
+    module = family.module()
+    causal_lm = family.causal_lm_class()
+    with no_swap_active():  # no other thread may have the decoder class patched meanwhile
+        current = getattr(module, family.decoder_class_name)
+        if current.__module__ != module.__name__:
+            raise TeswapError(
+                f"{family.decoder_class_name} is currently replaced by {current.__qualname__}: "
+                "build_pair must not be called inside replace_decoder"
+            )
+        torch.manual_seed(seed)
+        if resolved.weights_dir is not None:
+            return causal_lm.from_pretrained(
+                resolved.weights_dir, dtype=dtype, device_map=str(device), local_files_only=True
+            )
+        with torch.device(device):
+            return causal_lm._from_config(copy.deepcopy(resolved.config), dtype=dtype)
+
+
+def _build_swapped(stock: PreTrainedModel, family: Family, decoder_cls: type, *, dtype: torch.dtype,
+                   device: torch.device) -> PreTrainedModel:
+    config = copy.deepcopy(stock.config)
+    config.use_cache = False  # the swapped layers have no KV cache; HF would build one they never fill
+    config._attn_implementation = "sdpa"  # plain causal batches then pass attention_mask=None
+    with replace_decoder(decoder_cls, family=family.name), torch.device(device):
+        return family.causal_lm_class()._from_config(config, dtype=dtype)
+
+
+def _copy_weights(stock: PreTrainedModel, swapped: PreTrainedModel, *, fuse_qkv: bool) -> None:
+    """Load the stock weights, mapped to TE layout, into the swapped model; every key must land."""
+    mapped = hf_to_te_state_dict(stock.state_dict(), stock.config, fuse_qkv_params=fuse_qkv)
+    result = swapped.load_state_dict(mapped, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if missing or result.unexpected_keys:
+        raise MappingError(f"swapped model did not take the mapped weights: missing {missing}, "
+                           f"unexpected {result.unexpected_keys}")
+    if stock.config.tie_word_embeddings:
+        swapped.tie_weights()
+
+
+def weight_checksums(stock: PreTrainedModel, swapped: PreTrainedModel) -> dict[str, tuple[str, str]]:
+    """Per HF key, the checksum of the stock tensor and of the swapped model's tensor mapped back."""
+    stock_sd = stock.state_dict()
+    back = te_to_hf_state_dict(swapped.state_dict(), swapped.config)
+    if back.keys() != stock_sd.keys():
+        raise MappingError(f"swapped weights map back to different keys: {sorted(back.keys() ^ stock_sd.keys())}")
+    return {key: (tensor_checksum(stock_sd[key]), tensor_checksum(back[key])) for key in stock_sd}

@@ -1,0 +1,96 @@
+"""One RoPE table per model, derived from the HF model's own rotary embedding.
+
+TE's example builds a max_position_embeddings-long table per layer with TE's default base 10000,
+ignoring rope_theta and rope scaling. Here the frequencies come from the HF rotary module's
+`inv_freq` (which already folds in rope_theta and llama3/yarn/linear scaling) at the positions
+actually used, in fp32, in TE's layout [s, 1, 1, d]. TE's freqs cannot carry HF's
+`attention_scaling` (yarn, longrope multiply cos and sin by it); since RoPE is a rotation, scaling q
+and k by c equals scaling the softmax by c^2, which is how the layers honour it
+(`attention_softmax_scale`).
+"""
+
+from __future__ import annotations
+
+import weakref
+import torch
+from torch import nn
+
+from teswap.errors import UnsupportedInputError
+
+
+class RopeTable:
+    """Shared by every swapped layer of one model; computes freqs once per forward."""
+
+    def __init__(self, rotary_emb: nn.Module) -> None:
+        self.rotary_emb = rotary_emb  # the HF model's module (not registered: no state-dict entry)
+        self._cached: tuple[torch.Tensor, int, torch.Tensor] | None = None
+
+    @property
+    def attention_scaling(self) -> float:
+        return float(getattr(self.rotary_emb, "attention_scaling", 1.0))
+
+    def freqs(self, position_ids: torch.Tensor | None, seq_len: int, device: torch.device) -> torch.Tensor:
+        """fp32 [s, 1, 1, d] = cat(f, f) at `position_ids` ([1, s], or [b, s] with equal rows) or 0..s-1."""
+        inv_freq: torch.Tensor = self.rotary_emb.inv_freq
+        version = inv_freq._version  # dynamic rope rewrites inv_freq in place
+        cached = self._cached
+        if cached is not None and cached[0] is position_ids and cached[1] == version and position_ids is not None:
+            return cached[2]
+        positions = self._positions(position_ids, seq_len, device)
+        angles = torch.outer(positions, inv_freq.to(device=device, dtype=torch.float32))
+        result = torch.cat((angles, angles), dim=-1).reshape(seq_len, 1, 1, -1)
+        if position_ids is not None:  # holding the tensor keeps its id from being reused
+            self._cached = (position_ids, version, result)
+        return result
+
+    @staticmethod
+    def _positions(position_ids: torch.Tensor | None, seq_len: int, device: torch.device) -> torch.Tensor:
+        if position_ids is None:
+            return torch.arange(seq_len, device=device, dtype=torch.float32)
+        if position_ids.dim() == 1:
+            position_ids = position_ids.unsqueeze(0)
+        if position_ids.shape[-1] != seq_len:
+            raise UnsupportedInputError(
+                f"position_ids cover {position_ids.shape[-1]} positions but the input has {seq_len}"
+            )
+        if position_ids.shape[0] > 1 and not bool((position_ids == position_ids[:1]).all()):
+            raise UnsupportedInputError(
+                "per-row position_ids (left padding, packed sequences) are not supported by the swapped "
+                "layers: TE's rotary_pos_emb is one [s, 1, 1, d] table for the whole batch"
+            )
+        return position_ids[0].to(device=device, dtype=torch.float32)
+
+
+_TABLES_BY_CONFIG: dict[int, RopeTable] = {}
+
+
+def shared_table_for(config) -> RopeTable:
+    """One table per config object, over a rotary module built from it as the HF model builds its own.
+
+    Layers built by `replace_decoder` alone (TE's example pattern) use this until `bind_rope` points
+    them at the model's own rotary module; either way all layers of a model share one table.
+    """
+    key = id(config)
+    table = _TABLES_BY_CONFIG.get(key)
+    if table is None:
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        table = RopeTable(LlamaRotaryEmbedding(config=config))
+        _TABLES_BY_CONFIG[key] = table
+        weakref.finalize(config, _TABLES_BY_CONFIG.pop, key, None)
+    return table
+
+
+def attention_softmax_scale(table: RopeTable, head_dim: int) -> float:
+    """1/sqrt(head_dim), times attention_scaling^2 where HF scales cos and sin (yarn, longrope)."""
+    return table.attention_scaling**2 / head_dim**0.5
+
+
+def bind_rope(model: nn.Module) -> RopeTable:
+    """Point every swapped layer of `model` at one RopeTable over the model's own rotary module."""
+    base = getattr(model, "model", model)
+    table = RopeTable(base.rotary_emb)
+    for layer in base.layers:
+        if hasattr(layer, "rope"):
+            layer.rope = table
+    return table

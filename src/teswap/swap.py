@@ -1,0 +1,35 @@
+"""`replace_decoder`: the scoped swap of a family's decoder-layer class (TE's te_llama pattern)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from teswap.families import get_family
+
+# The patch is process-global (a module attribute), so one lock serialises every patch and every
+# stock build that must not see one. Re-entrant: nested swaps in one thread are allowed and each
+# level restores what it found.
+SWAP_LOCK = threading.RLock()
+
+
+@contextmanager
+def replace_decoder(te_decoder_cls: type, family: str = "llama") -> Iterator[None]:
+    """Make models of `family` built inside the block use `te_decoder_cls`; always restore."""
+    fam = get_family(family)
+    module = fam.module()
+    with SWAP_LOCK:
+        original = getattr(module, fam.decoder_class_name)
+        setattr(module, fam.decoder_class_name, te_decoder_cls)
+        try:
+            yield
+        finally:  # also on KeyboardInterrupt and GeneratorExit
+            setattr(module, fam.decoder_class_name, original)
+
+
+@contextmanager
+def no_swap_active() -> Iterator[None]:
+    """Hold the swap lock so no other thread's swap is active while a stock model is built."""
+    with SWAP_LOCK:
+        yield
