@@ -22,10 +22,16 @@ from torch import nn
 from teswap.gemm import GemmSite, NoopCat, fuse_in_place, is_view_chain
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """TE computes norms and RoPE in fp32; an fp64 reference run keeps fp64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, zero_centered_gamma: bool) -> torch.Tensor:
-    """TE's RMSNorm: y = x / sqrt(mean(x^2) + eps) * gamma in fp32, cast back to x's dtype."""
-    xf = x.float()
-    gamma = weight.float() + 1.0 if zero_centered_gamma else weight.float()
+    """TE's RMSNorm: y = x / sqrt(mean(x^2) + eps) * gamma in fp32 (fp64 stays fp64), cast back once."""
+    compute = _compute_dtype(x)
+    xf = x.to(compute)
+    gamma = weight.to(compute) + 1.0 if zero_centered_gamma else weight.to(compute)
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * gamma).to(x.dtype)
 
 
@@ -36,9 +42,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rotary(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Non-interleaved RoPE on bshd `t` from fp32 freqs [s, 1, 1, d], in fp32 like TE's fused kernel."""
+    compute = _compute_dtype(t)
     angles = freqs.transpose(0, 1)  # [1, s, 1, d] broadcasts over batch and heads in bshd
-    tf = t.float()
-    return (tf * angles.cos() + rotate_half(tf) * angles.sin()).to(t.dtype)
+    cos, sin = angles.cos().to(compute), angles.sin().to(compute)  # sincos in fp32, as TE's kernel
+    tf = t.to(compute)
+    return (tf * cos + rotate_half(tf) * sin).to(t.dtype)
 
 
 class LayerNormLinear(nn.Module):
