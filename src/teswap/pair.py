@@ -83,9 +83,9 @@ def _build_stock(resolved: ResolvedSource, family: Family, *, seed: int, dtype: 
             )
         torch.manual_seed(seed)
         if resolved.weights_dir is not None:
-            return causal_lm.from_pretrained(
-                resolved.weights_dir, dtype=dtype, device_map=str(device), local_files_only=True
-            )
+            # No device_map: that needs `accelerate`; load on the host, then move.
+            model = causal_lm.from_pretrained(resolved.weights_dir, dtype=dtype, local_files_only=True)
+            return model.to(device)
         with torch.device(device):
             return causal_lm._from_config(copy.deepcopy(resolved.config), dtype=dtype)
 
