@@ -9,14 +9,13 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 
+from support import logits_of, random_ids, rel_max_err
 from teswap import replace_decoder
 from teswap.errors import SourceError
 from teswap.layers.torch_backend import TorchLlamaDecoderLayer, TorchLlamaDecoderLayerFusedQKV
 from teswap.mapping import hf_to_te_state_dict
 from teswap.presets import tiny
 from teswap.rope import RopeTable
-
-from support import logits_of, random_ids, rel_max_err
 
 ORIGINAL = modeling_llama.LlamaDecoderLayer
 

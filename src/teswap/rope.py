@@ -12,6 +12,7 @@ and k by c equals scaling the softmax by c^2, which is how the layers honour it
 from __future__ import annotations
 
 import weakref
+
 import torch
 from torch import nn
 
