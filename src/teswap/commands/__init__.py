@@ -1,0 +1,1 @@
+"""teswap subcommands: one module each, with `register(subparsers)` and `main(args) -> int`."""

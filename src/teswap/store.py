@@ -1,0 +1,142 @@
+"""The results store: append-only JSON-lines files, one per run, never overwritten.
+
+Layout (documented in results/README.md):
+
+    <root>/<machine>/<utc>_<sha7>[-dirty]_<run_id>.jsonl
+
+`<machine>` is a slug of the GPU name (or CPU model) and hostname, so runs from different machines
+never share a folder. Each line is one record (a parity case or a benchmark cell) with
+`schema_version`, `kind`, `run_id` and full provenance. A line is written whole under an exclusive
+file lock, flushed and fsynced before `append` returns, so a crash or Ctrl-C loses no finished record
+and two writers in one file cannot interleave. A killed writer leaves at worst one truncated last
+line, which the loader reports by file and line (or skips with a warning when asked).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from teswap.errors import TeswapError
+from teswap.provenance import Provenance
+
+SCHEMA_VERSION = 1
+RECORD_KINDS = ("parity", "bench")
+
+
+class StoreError(TeswapError):
+    """A results file cannot be read; the message names the file and line."""
+
+
+def machine_slug(provenance: Provenance) -> str:
+    """A folder name for the machine: GPU (or CPU) model and hostname, filesystem-safe."""
+    machine = provenance.machine
+    device = machine.gpu_name or machine.cpu_model or "unknown"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{device}_{machine.hostname}").strip("-").lower()
+
+
+def run_file_name(provenance: Provenance, run_id: str) -> str:
+    stamp = provenance.utc_time.replace("-", "").replace(":", "").replace("+0000", "Z").replace("+00:00", "Z")
+    sha = (provenance.git.sha or "nogit")[:7] + ("-dirty" if provenance.git.dirty else "")
+    return f"{stamp}_{sha}_{run_id}.jsonl"
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass
+class RunWriter:
+    """Appends records of one run to its own file; every append is durable when it returns."""
+
+    path: Path
+    run_id: str
+    provenance: Provenance
+
+    def append(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Write one record (kind, run id, provenance and `fields`) as one locked, fsynced line."""
+        if kind not in RECORD_KINDS:
+            raise ValueError(f"record kind must be one of {RECORD_KINDS}, got {kind!r}")
+        record = {"schema_version": SCHEMA_VERSION, "kind": kind, "run_id": self.run_id,
+                  "provenance": self.provenance.to_dict(), **fields}
+        line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
+        append_line(self.path, line)
+        return record
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one whole line under an exclusive lock, then flush and fsync."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_run(root: Path | str, provenance: Provenance, run_id: str | None = None) -> RunWriter:
+    """A writer for a new run file under `root`; refuses to reuse an existing file name."""
+    run_id = run_id or new_run_id()
+    path = Path(root) / machine_slug(provenance) / run_file_name(provenance, run_id)
+    if path.exists():
+        raise StoreError(f"{path} already exists: results files are never overwritten")
+    return RunWriter(path=path, run_id=run_id, provenance=provenance)
+
+
+def iter_run_files(root: Path | str) -> Iterator[Path]:
+    yield from sorted(Path(root).glob("*/*.jsonl"))
+
+
+def read_records(path: Path, *, skip_bad: bool = False) -> list[dict[str, Any]]:
+    """Records of one file, migrated to the current schema; bad lines raise (or warn and skip)."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                records.append(migrate(record))
+            except ValueError as err:
+                message = f"{path}:{number}: unreadable record ({err}); the file may be truncated or corrupted"
+                if not skip_bad:
+                    raise StoreError(message + " (load with skip_bad=True / --skip-bad to skip it)") from None
+                warnings.warn(message + "; skipped", stacklevel=2)
+    return records
+
+
+def load_records(root: Path | str, *, skip_bad: bool = False, kind: str | None = None) -> list[dict[str, Any]]:
+    """Every record under `root` (optionally of one kind), oldest file first."""
+    out = []
+    for path in iter_run_files(root):
+        out.extend(r for r in read_records(path, skip_bad=skip_bad) if kind is None or r["kind"] == kind)
+    return out
+
+
+def migrate(record: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older record to SCHEMA_VERSION; refuse newer ones (written by a newer teswap)."""
+    version = record.get("schema_version")
+    if not isinstance(version, int):
+        raise ValueError("record has no integer schema_version")
+    if version > SCHEMA_VERSION:
+        raise ValueError(f"schema_version {version} is newer than this teswap reads ({SCHEMA_VERSION}); upgrade")
+    for step in range(version, SCHEMA_VERSION):
+        record = _MIGRATIONS[step](record)
+    return record
+
+
+# _MIGRATIONS[v] turns a version-v record into version v+1; none yet (schema 1 is the first).
+_MIGRATIONS: dict[int, Any] = {}
