@@ -27,7 +27,7 @@ def _commands() -> dict[str, ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="teswap", description="Same outputs? How much faster, leaner, cooler? HF vs TE decoder layers.")
+    parser = Parser(prog="teswap", description="HF vs TE decoder layers: same outputs? how much faster?")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in _commands().values():
         command.register(sub)
