@@ -63,7 +63,8 @@ def test_fp8_reason_comes_from_te(monkeypatch):
     )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     fp8 = probe_te_fp8()
-    assert not fp8 and fp8.reason == "TransformerEngine: Device compute capability 8.9 or higher required for FP8 execution."
+    expected = "TransformerEngine: Device compute capability 8.9 or higher required for FP8 execution."
+    assert not fp8 and fp8.reason == expected
 
 
 @pytest.mark.te

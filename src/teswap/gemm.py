@@ -10,16 +10,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from teswap.fp8 import SiteScaling, active_recipe, fp8_linear, site_scaling
+
 
 class GemmSite:
     """One GEMM of a TE-layout layer, named as TE names its module (qkv, proj, fc1, fc2)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
+        # This GEMM's FP8 scaling state (DelayedScaling keeps amax histories here, as each TE module
+        # keeps its own fp8_meta); made on first FP8 use, replaced when the recipe or device changes.
+        self.fp8_scaling: SiteScaling | None = None
 
     def __call__(self, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """y = inp @ weight.T (no bias: TE's Llama layers are bias-free)."""
-        return F.linear(inp, weight)
+        """y = inp @ weight.T (no bias: TE's Llama layers are bias-free); FP8 inside fp8_autocast."""
+        recipe = active_recipe()
+        if recipe is None:
+            return F.linear(inp, weight)
+        self.fp8_scaling = site_scaling(self.fp8_scaling, recipe, inp.device)
+        return fp8_linear(inp, weight, self.fp8_scaling, name=self.name)
 
     def __repr__(self) -> str:
         return f"GemmSite({self.name!r})"
