@@ -1,0 +1,55 @@
+"""TE's FP8 recipes and autocast, built from teswap's recipe settings (imports TE only when called)."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any
+
+from teswap import fp8
+from teswap.probe import Availability
+
+# Which TE availability function gates which recipe (transformer_engine.pytorch, TE >= 2.9).
+_AVAILABILITY_FUNCTIONS = {"fp8-delayed": "is_fp8_available", "fp8-current": "is_fp8_available",
+                           "fp8-block": "is_fp8_block_scaling_available", "mxfp8": "is_mxfp8_available"}
+
+
+def te_recipe(name: str) -> Any:
+    """The transformer_engine.common.recipe object for precision `name`, with teswap's settings."""
+    from transformer_engine.common import recipe as te
+
+    if name == "fp8-delayed":
+        ours = fp8.RECIPES[name]()
+        return te.DelayedScaling(margin=ours.margin, fp8_format=te.Format[ours.fp8_format.name],
+                                 amax_history_len=ours.amax_history_len, amax_compute_algo=ours.amax_compute_algo)
+    if name == "fp8-current":
+        ours = fp8.RECIPES[name]()
+        return te.Float8CurrentScaling(fp8_format=te.Format[ours.fp8_format.name])
+    if name == "fp8-block":
+        return te.Float8BlockScaling()
+    if name == "mxfp8":
+        return te.MXFP8BlockScaling()
+    raise ValueError(f"no TE recipe for precision {name!r}")
+
+
+def te_autocast(name: str) -> ContextManager[None]:
+    """te.pytorch.autocast(recipe=...) (TE >= 2.9), else the older fp8_autocast(fp8_recipe=...)."""
+    import transformer_engine.pytorch as te
+
+    recipe = te_recipe(name)
+    if hasattr(te, "autocast"):
+        return te.autocast(enabled=True, recipe=recipe)
+    return te.fp8_autocast(enabled=True, fp8_recipe=recipe)
+
+
+def te_recipe_availability(name: str) -> Availability:
+    """TE's own answer for this recipe on this GPU (block scaling: SM 9.0 + CUDA 12.9; MXFP8: SM 10.x)."""
+    import transformer_engine.pytorch as te
+
+    function = getattr(te, _AVAILABILITY_FUNCTIONS[name], None)
+    if function is None:  # TE < 2.9 keeps them on FP8GlobalStateManager, returning (bool, reason)
+        from transformer_engine.pytorch.fp8 import FP8GlobalStateManager
+
+        ok, reason = getattr(FP8GlobalStateManager, _AVAILABILITY_FUNCTIONS[name])()
+    else:
+        ok, reason = function(return_reason=True)
+    return Availability(bool(ok), "" if ok else f"TransformerEngine: {reason}")
