@@ -1,0 +1,35 @@
+"""Per-layer hidden states through our own forward hooks.
+
+HF's `output_hidden_states=True` records outputs of the ORIGINAL decoder class only
+(`_can_record_outputs`), so on a swapped model it silently returns nothing; hooks on
+`model.model.layers[i]` work for stock and swapped alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def layer_outputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect each decoder layer's output (detached) during the forwards run inside the block."""
+    outputs: list[torch.Tensor] = []
+    layers = getattr(model, "model", model).layers
+    handles = [layer.register_forward_hook(_recorder(outputs)) for layer in layers]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _recorder(outputs: list[torch.Tensor]):
+    def hook(module: nn.Module, args, output) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        outputs.append(hidden.detach())
+
+    return hook

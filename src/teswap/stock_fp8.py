@@ -1,0 +1,49 @@
+"""Run the STOCK model's decoder-layer GEMMs in FP8 too, so "stock at the same precision" exists.
+
+A policy judges the swapped model against the stock model at the same precision. For FP8 the stock
+HF model has no FP8 path of its own, so each nn.Linear inside its decoder layers (q/k/v/o, gate/up/
+down) is routed through a GemmSite for as long as this context is open: the same per-tensor FP8
+recipe emulation the `torch` backend uses, applied to HF's unfused GEMMs. That is the model a user
+would get by quantizing HF's linears per tensor; it is the fair baseline for TE's fused FP8 GEMMs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from teswap.gemm import GemmSite
+
+_SITE_ATTR = "_teswap_fp8_site"  # the GemmSite lives on the module so delayed-scaling state persists
+
+
+def _decoder_linears(model: nn.Module) -> list[nn.Linear]:
+    layers = getattr(getattr(model, "model", model), "layers")
+    return [m for m in layers.modules() if isinstance(m, nn.Linear)]
+
+
+@contextmanager
+def stock_linears_as_gemm_sites(model: nn.Module) -> Iterator[None]:
+    """Route every decoder-layer nn.Linear of `model` through its own GemmSite; restore on exit."""
+    patched = []
+    try:
+        for linear in _decoder_linears(model):
+            site = linear.__dict__.get(_SITE_ATTR) or GemmSite(type(linear).__name__)
+            linear.__dict__[_SITE_ATTR] = site
+            linear.forward = _site_forward(linear, site)  # instance attribute shadows the class method
+            patched.append(linear)
+        yield
+    finally:
+        for linear in patched:
+            del linear.forward
+
+
+def _site_forward(linear: nn.Linear, site: GemmSite):
+    def forward(inp: torch.Tensor) -> torch.Tensor:
+        out = site(inp, linear.weight)
+        return out if linear.bias is None else out + linear.bias
+
+    return forward
