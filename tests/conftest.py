@@ -1,11 +1,10 @@
-"""pytest wiring: fresh probes per test, TE/GPU markers that skip with the probe's reason."""
+"""pytest wiring for the unit tests: fresh probes per test (markers are handled in the root conftest)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
-from teswap.probe import clear_probe_caches, probe_te
+from teswap.probe import clear_probe_caches
 
 
 @pytest.fixture(autouse=True)
@@ -14,15 +13,3 @@ def _fresh_probes():
     clear_probe_caches()
     yield
     clear_probe_caches()
-
-
-def pytest_collection_modifyitems(config, items):
-    """TE-marked tests skip with the probe's own reason where TE cannot run."""
-    te = None
-    for item in items:
-        if item.get_closest_marker("te"):
-            te = te if te is not None else probe_te()
-            if not te:
-                item.add_marker(pytest.mark.skip(reason=f"te backend unavailable: {te.reason}"))
-        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
-            item.add_marker(pytest.mark.skip(reason="no CUDA device"))

@@ -11,6 +11,7 @@ says nothing about TE's kernels, and no number from it is a TE number.
 
 from __future__ import annotations
 
+import enum
 import sys
 import types
 
@@ -135,13 +136,87 @@ class TransformerLayer(torch_layer.TransformerLayer):
         return super().forward(hidden_states, freqs[:seq_len])
 
 
+# transformer_engine/common/recipe/__init__.py (2.20.0.dev0): constructor fields of each recipe.
+RECIPE_FIELDS = {
+    "DelayedScaling": ("margin", "fp8_format", "amax_history_len", "amax_compute_algo",
+                       "scaling_factor_compute_algo", "reduce_amax", "fp8_dpa", "fp8_mha", "backward_override"),
+    "Float8CurrentScaling": ("use_power_2_scales", "fp8_format", "fp8_gemm_fprop", "fp8_gemm_dgrad",
+                             "fp8_gemm_wgrad", "fp8_dpa", "fp8_mha", "backward_override"),
+    "Float8BlockScaling": ("use_f32_scales", "fp8_format", "x_block_scaling_dim", "w_block_scaling_dim",
+                           "grad_block_scaling_dim", "fp8_gemm_fprop", "fp8_gemm_dgrad", "fp8_gemm_wgrad",
+                           "fp8_dpa", "fp8_mha", "backward_override"),
+    "MXFP8BlockScaling": ("margin", "fp8_format", "fp8_dpa", "fp8_mha", "backward_override",
+                          "enable_2d_quantization"),
+}
+AUTOCAST_PARAMS = ("enabled", "calibrating", "recipe", "amax_reduction_group", "_graph")
+
+
+class Format(enum.Enum):
+    E2M1 = "E2M1"
+    E4M3 = "E4M3"
+    E5M2 = "E5M2"
+    HYBRID = "HYBRID"
+
+
+def _recipe_class(name: str) -> type:
+    def __init__(self, **kwargs):
+        unknown = sorted(set(kwargs) - set(RECIPE_FIELDS[name]))
+        if unknown:
+            raise TypeError(f"{name}.__init__() got unexpected keyword arguments {unknown}")
+        self.kwargs = kwargs
+
+    return type(name, (), {"__init__": __init__})
+
+
+def _to_emulation(recipe):
+    """Map a stand-in TE recipe onto teswap's emulation, so the twin's GEMMs run the same recipe."""
+    from teswap import fp8
+
+    kind, args = type(recipe).__name__, recipe.kwargs
+    fmt = fp8.Format[args.get("fp8_format", Format.HYBRID).name]
+    if kind == "DelayedScaling":
+        return fp8.DelayedScaling(margin=args.get("margin", 0), fp8_format=fmt,
+                                  amax_history_len=args.get("amax_history_len", 1024),
+                                  amax_compute_algo=args.get("amax_compute_algo", "max"))
+    if kind == "Float8CurrentScaling":
+        return fp8.Float8CurrentScaling(fp8_format=fmt)
+    raise NotImplementedError(f"the stand-in emulates no {kind}")
+
+
+AUTOCAST_CALLS: list[dict] = []
+
+
+def autocast(**kwargs):
+    """TE's autocast(enabled, calibrating, recipe, amax_reduction_group): checked, then our emulation."""
+    from teswap import fp8
+
+    unknown = sorted(set(kwargs) - set(AUTOCAST_PARAMS))
+    if unknown:
+        raise TypeError(f"autocast() got unexpected keyword arguments {unknown}")
+    AUTOCAST_CALLS.append(kwargs)
+    return fp8.fp8_autocast(_to_emulation(kwargs["recipe"]), enabled=kwargs.get("enabled", True))
+
+
+def is_fp8_available(return_reason: bool = False):
+    return (True, "") if return_reason else True
+
+
 def install(monkeypatch) -> types.ModuleType:
-    """Put the stand-in at `transformer_engine.pytorch` in sys.modules for one test."""
+    """Put the stand-in at `transformer_engine.pytorch` (and `.common.recipe`) in sys.modules for one test."""
     package = types.ModuleType("transformer_engine")
     pytorch = types.ModuleType("transformer_engine.pytorch")
+    common = types.ModuleType("transformer_engine.common")
+    recipe = types.ModuleType("transformer_engine.common.recipe")
+    recipe.Format = Format
+    for name in RECIPE_FIELDS:
+        setattr(recipe, name, _recipe_class(name))
     pytorch.TransformerLayer = TransformerLayer
+    pytorch.autocast = autocast
+    pytorch.is_fp8_available = is_fp8_available
     pytorch.__teswap_standin__ = True
-    package.pytorch = pytorch
-    monkeypatch.setitem(sys.modules, "transformer_engine", package)
-    monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", pytorch)
+    package.pytorch, package.common, common.recipe = pytorch, common, recipe
+    AUTOCAST_CALLS.clear()
+    for name, module in (("transformer_engine", package), ("transformer_engine.pytorch", pytorch),
+                         ("transformer_engine.common", common), ("transformer_engine.common.recipe", recipe)):
+        monkeypatch.setitem(sys.modules, name, module)
     return pytorch

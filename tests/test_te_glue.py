@@ -91,3 +91,33 @@ def test_te_backend_is_refused_where_te_cannot_run():
         pytest.skip("TE can run on this machine")
     with pytest.raises(BackendUnavailableError, match="backend 'te' is unavailable: "):
         build_pair("tiny", backend="te")
+
+
+@pytest.mark.parametrize("precision, recipe", [("fp8-delayed", "DelayedScaling"), ("fp8-current", "Float8CurrentScaling")])
+def test_fp8_precisions_reach_te_autocast_with_a_te_recipe(standin, monkeypatch, precision, recipe):
+    """Our wiring builds TE's recipe object and enters te.pytorch.autocast(recipe=...) around the swapped model."""
+    import torch
+
+    from teswap.parity import ParityCase, run_parity_case
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the probe's CUDA check; math stays on CPU
+    report = run_parity_case(ParityCase(source="tiny", backend="te", precision=precision, gen_tokens=0))
+    calls = te_standin.AUTOCAST_CALLS
+    assert calls and {type(call["recipe"]).__name__ for call in calls} == {recipe}
+    assert all(call["enabled"] is True for call in calls)
+    assert calls[0]["recipe"].kwargs["fp8_format"] is te_standin.Format.HYBRID
+    assert report.passed, report.failure_summary()
+    bf16 = run_parity_case(ParityCase(source="tiny", backend="te", precision="bf16", gen_tokens=0, grads=False))
+    assert report.swapped["robust_rel"] > 3 * bf16.swapped["robust_rel"]  # the recipe really quantized
+
+
+def test_unavailable_te_recipe_is_refused_with_tes_reason(standin, monkeypatch):
+    import torch
+
+    from teswap.errors import BackendUnavailableError
+    from teswap.precision import require_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    standin.is_mxfp8_available = lambda return_reason=False: (False, "MXFP8 needs SM 10.x")
+    with pytest.raises(BackendUnavailableError, match="TransformerEngine: MXFP8 needs SM 10.x"):
+        require_precision("mxfp8", "te", "cuda")

@@ -21,9 +21,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def _commands() -> dict[str, ModuleType]:
-    from teswap.commands import env, run
+    from teswap.commands import check, env, run
 
-    return {"env": env, "run": run}
+    return {"env": env, "run": run, "check": check}
 
 
 def build_parser() -> argparse.ArgumentParser:

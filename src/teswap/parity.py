@@ -140,6 +140,8 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityRep
     verdict = evaluate(policy, metrics["swapped"], metrics["stock"], missing="skip")
     floor = LAYER_FLOOR.get(precision.name, LAYER_FLOOR_FP8)
     divergent = first_divergent_layer_vs_stock(layers["swapped"], layers["stock"], floor=floor)
+    if divergent is None and precision.fp8_recipe is not None:
+        divergent = _localise_without_fp8(models, ids, ref_layers)
     return ParityReport(case=case, policy=policy, verdict=verdict, reference_dtype=str(ref_dtype).removeprefix("torch."),
                         swapped=metrics["swapped"], stock=metrics["stock"], swapped_layer_errors=layers["swapped"],
                         stock_layer_errors=layers["stock"], first_divergent_layer=divergent, worst_grad=worst,
@@ -156,6 +158,17 @@ def first_divergent_layer_vs_stock(swapped: list[float], stock: list[float], *, 
 
 
 Context = Callable[[], AbstractContextManager]
+
+
+def _localise_without_fp8(models: dict[str, nn.Module], ids: torch.Tensor, ref_layers: list[torch.Tensor]) -> int | None:
+    """Look for the diverging layer again with FP8 off (bf16 weights as built).
+
+    FP8 noise (~4e-2 per layer) can hide a wrong RoPE or a half-swapped MLP in the hidden states
+    while the loss and gradients still show it; without the quantization the same fault stands out.
+    """
+    errors = {name: [e.rel_error for e in layer_errors(_forward(model, ids, nullcontext)[1], ref_layers)]
+              for name, model in models.items()}
+    return first_divergent_layer_vs_stock(errors["swapped"], errors["stock"], floor=LAYER_FLOOR["bf16"])
 
 
 def _stock_context(stock: nn.Module, precision: Precision) -> Context:
