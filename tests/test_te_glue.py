@@ -93,7 +93,8 @@ def test_te_backend_is_refused_where_te_cannot_run():
         build_pair("tiny", backend="te")
 
 
-@pytest.mark.parametrize("precision, recipe", [("fp8-delayed", "DelayedScaling"), ("fp8-current", "Float8CurrentScaling")])
+@pytest.mark.parametrize("precision, recipe",
+                         [("fp8-delayed", "DelayedScaling"), ("fp8-current", "Float8CurrentScaling")])
 def test_fp8_precisions_reach_te_autocast_with_a_te_recipe(standin, monkeypatch, precision, recipe):
     """Our wiring builds TE's recipe object and enters te.pytorch.autocast(recipe=...) around the swapped model."""
     import torch

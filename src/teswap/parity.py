@@ -142,7 +142,8 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityRep
     divergent = first_divergent_layer_vs_stock(layers["swapped"], layers["stock"], floor=floor)
     if divergent is None and precision.fp8_recipe is not None:
         divergent = _localise_without_fp8(models, ids, ref_layers)
-    return ParityReport(case=case, policy=policy, verdict=verdict, reference_dtype=str(ref_dtype).removeprefix("torch."),
+    ref_name = str(ref_dtype).removeprefix("torch.")
+    return ParityReport(case=case, policy=policy, verdict=verdict, reference_dtype=ref_name,
                         swapped=metrics["swapped"], stock=metrics["stock"], swapped_layer_errors=layers["swapped"],
                         stock_layer_errors=layers["stock"], first_divergent_layer=divergent, worst_grad=worst,
                         generation=generation)
@@ -160,7 +161,8 @@ def first_divergent_layer_vs_stock(swapped: list[float], stock: list[float], *, 
 Context = Callable[[], AbstractContextManager]
 
 
-def _localise_without_fp8(models: dict[str, nn.Module], ids: torch.Tensor, ref_layers: list[torch.Tensor]) -> int | None:
+def _localise_without_fp8(models: dict[str, nn.Module], ids: torch.Tensor,
+                          ref_layers: list[torch.Tensor]) -> int | None:
     """Look for the diverging layer again with FP8 off (bf16 weights as built).
 
     FP8 noise (~4e-2 per layer) can hide a wrong RoPE or a half-swapped MLP in the hidden states
