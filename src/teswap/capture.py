@@ -18,8 +18,8 @@ from torch import nn
 def layer_outputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collect each decoder layer's output (detached) during the forwards run inside the block."""
     outputs: list[torch.Tensor] = []
-    layers = getattr(model, "model", model).layers
-    handles = [layer.register_forward_hook(_recorder(outputs)) for layer in layers]
+    layers = getattr(model, "model", model).get_submodule("layers")
+    handles = [layer.register_forward_hook(_recorder(outputs)) for layer in layers.children()]
     try:
         yield outputs
     finally:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from transformers import PretrainedConfig
+from transformers import PretrainedConfig, PreTrainedModel
 
 from teswap.errors import SourceError
 
@@ -30,7 +30,7 @@ class Family:
     def module(self) -> ModuleType:
         return self.load_module()
 
-    def causal_lm_class(self) -> type:
+    def causal_lm_class(self) -> type[PreTrainedModel]:
         return getattr(self.module(), self.causal_lm_class_name)
 
 

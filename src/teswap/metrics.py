@@ -163,7 +163,7 @@ def first_divergent_layer(errors: Sequence[LayerError] | Sequence[float], *, jum
     """
     previous = 0.0
     for position, entry in enumerate(errors):
-        layer, error = (entry.layer, entry.rel_error) if isinstance(entry, LayerError) else (position, entry)
+        layer, error = (entry.layer, entry.rel_error) if isinstance(entry, LayerError) else (position, float(entry))  # type: ignore[arg-type]
         if not math.isfinite(error) or (error > floor and error > jump_factor * previous):
             return layer
         previous = error

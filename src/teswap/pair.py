@@ -85,7 +85,7 @@ def _build_stock(resolved: ResolvedSource, family: Family, *, seed: int, dtype: 
         if resolved.weights_dir is not None:
             # No device_map: that needs `accelerate`; load on the host, then move.
             model = causal_lm.from_pretrained(resolved.weights_dir, dtype=dtype, local_files_only=True)
-            return model.to(device)
+            return model.to(device)  # type: ignore[arg-type]  # transformers wraps .to
         with torch.device(device):
             return causal_lm._from_config(copy.deepcopy(resolved.config), dtype=dtype)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 
@@ -125,7 +125,7 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityRep
     pair = build_pair(case.source, seed=case.seed, backend=case.backend, dtype=precision.model_dtype,
                       device=case.device, fuse_qkv=case.fuse_qkv)
     ref_dtype = reference_dtype_for(pair.device)
-    reference = copy.deepcopy(pair.stock).to(ref_dtype)
+    reference = copy.deepcopy(pair.stock).to(dtype=ref_dtype)  # type: ignore[call-arg]  # transformers wraps .to
     ids = _input_ids(pair, case)
     contexts = {"stock": _stock_context(pair.stock, precision), "swapped": _swapped_context(precision, case.backend)}
     models = {"stock": pair.stock, "swapped": pair.swapped}
@@ -161,7 +161,7 @@ def first_divergent_layer_vs_stock(swapped: list[float], stock: list[float], *, 
 Context = Callable[[], AbstractContextManager]
 
 
-def _localise_without_fp8(models: dict[str, nn.Module], ids: torch.Tensor,
+def _localise_without_fp8(models: Mapping[str, nn.Module], ids: torch.Tensor,
                           ref_layers: list[torch.Tensor]) -> int | None:
     """Look for the diverging layer again with FP8 off (bf16 weights as built).
 
@@ -174,13 +174,14 @@ def _localise_without_fp8(models: dict[str, nn.Module], ids: torch.Tensor,
 
 
 def _stock_context(stock: nn.Module, precision: Precision) -> Context:
-    if precision.fp8_recipe is None:
+    recipe = precision.fp8_recipe
+    if recipe is None:
         return nullcontext
 
     def context() -> AbstractContextManager:
         stack = ExitStack()
         stack.enter_context(stock_linears_as_gemm_sites(stock))
-        stack.enter_context(fp8.fp8_autocast(fp8.RECIPES[precision.fp8_recipe]()))
+        stack.enter_context(fp8.fp8_autocast(fp8.RECIPES[recipe]()))
         return stack
 
     return context

@@ -195,8 +195,12 @@ def _optional_float(value: float | None) -> float | None:
 
 TE_DTYPE_TOLS = "TE tests/pytorch/utils.py dtype_tols"
 TE_GPT_ACCURACY = "TE tests/pytorch/test_numerics.py test_gpt_accuracy (one TransformerLayer vs torch)"
-TO_CALIBRATE = "PLACEHOLDER, to be calibrated from measurements"
-TINY = "a random 8-layer tiny Llama vs fp64 on CPU measured"  # one sanity anchor per placeholder
+# Model-level values were set from scripts/calibrate_policies.py: 216 clean swaps on CPU (torch backend;
+# 6 configs incl. MHA/MQA/GQA, head_dim 48, llama3 and yarn rope; 3 seeds; shapes 1x64, 2x128, 1x512),
+# against an fp64 reference. Each bound sits a stated margin beyond the worst clean value, and the
+# corrupted swaps of tests/test_check_cli.py (gate/up swapped, a random layer, RoPE base ignored) fail.
+TO_CALIBRATE = "calibrated on 216 clean CPU swaps (scripts/calibrate_policies.py)"
+TINY = "worst clean value"  # the measured anchor each calibrated bound cites
 
 
 def _absolute(metric: str, value: float, provenance: str) -> Bound:
@@ -214,7 +218,9 @@ def _keyed(*bounds: Bound) -> dict[str, Bound]:
 
 def _relative_bounds(*, amplitude_slack: float, quadratic_slack: float, top1_slack: float) -> list[Bound]:
     """The relative-to-stock bounds every policy has: factor 2 on linear metrics, 4 on quadratic."""
-    why = f"{TO_CALIBRATE}; factor 2 on error amplitude (4 on quadratic metrics), slack for a stock error of 0"
+    why = (f"{TO_CALIBRATE}; factor 2 on error amplitude (4 on quadratic metrics), slack for a stock error of 0; "
+           "worst clean ratios swapped/stock: robust_rel 1.48, kl_div 1.53, 1-cosine 1.52, grad 1.42; top-1 flips "
+           "are a count over few positions, so their slack covers binomial noise (worst clean FP8: 0.766 vs 0.897)")
     return [
         _vs_stock("robust_rel", 2.0, amplitude_slack, why),
         _vs_stock("kl_div", 4.0, quadratic_slack, why),
@@ -234,13 +240,14 @@ def fp32() -> Policy:
                    f"model-level values are {TO_CALIBRATE}.",
         bounds=_keyed(
             _absolute("max_abs", 5e-3, f"{TE_GPT_ACCURACY}: fp32 output atol 5e-3, applied to logits"),
-            _absolute("robust_rel", 1e-4, f"{TO_CALIBRATE}; {TINY} 8.6e-7"),
+            _absolute("robust_rel", 1e-4, f"{TO_CALIBRATE}; {TINY} 1.1e-6; RoPE base ignored gives 1.6e-2"),
             _absolute("cosine", 1 - 1e-8, f"{TO_CALIBRATE}; matches sqnr 80 dB (1 − cos ≈ ½ε²)"),
-            _absolute("sqnr_db", 80.0, f"{TO_CALIBRATE}; {TINY} 127 dB"),
-            _absolute("kl_div", 1e-8, f"{TO_CALIBRATE}; {TINY} 1e-14 nats"),
+            _absolute("sqnr_db", 80.0, f"{TO_CALIBRATE}; {TINY} 125 dB"),
+            _absolute("kl_div", 1e-8, f"{TO_CALIBRATE}; {TINY} 1.2e-14 nats"),
             _absolute("top1_agreement", 0.99, f"{TO_CALIBRATE}; only near-ties may flip"),
-            _absolute("loss_diff", 1e-5, f"{TO_CALIBRATE}; nats"),
-            _absolute("grad_rel_norm_error", 1e-4, f"{TO_CALIBRATE}; {TE_DTYPE_TOLS} fp32 rtol 1.3e-6 per op"),
+            _absolute("loss_diff", 1e-5, f"{TO_CALIBRATE}; {TINY} 9.5e-7 nats"),
+            _absolute("grad_rel_norm_error", 1e-4,
+                      f"{TO_CALIBRATE}; {TINY} 2.6e-6; {TE_DTYPE_TOLS} fp32 rtol 1.3e-6 per op"),
             _absolute("grad_cosine", 1 - 1e-8, f"{TO_CALIBRATE}; matches grad_rel_norm_error 1e-4"),
             *_relative_bounds(amplitude_slack=1e-6, quadratic_slack=1e-12, top1_slack=0.01),
         ),
@@ -257,15 +264,16 @@ def bf16() -> Policy:
                    f"models are far larger than one layer's output, so the 0.1 atol is not applied to "
                    f"them: robust_rel bounds the same thing scale-free. Model-level values are {TO_CALIBRATE}.",
         bounds=_keyed(
-            _absolute("robust_rel", 5e-2, f"{TO_CALIBRATE}; ~3x {TE_DTYPE_TOLS} bf16 rtol; {TINY} 0.014"),
-            _absolute("cosine", 0.999, f"{TO_CALIBRATE}; matches ~27 dB; {TINY} 1 − 3e-5"),
-            _absolute("sqnr_db", 30.0, f"{TO_CALIBRATE}; 2^-7 per op is 42 dB before accumulation; {TINY} 42 dB"),
-            _absolute("kl_div", 1e-3, f"{TO_CALIBRATE}; {TINY} 4e-6 nats, trained logits are sharper"),
-            _absolute("top1_agreement", 0.9, f"{TO_CALIBRATE}; {TINY} 0.965 (flat random logits)"),
-            _absolute("loss_diff", 1e-2, f"{TO_CALIBRATE}; nats"),
-            _absolute("grad_rel_norm_error", 5e-2, f"{TE_GPT_ACCURACY}: grads atol 5e-2 rtol 1e-2; {TO_CALIBRATE}"),
+            _absolute("robust_rel", 5e-2, f"{TO_CALIBRATE}; ~3x {TE_DTYPE_TOLS} bf16 rtol; {TINY} 0.011"),
+            _absolute("cosine", 0.999, f"{TO_CALIBRATE}; matches ~27 dB; {TINY} 1 − 1e-5"),
+            _absolute("sqnr_db", 30.0, f"{TO_CALIBRATE}; 2^-7 per op is 42 dB before accumulation; {TINY} 43.7 dB"),
+            _absolute("kl_div", 1e-3, f"{TO_CALIBRATE}; {TINY} 1.6e-6 nats, trained logits are sharper"),
+            _absolute("top1_agreement", 0.85, f"{TO_CALIBRATE}; {TINY} 0.94 (flat random logits flip easily)"),
+            _absolute("loss_diff", 1e-2, f"{TO_CALIBRATE}; {TINY} 3.9e-4 nats"),
+            _absolute("grad_rel_norm_error", 5e-2, f"{TE_GPT_ACCURACY}: grads atol 5e-2 rtol 1e-2; {TO_CALIBRATE}; "
+                                                   f"{TINY} 0.026"),
             _absolute("grad_cosine", 0.99, f"{TO_CALIBRATE}; 1 − ½·0.05² ≈ 0.9987 plus margin"),
-            *_relative_bounds(amplitude_slack=5e-3, quadratic_slack=1e-5, top1_slack=0.02),
+            *_relative_bounds(amplitude_slack=5e-3, quadratic_slack=1e-5, top1_slack=0.05),
         ),
     )
 
@@ -280,19 +288,20 @@ def _fp8(name: str, recipe: str, *, sqnr_db: float, grad_format: str, grad_rtol:
         provenance=f"{TE_DTYPE_TOLS}: E4M3 rtol 0.125 atol 0.0675, E5M2 rtol 0.25 atol 0.125; torchao "
                    f"reports ~23.5 dB SQNR for FP8 inference vs bf16; model-level values are {TO_CALIBRATE}.",
         bounds=_keyed(
-            _absolute("robust_rel", 0.3, f"{TO_CALIBRATE}; ~2x E4M3 rtol 0.125; {TINY} 0.14 (per-tensor sim)"),
-            _absolute("cosine", 0.98, f"{TO_CALIBRATE}; matches ~17 dB (1 − cos ≈ ½ε²)"),
-            _absolute("sqnr_db", sqnr_db, f"{TO_CALIBRATE}; torchao ~23.5 dB FP8 vs bf16; {TINY} 21 dB "
-                                          "(per-tensor current-scaling sim); delayed 16, current 18, "
-                                          "block and mxfp8 20: finer scales, less error"),
-            _absolute("kl_div", 2e-2, f"{TO_CALIBRATE}; {TINY} 4e-4 nats"),
-            _absolute("top1_agreement", 0.7, f"{TO_CALIBRATE}; {TINY} 0.80 (flat random logits)"),
-            _absolute("loss_diff", 5e-2, f"{TO_CALIBRATE}; nats"),
+            _absolute("robust_rel", 0.3, f"{TO_CALIBRATE}; ~2x E4M3 rtol 0.125; {TINY} 0.174"),
+            _absolute("cosine", 0.98, f"{TO_CALIBRATE}; matches ~17 dB (1 − cos ≈ ½ε²); {TINY} 0.9937"),
+            _absolute("sqnr_db", sqnr_db, f"{TO_CALIBRATE}; torchao ~23.5 dB FP8 vs bf16; {TINY} 19.0 dB "
+                                          "(delayed) and 19.4 dB (current), so 16 for both; block and mxfp8 "
+                                          "18 (finer scales, less error; not yet measured: no emulation)"),
+            _absolute("kl_div", 2e-2, f"{TO_CALIBRATE}; {TINY} 3.7e-4 nats"),
+            _absolute("top1_agreement", 0.7, f"{TO_CALIBRATE}; {TINY} 0.766 (flat random logits)"),
+            _absolute("loss_diff", 5e-2, f"{TO_CALIBRATE}; {TINY} 5.0e-3 nats"),
             _absolute("grad_rel_norm_error", 2 * grad_rtol,
-                      f"{TO_CALIBRATE}; 2x {TE_DTYPE_TOLS} {grad_format} rtol {grad_rtol} (gradient format)"),
+                      f"{TO_CALIBRATE}; 2x {TE_DTYPE_TOLS} {grad_format} rtol {grad_rtol} (gradient format); "
+                      f"{TINY} 0.234 (HYBRID)"),
             _absolute("grad_cosine", 1 - 0.5 * (2 * grad_rtol) ** 2,
                       f"{TO_CALIBRATE}; matches grad_rel_norm_error (1 − cos ≈ ½ε²)"),
-            *_relative_bounds(amplitude_slack=2e-2, quadratic_slack=1e-3, top1_slack=0.05),
+            *_relative_bounds(amplitude_slack=2e-2, quadratic_slack=1e-3, top1_slack=0.15),
         ),
     )
 
@@ -304,17 +313,17 @@ def fp8_delayed() -> Policy:
 
 def fp8_current() -> Policy:
     """FP8 Float8CurrentScaling (HYBRID): per-tensor scales from the tensor itself."""
-    return _fp8("fp8-current", "Float8CurrentScaling, HYBRID", sqnr_db=18.0, grad_format="E5M2", grad_rtol=0.25)
+    return _fp8("fp8-current", "Float8CurrentScaling, HYBRID", sqnr_db=16.0, grad_format="E5M2", grad_rtol=0.25)
 
 
 def fp8_block() -> Policy:
     """FP8 Float8BlockScaling (E4M3 everywhere): 128-wide block scales."""
-    return _fp8("fp8-block", "Float8BlockScaling, E4M3", sqnr_db=20.0, grad_format="E4M3", grad_rtol=0.125)
+    return _fp8("fp8-block", "Float8BlockScaling, E4M3", sqnr_db=18.0, grad_format="E4M3", grad_rtol=0.125)
 
 
 def mxfp8() -> Policy:
     """MXFP8BlockScaling (E4M3 everywhere): power-of-two scales per 32 values."""
-    return _fp8("mxfp8", "MXFP8BlockScaling, E4M3", sqnr_db=20.0, grad_format="E4M3", grad_rtol=0.125)
+    return _fp8("mxfp8", "MXFP8BlockScaling, E4M3", sqnr_db=18.0, grad_format="E4M3", grad_rtol=0.125)
 
 
 POLICIES: dict[str, Callable[[], Policy]] = {

@@ -32,7 +32,7 @@ class RopeTable:
 
     def freqs(self, position_ids: torch.Tensor | None, seq_len: int, device: torch.device) -> torch.Tensor:
         """fp32 [s, 1, 1, d] = cat(f, f) at `position_ids` ([1, s], or [b, s] with equal rows) or 0..s-1."""
-        inv_freq: torch.Tensor = self.rotary_emb.inv_freq
+        inv_freq = self.rotary_emb.get_buffer("inv_freq")
         version = inv_freq._version  # dynamic rope rewrites inv_freq in place
         cached = self._cached
         if cached is not None and cached[0] is position_ids and cached[1] == version and position_ids is not None:
@@ -90,8 +90,9 @@ def attention_softmax_scale(table: RopeTable, head_dim: int) -> float:
 def bind_rope(model: nn.Module) -> RopeTable:
     """Point every swapped layer of `model` at one RopeTable over the model's own rotary module."""
     base = getattr(model, "model", model)
-    table = RopeTable(base.rotary_emb)
-    for layer in base.layers:
+    table = RopeTable(base.get_submodule("rotary_emb"))
+    layers: nn.ModuleList = base.get_submodule("layers")  # type: ignore[assignment]
+    for layer in layers:
         if hasattr(layer, "rope"):
-            layer.rope = table
+            layer.rope = table  # type: ignore[assignment]
     return table

@@ -21,7 +21,7 @@ _SITE_ATTR = "_teswap_fp8_site"  # the GemmSite lives on the module so delayed-s
 
 
 def _decoder_linears(model: nn.Module) -> list[nn.Linear]:
-    layers = getattr(getattr(model, "model", model), "layers")
+    layers = getattr(model, "model", model).get_submodule("layers")
     return [m for m in layers.modules() if isinstance(m, nn.Linear)]
 
 
@@ -33,7 +33,7 @@ def stock_linears_as_gemm_sites(model: nn.Module) -> Iterator[None]:
         for linear in _decoder_linears(model):
             site = linear.__dict__.get(_SITE_ATTR) or GemmSite(type(linear).__name__)
             linear.__dict__[_SITE_ATTR] = site
-            linear.forward = _site_forward(linear, site)  # instance attribute shadows the class method
+            linear.forward = _site_forward(linear, site)  # type: ignore[method-assign]  # shadows the class method
             patched.append(linear)
         yield
     finally:

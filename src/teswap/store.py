@@ -120,7 +120,7 @@ def read_records(path: Path, *, skip_bad: bool = False) -> list[dict[str, Any]]:
 
 def load_records(root: Path | str, *, skip_bad: bool = False, kind: str | None = None) -> list[dict[str, Any]]:
     """Every record under `root` (optionally of one kind), oldest file first."""
-    out = []
+    out: list[dict[str, Any]] = []
     for path in iter_run_files(root):
         out.extend(r for r in read_records(path, skip_bad=skip_bad) if kind is None or r["kind"] == kind)
     return out

@@ -17,12 +17,11 @@ def te_recipe(name: str) -> Any:
     """The transformer_engine.common.recipe object for precision `name`, with teswap's settings."""
     from transformer_engine.common import recipe as te
 
-    if name == "fp8-delayed":
-        ours = fp8.RECIPES[name]()
+    ours = fp8.RECIPES[name]() if name in fp8.RECIPES else None
+    if isinstance(ours, fp8.DelayedScaling):
         return te.DelayedScaling(margin=ours.margin, fp8_format=te.Format[ours.fp8_format.name],
                                  amax_history_len=ours.amax_history_len, amax_compute_algo=ours.amax_compute_algo)
-    if name == "fp8-current":
-        ours = fp8.RECIPES[name]()
+    if isinstance(ours, fp8.Float8CurrentScaling):
         return te.Float8CurrentScaling(fp8_format=te.Format[ours.fp8_format.name])
     if name == "fp8-block":
         return te.Float8BlockScaling()

@@ -41,7 +41,7 @@ def te_transformer_layer_kwargs(config: PretrainedConfig, layer_idx: int, *, fus
 
 def set_softmax_scale(layer: torch.nn.Module, scale: float) -> None:
     """Override TE's 1/sqrt(kv_channels) where attention_scaling != 1; refuse if TE's layout moved."""
-    core = layer.self_attention.core_attention
+    core = layer.get_submodule("self_attention.core_attention")
     holders = [core if not name else getattr(core, name, None) for name in _SOFTMAX_SCALE_HOLDERS]
     found = [h for h in holders if h is not None and hasattr(h, "softmax_scale")]
     if not found:
