@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from teswap.distributed import RankInfo, rank_info
 from teswap.errors import TeswapError
 from teswap.provenance import Provenance
 
@@ -60,6 +61,7 @@ class RunWriter:
     path: Path
     run_id: str
     provenance: Provenance
+    rank: RankInfo | None = None  # set under torchrun: each rank writes its own file
 
     def append(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Write one record (kind, run id, provenance and `fields`) as one locked, fsynced line."""
@@ -67,6 +69,9 @@ class RunWriter:
             raise ValueError(f"record kind must be one of {RECORD_KINDS}, got {kind!r}")
         record = {"schema_version": SCHEMA_VERSION, "kind": kind, "run_id": self.run_id,
                   "provenance": self.provenance.to_dict(), **fields}
+        if self.rank is not None and self.rank.distributed:
+            record["rank"] = {"rank": self.rank.rank, "world_size": self.rank.world_size,
+                              "local_rank": self.rank.local_rank}
         line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
         append_line(self.path, line)
         return record
@@ -85,13 +90,20 @@ def append_line(path: Path, line: str) -> None:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_run(root: Path | str, provenance: Provenance, run_id: str | None = None) -> RunWriter:
-    """A writer for a new run file under `root`; refuses to reuse an existing file name."""
-    run_id = run_id or new_run_id()
-    path = Path(root) / machine_slug(provenance) / run_file_name(provenance, run_id)
+def open_run(root: Path | str, provenance: Provenance, run_id: str | None = None,
+             rank: RankInfo | None = None) -> RunWriter:
+    """A writer for a new run file under `root`; refuses to reuse an existing file name.
+
+    Under torchrun every rank gets its own file (`..._rank<R>of<W>.jsonl`) with the run id the
+    launcher shares (TESWAP_RUN_ID or TORCHELASTIC_RUN_ID), so the ranks' records merge by run id.
+    """
+    rank = rank or rank_info()
+    run_id = run_id or rank.run_id or new_run_id()
+    name = run_file_name(provenance, run_id).replace(".jsonl", f"{rank.file_suffix()}.jsonl")
+    path = Path(root) / machine_slug(provenance) / name
     if path.exists():
         raise StoreError(f"{path} already exists: results files are never overwritten")
-    return RunWriter(path=path, run_id=run_id, provenance=provenance)
+    return RunWriter(path=path, run_id=run_id, provenance=provenance, rank=rank)
 
 
 def iter_run_files(root: Path | str) -> Iterator[Path]:
