@@ -21,9 +21,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def _commands() -> dict[str, ModuleType]:
-    from teswap.commands import check, env, run
+    from teswap.commands import check, compare, env, report, run
 
-    return {"env": env, "run": run, "check": check}
+    return {"env": env, "run": run, "check": check, "report": report, "compare": compare}
 
 
 def build_parser() -> argparse.ArgumentParser:

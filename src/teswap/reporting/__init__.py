@@ -1,0 +1,34 @@
+"""Reporting over the results store: DataFrames, published tables, charts, regression detection,
+the static HTML site and github-action-benchmark JSON. `teswap report` and `teswap compare` are thin
+wrappers over these functions, and notebooks/analysis.ipynb uses nothing else."""
+
+from teswap.reporting.charts import (
+    chart_groups,
+    history_chart,
+    memory_energy_chart,
+    save_figure,
+    speedup_chart,
+    throughput_chart,
+)
+from teswap.reporting.commits import commit_order, latest_sha, resolve_revision
+from teswap.reporting.display import commits_display, comparison_display, parity_cases_table, results_table
+from teswap.reporting.errors import CrossMachineError, ReportError
+from teswap.reporting.formats import to_html, to_latex, to_markdown, to_text
+from teswap.reporting.frame import ConfigKey, bench_frame, config_keys, load_frame, parity_frame, select
+from teswap.reporting.gab import gab_entries, write_gab
+from teswap.reporting.history import commits_table, histories, history_frame
+from teswap.reporting.html import write_site
+from teswap.reporting.mannwhitney import mann_whitney_u
+from teswap.reporting.publish import Section, render, sections, write_charts, write_tables
+from teswap.reporting.regression import Thresholds, compare_commits, compare_samples, has_regression
+from teswap.reporting.tables import baseline_precision, comparison_table, parity_table
+
+__all__ = [
+    "ConfigKey", "CrossMachineError", "ReportError", "Section", "Thresholds", "baseline_precision", "bench_frame",
+    "chart_groups", "commit_order", "commits_display", "commits_table", "compare_commits", "compare_samples",
+    "comparison_display", "comparison_table", "config_keys", "gab_entries", "has_regression", "histories",
+    "history_chart", "history_frame", "latest_sha", "load_frame", "mann_whitney_u", "memory_energy_chart",
+    "parity_cases_table", "parity_frame", "parity_table", "render", "resolve_revision", "results_table",
+    "save_figure", "sections", "select", "speedup_chart", "throughput_chart", "to_html", "to_latex",
+    "to_markdown", "to_text", "write_charts", "write_gab", "write_site", "write_tables",
+]

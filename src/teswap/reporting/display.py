@@ -1,0 +1,113 @@
+"""What the published tables show and how their numbers read: DataFrames to display `Table`s."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from teswap.reporting.formats import FLAG, Cell, Table
+
+MISSING = "—"
+FLAG_LEGEND = (f"{FLAG} parity failed (or errored) for this model, backend and precision at this commit: "
+               "the figure is not a valid result of the swapped model. ")
+RESULTS_LEGEND = ("Speedup and Δ mem are against stock at the baseline precision (bf16 for FP8); MFU is against "
+                  "the GPU's peak at the cell's precision.")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def number(value: Any, pattern: str, scale: float = 1.0) -> str:
+    """`value * scale` formatted with `pattern` (e.g. "{:,.0f}"), or — when missing."""
+    return MISSING if _missing(value) else pattern.format(float(value) * scale)
+
+
+def _status_text(row: pd.Series) -> str | None:
+    return None if row["status"] == "ok" else str(row["status"]).upper()
+
+
+def results_table(table: pd.DataFrame) -> Table:
+    """The published table: one row per swapped cell (see tables.comparison_table)."""
+    headers = ["model", "workload", "seq", "batch", "backend", "precision", "stock tok/s", "tok/s", "speedup",
+               "peak mem", "Δ mem", "mJ/token", "MFU", "parity"]
+    rows = []
+    for _, row in table.iterrows():
+        flag = bool(row["flagged"])
+        status = _status_text(row)
+        mark = f"{FLAG} " if flag else ""
+        parity_text = {"failed": "FAILED", "error": "ERROR"}.get(row["parity"], row["parity"])
+        rows.append([
+            Cell(str(row["model"])), Cell(str(row["workload"])), Cell(str(row["seq_len"]), numeric=True),
+            Cell(str(row["batch"]), numeric=True), Cell(str(row["backend"])), Cell(str(row["precision"])),
+            Cell(number(row["stock_tokens_per_s"], "{:,.0f}") + f" ({row['stock_precision']})", numeric=True),
+            Cell(status or mark + number(row["tokens_per_s"], "{:,.0f}"), flag=flag, numeric=True),
+            Cell(status or mark + number(row["speedup"], "{:.2f}×"), flag=flag, numeric=True),
+            Cell(number(row["peak_allocated_bytes"], "{:.1f} GiB", 2 ** -30), numeric=True),
+            Cell(number(row["peak_memory_change"], "{:+.1%}"), numeric=True),
+            Cell(number(row["energy_per_token_j"], "{:.3g}", 1e3), numeric=True),
+            Cell(number(row["mfu_vs_precision_peak"], "{:.1%}"), numeric=True),
+            Cell(f"{mark}{parity_text} {row['parity_cases']}" if row["parity"] != "untested" else "untested",
+                 flag=flag),
+        ])
+    flagged = any(row[7].flag for row in rows)
+    return Table(headers=headers, rows=rows, legend=(FLAG_LEGEND if flagged else "") + RESULTS_LEGEND)
+
+
+def parity_cases_table(parity: pd.DataFrame) -> Table:
+    """Parity cases (see tables.parity_table): verdict, policy, first divergent layer."""
+    headers = ["model", "backend", "precision", "seq", "batch", "fused qkv", "policy", "verdict",
+               "first divergent layer", "reason"]
+    rows = []
+    for _, row in parity.iterrows():
+        failed = row["status"] in ("failed", "error")
+        layer = row["first_divergent_layer"]
+        rows.append([Cell(str(row["model"])), Cell(str(row["backend"])), Cell(str(row["precision"])),
+                     Cell(str(row["seq_len"]), numeric=True), Cell(str(row["batch"]), numeric=True),
+                     Cell("yes" if row["fuse_qkv"] is True else "no"), Cell(str(row["policy"])),
+                     Cell((f"{FLAG} " if failed else "") + str(row["status"]), flag=failed),
+                     Cell(MISSING if _missing(layer) else str(int(layer)), numeric=True),
+                     Cell(str(row["reason"] or ""))])
+    return Table(headers=headers, rows=rows, kind="parity")
+
+
+def comparison_display(compare: pd.DataFrame) -> Table:
+    """`teswap compare`'s table: medians at base and head, throughput change, p-value, verdict."""
+    keys = [c for c in ("machine", "model", "workload", "seq_len", "batch", "backend", "precision", "device")
+            if c in compare]
+    headers = [*("seq" if k == "seq_len" else k for k in keys), "base median", "head median", "throughput Δ",
+               "p", "n base/head", "verdict"]
+    rows = []
+    for _, row in compare.iterrows():
+        bad = row["verdict"] in ("regressed", "broken in head")
+        rows.append([*(Cell(str(row[k]), numeric=k in ("seq_len", "batch")) for k in keys),
+                     Cell(number(row["base_median_s"], "{:.4g} s"), numeric=True),
+                     Cell(number(row["head_median_s"], "{:.4g} s"), numeric=True),
+                     Cell(number(row["throughput_change"], "{:+.1%}"), numeric=True),
+                     Cell(number(row["p_value"], "{:.2g}"), numeric=True),
+                     Cell(f"{row['base_n']}/{row['head_n']}", numeric=True),
+                     Cell(_verdict_text(row), flag=bad)])
+    return Table(headers=headers, rows=rows, kind="comparison")
+
+
+def _verdict_text(row: pd.Series) -> str:
+    if row["verdict"] == "broken in head":
+        return f"{FLAG} broken in head ({row['head_status']})"
+    return (f"{FLAG} " if row["verdict"] == "regressed" else "") + str(row["verdict"])
+
+
+def commits_display(commits: pd.DataFrame) -> Table:
+    """The per-commit history table (see history.commits_table)."""
+    headers = ["commit", "commit time (UTC)", "branch", "dirty", "bench records", "parity passed", "first record"]
+    rows = [[Cell(str(row["commit"])), Cell(_time(row["commit_time"])), Cell(str(row["branch"])),
+             Cell("yes" if row["dirty"] else "no"), Cell(str(row["bench_records"]), numeric=True),
+             Cell(f"{row['parity_passed']}/{row['parity_records']}", numeric=True,
+                  flag=row["parity_passed"] < row["parity_records"]),
+             Cell(_time(row["first_record"]))] for _, row in commits.iterrows()]
+    return Table(headers=headers, rows=rows, kind="commits")
+
+
+def _time(value: Any) -> str:
+    return MISSING if _missing(value) or value is pd.NaT else pd.Timestamp(value).strftime("%Y-%m-%d %H:%M")

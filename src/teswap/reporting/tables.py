@@ -1,0 +1,153 @@
+"""The published numbers: each swapped cell beside its stock baseline, with the parity verdict of
+the same model, backend and precision at the same commit next to every performance figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from teswap.distributed import aggregate_ranks
+from teswap.reporting.frame import CELL_COLUMNS
+
+# The stock model's precision that a swapped precision is compared against: its model dtype. FP8
+# recipes keep bf16 weights and activations, so their baseline is stock bf16 (teswap.precision).
+_STOCK_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+# Parity verdicts, worst first: the verdict of a group of cases is its worst member's.
+PARITY_ORDER = ("failed", "error", "passed", "skipped")
+FLAGGED_PARITY = ("failed", "error")
+UNTESTED = "untested"
+
+TABLE_COLUMNS = [
+    "machine", "commit", "model", "workload", "seq_len", "batch", "device", "backend", "precision", "status",
+    "reason", "tokens_per_s", "stock_precision", "stock_tokens_per_s", "speedup", "peak_allocated_bytes",
+    "stock_peak_allocated_bytes", "peak_memory_change", "energy_per_token_j", "stock_energy_per_token_j",
+    "mfu_vs_precision_peak", "mfu_vs_bf16_peak", "parity", "parity_cases", "flagged",
+]
+_METRICS = {"metrics.tokens_per_s": "tokens_per_s", "metrics.peak_allocated_bytes": "peak_allocated_bytes",
+            "metrics.energy_per_token_j": "energy_per_token_j", "metrics.mfu_vs_precision_peak":
+            "mfu_vs_precision_peak", "metrics.mfu_vs_bf16_peak": "mfu_vs_bf16_peak"}
+_JOIN = ["machine", "sha", "model", "workload", "seq_len", "batch", "device"]
+
+
+def baseline_precision(precision: str) -> str:
+    """The stock precision a swapped cell at `precision` is compared with (bf16 for every FP8 recipe)."""
+    return _STOCK_PRECISION.get(precision, "bf16")
+
+
+def latest_cells(bench: pd.DataFrame) -> pd.DataFrame:
+    """The newest run's record of every cell per machine and commit (its ranks merged when it ran
+    under torchrun), with short column names."""
+    key = ["machine", "sha", *CELL_COLUMNS]
+    ordered = _with_sha(bench).sort_values("utc_time")
+    newest_run = ordered.groupby(key, dropna=False)["run_id"].last().rename("newest_run").reset_index()
+    rows = ordered.merge(newest_run, on=key, how="left")
+    rows = rows[rows["run_id"] == rows["newest_run"]].drop(columns="newest_run")
+    if "rank.world_size" in rows and (rows["rank.world_size"].fillna(1) > 1).any():
+        rows = merge_ranks(rows)
+    cells = rows.rename(columns={c: c.removeprefix("cell.") for c in CELL_COLUMNS} | _METRICS)
+    keep = ["machine", "sha", "commit", *(c.removeprefix("cell.") for c in CELL_COLUMNS), "status", "reason",
+            *_METRICS.values()]
+    cells = cells[keep].copy()
+    for column in _METRICS.values():
+        cells[column] = pd.to_numeric(cells[column], errors="coerce")
+    for column in _METRICS.values():  # a cell that did not run has no numbers, whatever it recorded
+        cells.loc[cells["status"] != "ok", column] = np.nan
+    return cells.reset_index(drop=True)
+
+
+def _with_sha(records: pd.DataFrame) -> pd.DataFrame:
+    """Records measured outside git join one another under the sha "nogit" (NaN keys do not join)."""
+    return records.assign(sha=records["sha"].astype(object).where(records["sha"].notna(), "nogit"))
+
+
+def merge_ranks(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and cell: throughput and energy summed over the ranks, peaks per GPU (as
+    teswap.distributed.aggregate_ranks merges them); a run missing a rank becomes status "error"."""
+    merged = []
+    for _, group in rows.groupby(["machine", "sha", "run_id", *CELL_COLUMNS], dropna=False, sort=False):
+        first = group.iloc[0].copy()
+        if len(group) > 1 or (first.get("rank.world_size") or 1) > 1:
+            try:
+                (total,) = aggregate_ranks([_as_record(row) for _, row in group.iterrows()])
+            except ValueError as err:
+                first["status"], first["reason"] = "error", str(err)
+            else:
+                for name in ("tokens_per_s", "peak_allocated_bytes", "energy_per_token_j"):
+                    first[f"metrics.{name}"] = total["metrics"][name]
+                for name in ("mfu_vs_precision_peak", "mfu_vs_bf16_peak"):  # per-GPU utilisation: the mean
+                    first[f"metrics.{name}"] = pd.to_numeric(group[f"metrics.{name}"], errors="coerce").mean()
+        merged.append(first)
+    return pd.DataFrame(merged)
+
+
+def _as_record(row: pd.Series) -> dict:
+    """The nested fields aggregate_ranks reads, back from a flat row."""
+    metrics = {c.removeprefix("metrics."): None if pd.isna(v) else v for c, v in row.items()
+               if isinstance(c, str) and c.startswith("metrics.")}
+    world = row.get("rank.world_size")
+    rank = {} if pd.isna(world) else {"rank": int(row["rank.rank"]), "world_size": int(world)}
+    stats = None if pd.isna(row.get("stats.median_s")) else {"median_s": row["stats.median_s"]}
+    return {"kind": "bench", "status": row["status"], "run_id": row["run_id"], "rank": rank, "stats": stats,
+            "cell": {c.removeprefix("cell."): row[c] for c in CELL_COLUMNS}, "metrics": metrics}
+
+
+def parity_verdicts(parity: pd.DataFrame) -> pd.DataFrame:
+    """Per machine, commit, model, backend, precision and device type: the worst status and n passed / n."""
+    columns = ["machine", "sha", "model", "backend", "precision", "device", "parity", "parity_cases"]
+    if parity is None or parity.empty:
+        return pd.DataFrame(columns=columns)
+    cases = _with_sha(parity).rename(columns={f"case.{c}": c for c in ("model", "backend", "precision", "device")})
+    cases = cases.assign(device=cases["device"].map(_device_type))
+    rows = []
+    for key, group in cases.groupby(columns[:6], dropna=False):
+        statuses = set(group["status"].astype(str))
+        verdict = next((s for s in PARITY_ORDER if s in statuses), UNTESTED)
+        rows.append((*key, verdict, f"{int((group['status'] == 'passed').sum())}/{len(group)}"))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def comparison_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per swapped cell: its figures, the stock baseline's, speedup, memory change, parity."""
+    cells = latest_cells(bench)
+    stock = cells[cells["backend"] == "stock"]
+    swapped = cells[cells["backend"] != "stock"].copy()
+    swapped["stock_precision"] = swapped["precision"].map(baseline_precision)
+    baseline = stock.rename(columns={"precision": "stock_precision"} | {
+        name: f"stock_{name}" for name in ("tokens_per_s", "peak_allocated_bytes", "energy_per_token_j")})
+    baseline = baseline[[*_JOIN, "stock_precision", "stock_tokens_per_s", "stock_peak_allocated_bytes",
+                         "stock_energy_per_token_j"]]
+    table = swapped.merge(baseline, on=[*_JOIN, "stock_precision"], how="left")
+    table["speedup"] = table["tokens_per_s"] / table["stock_tokens_per_s"]
+    table["peak_memory_change"] = table["peak_allocated_bytes"] / table["stock_peak_allocated_bytes"] - 1
+    verdicts = parity_verdicts(parity).rename(columns={"device": "device_type"})
+    table["device_type"] = table["device"].map(_device_type)
+    table = table.merge(verdicts, how="left", on=["machine", "sha", "model", "backend", "precision", "device_type"])
+    table["parity"] = table["parity"].fillna(UNTESTED)
+    table["parity_cases"] = table["parity_cases"].fillna("0/0")
+    table["flagged"] = table["parity"].isin(FLAGGED_PARITY)
+    table = table.sort_values(["machine", "model", "workload", "batch", "seq_len", "backend", "precision"])
+    return table[TABLE_COLUMNS].reset_index(drop=True)
+
+
+def _version_text(version: object) -> str:
+    return str(int(version)) if isinstance(version, float) and version.is_integer() else str(version)
+
+
+def _device_type(device: object) -> str:
+    """"cuda:0" and "cuda" are one device type; parity cases and bench cells may spell it either way."""
+    return str(device).split(":", 1)[0]
+
+
+def parity_table(parity: pd.DataFrame) -> pd.DataFrame:
+    """One row per parity case (newest per case and commit): verdict, policy and first divergent layer."""
+    columns = ["machine", "commit", "model", "backend", "precision", "seq_len", "batch", "device", "fuse_qkv",
+               "seed", "policy", "status", "reason", "first_divergent_layer"]
+    if parity is None or parity.empty:
+        return pd.DataFrame(columns=columns)
+    case_columns = [c for c in parity.columns if c.startswith("case.")]
+    newest = parity.sort_values("utc_time").drop_duplicates(subset=["machine", "sha", *case_columns], keep="last")
+    table = newest.rename(columns={c: c.removeprefix("case.") for c in case_columns})
+    table["policy"] = [f"{name} v{_version_text(version)}" for name, version in
+                       zip(table["policy.name"], table["policy.version"], strict=True)]
+    table = table.sort_values(["machine", "model", "backend", "precision", "seq_len", "batch"])
+    return table.reindex(columns=columns).reset_index(drop=True)
