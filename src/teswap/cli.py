@@ -21,9 +21,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def _commands() -> dict[str, ModuleType]:
-    from teswap.commands import check, compare, env, report, run
+    from teswap.commands import bench, check, compare, env, report, run
 
-    return {"env": env, "run": run, "check": check, "report": report, "compare": compare}
+    return {"env": env, "run": run, "check": check, "bench": bench, "report": report, "compare": compare}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,178 @@
+"""GPU power, energy, temperature and clocks behind a small interface; NVML (nvidia-ml-py) behind it.
+
+`pynvml` is imported only inside the functions that call it, so importing this module touches no
+driver. NVML failures become `NvmlError` naming the call. `probe_nvml` answers "can we read power
+here" once, with the reason when we cannot (no pynvml, no driver, no GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+
+from teswap.benchmark.errors import NvmlError
+from teswap.probe import Availability
+
+T = TypeVar("T")
+
+
+class PowerMeter(ABC):
+    """One GPU's cumulative energy and instantaneous power, temperature, SM clock and memory."""
+
+    @abstractmethod
+    def total_energy_mj(self) -> int | None:
+        """Energy since the driver loaded, in mJ; None where the GPU has no counter (pre-Volta)."""
+
+    @abstractmethod
+    def power_w(self) -> float:
+        """Board power draw, W (NVML averages over ~1 s on Ampere and newer, GA100 excepted)."""
+
+    @abstractmethod
+    def temperature_c(self) -> float:
+        """GPU die temperature, °C."""
+
+    @abstractmethod
+    def sm_clock_mhz(self) -> float:
+        """Current SM clock, MHz."""
+
+    @abstractmethod
+    def memory_used_bytes(self) -> int:
+        """Device memory in use by all processes, bytes."""
+
+
+def nvml_call(function: Callable[..., T], *args: Any) -> T:
+    """Call an NVML function; its NVMLError becomes NvmlError naming the call."""
+    import pynvml
+
+    try:
+        return function(*args)
+    except pynvml.NVMLError as err:
+        raise NvmlError(f"{getattr(function, '__name__', function)} failed: {err}") from err
+
+
+class NvmlPowerMeter(PowerMeter):
+    """PowerMeter over one NVML device handle; call inside `nvml_session()`."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self._has_energy_counter: bool | None = None
+
+    def total_energy_mj(self) -> int | None:
+        import pynvml
+
+        if self._has_energy_counter is False:
+            return None
+        try:
+            value = pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+        except pynvml.NVMLError_NotSupported:
+            self._has_energy_counter = False
+            return None
+        except pynvml.NVMLError as err:
+            raise NvmlError(f"nvmlDeviceGetTotalEnergyConsumption failed: {err}") from err
+        self._has_energy_counter = True
+        return int(value)
+
+    def power_w(self) -> float:
+        import pynvml
+
+        return nvml_call(pynvml.nvmlDeviceGetPowerUsage, self.handle) / 1e3  # mW
+
+    def temperature_c(self) -> float:
+        import pynvml
+
+        return float(nvml_call(pynvml.nvmlDeviceGetTemperature, self.handle, pynvml.NVML_TEMPERATURE_GPU))
+
+    def sm_clock_mhz(self) -> float:
+        import pynvml
+
+        return float(nvml_call(pynvml.nvmlDeviceGetClockInfo, self.handle, pynvml.NVML_CLOCK_SM))
+
+    def memory_used_bytes(self) -> int:
+        import pynvml
+
+        return int(nvml_call(pynvml.nvmlDeviceGetMemoryInfo, self.handle).used)
+
+
+@contextmanager
+def nvml_session() -> Iterator[None]:
+    """nvmlInit ... nvmlShutdown (NVML counts inits, so nested sessions are fine)."""
+    import pynvml
+
+    nvml_call(pynvml.nvmlInit)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):  # a failed shutdown must not hide the session's outcome
+            pynvml.nvmlShutdown()
+
+
+@functools.cache
+def probe_nvml() -> Availability:
+    """Whether NVML can be read here, with the reason when it cannot."""
+    try:
+        import pynvml
+    except ImportError:
+        return Availability(False, "nvidia-ml-py (pynvml) is not installed")
+    try:
+        with nvml_session():
+            count = nvml_call(pynvml.nvmlDeviceGetCount)
+    except NvmlError as err:
+        return Availability(False, f"NVML unavailable: {err.__cause__ or err}")
+    if count == 0:
+        return Availability(False, "NVML sees no GPU")
+    return Availability(True)
+
+
+def clear_nvml_probe() -> None:
+    """Forget the cached probe (tests that patch pynvml)."""
+    probe_nvml.cache_clear()
+
+
+def torch_device_uuid(device: torch.device) -> str | None:
+    """The GPU's UUID as NVML spells it ("GPU-..."), from torch's device properties when it has them."""
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    if uuid is None:
+        return None
+    text = str(uuid)
+    return text if text.startswith("GPU-") else f"GPU-{text}"
+
+
+def nvml_handle(device: torch.device) -> Any:
+    """The NVML handle of torch's `device`, matched by UUID (torch indices follow CUDA_VISIBLE_DEVICES,
+    NVML's do not); by index when the UUID is unknown to NVML."""
+    import pynvml
+
+    uuid = torch_device_uuid(device)
+    if uuid is not None:
+        try:
+            return nvml_call(pynvml.nvmlDeviceGetHandleByUUID, uuid)
+        except NvmlError:
+            pass  # e.g. a MIG instance's UUID: fall back to the index
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return nvml_call(pynvml.nvmlDeviceGetHandleByIndex, index)
+
+
+@contextmanager
+def power_meter(device: torch.device) -> Iterator[tuple[PowerMeter | None, str | None]]:
+    """Yield (a meter for `device`, None) inside an NVML session, or (None, why there is none)."""
+    if device.type != "cuda":
+        yield None, f"device is {device.type}: NVML measures NVIDIA GPUs only"
+        return
+    available = probe_nvml()
+    if not available:
+        yield None, available.reason
+        return
+    with nvml_session():
+        meter: PowerMeter | None = None
+        reason: str | None = None
+        try:
+            meter = NvmlPowerMeter(nvml_handle(device))
+        except NvmlError as err:
+            reason = str(err)
+        yield meter, reason

@@ -1,0 +1,192 @@
+"""What a sweep measures: the settings (`SweepSpec`), its cells, and the defaults for this hardware.
+
+A cell is one (model, workload, backend, precision, seq_len, batch, device). The stock model runs at
+the model dtype of the precisions asked for (fp32, or bf16 as the baseline of bf16 and the FP8
+recipes), once per (model, workload, seq_len, batch, dtype); the swapped model runs once per backend
+and precision. Cells are grouped by (model, dtype) so each pair is built once, and ordered prefill
+before train because training steps move the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from teswap.benchmark.errors import BenchConfigError
+from teswap.benchmark.timing import TimingPolicy
+from teswap.benchmark.workloads import WORKLOADS
+from teswap.precision import PRECISIONS
+
+SWAPPED_BACKENDS = ("torch", "te")
+BACKENDS = ("stock", *SWAPPED_BACKENDS)
+BUILD_ON = ("host", "device")
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    """One measured configuration; `to_dict()` is the record's "cell" field."""
+
+    model: str
+    workload: str
+    backend: str  # "stock", "torch" or "te"
+    precision: str
+    seq_len: int
+    batch: int
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch
+
+    def label(self) -> str:
+        return f"{self.model} {self.workload} {self.backend}/{self.precision} s={self.seq_len} b={self.batch}"
+
+
+def dtype_name(precision: str) -> str:
+    """The model dtype a precision runs at: fp32, or bf16 (FP8 recipes keep bf16 weights)."""
+    return DTYPE_NAMES[PRECISIONS[precision].model_dtype]
+
+
+def resolve_device(text: str) -> torch.device:
+    """A torch device with its index filled in; refuses devices this harness cannot measure."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise BenchConfigError(f"invalid device {text!r}; use cpu or cuda[:N]") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise BenchConfigError(f"device {text!r} is not supported; use cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        raise BenchConfigError(f"device {text!r} asked for, but torch sees no CUDA device; use --device cpu")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise BenchConfigError(f"device {text!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return torch.device("cuda", index)
+
+
+def _require_choices(name: str, values: Sequence[str], allowed: Sequence[str]) -> None:
+    if not values:
+        raise BenchConfigError(f"{name}: give at least one")
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise BenchConfigError(f"{name}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
+
+
+def _require_positive(name: str, values: Sequence[int]) -> None:
+    if not values or any(v <= 0 for v in values):
+        raise BenchConfigError(f"{name}: need one or more positive integers, got {list(values)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSpec:
+    """Everything a sweep needs; validated on construction."""
+
+    models: tuple[str, ...]
+    workloads: tuple[str, ...]
+    backends: tuple[str, ...]
+    precisions: tuple[str, ...]
+    seq_lens: tuple[int, ...]
+    batches: tuple[int, ...]
+    device: str
+    seed: int = 0
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    min_energy_window_s: float = 5.0
+    sample_interval_s: float = 0.05
+    idle_s: float = 0.0
+    cooldown_s: float = 0.0
+    threads: int | None = None  # torch intra-op threads during the sweep; None leaves torch's setting
+    build_on: str = "host"  # where pairs are built: "host", or "device" (then offloaded to the host)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise BenchConfigError("models: give at least one")
+        _require_choices("workloads", self.workloads, WORKLOADS)
+        _require_choices("backends", self.backends, BACKENDS)
+        _require_choices("precisions", self.precisions, tuple(PRECISIONS))
+        _require_positive("seq_lens", self.seq_lens)
+        _require_positive("batches", self.batches)
+        for name in ("min_energy_window_s", "idle_s", "cooldown_s"):
+            if getattr(self, name) < 0:
+                raise BenchConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.build_on not in BUILD_ON:
+            raise BenchConfigError(f"build_on must be one of {', '.join(BUILD_ON)}, got {self.build_on!r}")
+        if self.threads is not None and self.threads < 1:
+            raise BenchConfigError(f"threads must be >= 1, got {self.threads}")
+        if not self.sample_interval_s > 0:
+            raise BenchConfigError(f"sample_interval_s must be > 0, got {self.sample_interval_s}")
+
+    def settings(self) -> dict[str, Any]:
+        """The measurement settings stored with each record (what shaped the numbers, not which cell)."""
+        return {"seed": self.seed, "policy": asdict(self.policy), "min_energy_window_s": self.min_energy_window_s,
+                "sample_interval_s": self.sample_interval_s, "idle_s": self.idle_s, "cooldown_s": self.cooldown_s,
+                "torch_num_threads": torch.get_num_threads(), "build_on": self.build_on}
+
+
+def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
+    return [v for v in order if v in values]
+
+
+def plan_cells(spec: SweepSpec) -> list[Cell]:
+    """Every cell of the sweep, in run order: per model and dtype, stock then each backend; prefill first."""
+    device = str(resolve_device(spec.device))
+    dtypes = list(dict.fromkeys(dtype_name(p) for p in spec.precisions))
+    cells: list[Cell] = []
+    for model in dict.fromkeys(spec.models):
+        for dtype in dtypes:
+            precisions = [p for p in dict.fromkeys(spec.precisions) if dtype_name(p) == dtype]
+            for backend in _ordered(spec.backends, BACKENDS):
+                for workload in _ordered(spec.workloads, WORKLOADS):
+                    for precision in ([dtype] if backend == "stock" else precisions):
+                        cells.extend(
+                            Cell(model=model, workload=workload, backend=backend, precision=precision,
+                                 seq_len=seq_len, batch=batch, device=device)
+                            for seq_len in dict.fromkeys(spec.seq_lens) for batch in dict.fromkeys(spec.batches)
+                        )
+    return cells
+
+
+@dataclass(frozen=True)
+class Defaults:
+    models: tuple[str, ...]
+    workloads: tuple[str, ...]
+    backends: tuple[str, ...]
+    precisions: tuple[str, ...]
+    seq_lens: tuple[int, ...]
+    batches: tuple[int, ...]
+    policy: TimingPolicy
+    min_energy_window_s: float
+    idle_s: float
+    threads: int | None
+    build_on: str
+    why: str
+
+
+def defaults_for(device: torch.device, te_available: bool) -> Defaults:
+    """CPU: the tiny preset at short lengths (well under a minute). GPU: an 8B shape, 512…8192 tokens."""
+    if device.type == "cpu":
+        return Defaults(
+            models=("tiny",), workloads=WORKLOADS, backends=("stock", "torch"), precisions=("fp32",),
+            seq_lens=(32, 64, 128), batches=(2,),
+            policy=TimingPolicy(warmup=3, min_samples=10, target_rel_ci=0.02, budget_s=0.75),
+            # One intra-op thread: with OpenMP's barriers, a core taken by another process stalls every
+            # parallel op, and on shared 2-core machines multi-thread timings swing by 10-100x.
+            min_energy_window_s=0.0, idle_s=0.0, threads=1, build_on="host",
+            why="CPU: tiny preset, fp32, stock vs torch backend, 1 thread",
+        )
+    swapped = "te" if te_available else "torch"
+    return Defaults(
+        models=("llama3-8b",), workloads=WORKLOADS, backends=("stock", swapped),
+        precisions=("bf16", "fp8-delayed", "fp8-current", "fp8-block", "mxfp8"),
+        seq_lens=(512, 1024, 2048, 4096, 8192), batches=(1,),
+        policy=TimingPolicy(warmup=5, min_samples=10, target_rel_ci=0.01, budget_s=10.0),
+        min_energy_window_s=5.0, idle_s=5.0, threads=None, build_on="device",
+        why=f"GPU: llama3-8b shape, {swapped} backend" + ("" if te_available else " (te unavailable)"),
+    )

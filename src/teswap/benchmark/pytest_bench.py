@@ -1,0 +1,133 @@
+"""pytest-benchmark glue: a cell as a pedantic benchmark, machine info for its JSON, JSON -> records.
+
+`run_benchmark_cell` times the same workload step the sweep times, as `benchmark.pedantic` over a
+device-synchronised target, inside the same energy window and memory tracker, and puts tokens/s,
+memory and energy in `extra_info` (plus everything a record needs under `extra_info["teswap"]`).
+`update_machine_info` adds the GPU, driver, CUDA and TE fields and teswap's full provenance to
+pytest-benchmark's machine_info, so `records_from_benchmark_json` can turn a `--benchmark-json` file
+into "bench" records with the provenance of the machine that ran it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from teswap.benchmark.energy import EnergyWindow
+from teswap.benchmark.errors import BenchConfigError
+from teswap.benchmark.gpu_info import gpu_info
+from teswap.benchmark.memory import MemoryTracker
+from teswap.benchmark.mfu import ModelShape
+from teswap.benchmark.nvml import power_meter
+from teswap.benchmark.plan import Cell
+from teswap.benchmark.records import bench_fields, model_config_fields
+from teswap.benchmark.runner import cell_metrics
+from teswap.benchmark.timing import synchronize, warm_up
+from teswap.benchmark.workloads import make_input_ids, prepare_step, release
+from teswap.provenance import GitInfo, LibraryVersions, MachineInfo, Provenance, capture_provenance
+
+PYTEST_TIMER = "pytest-benchmark(perf_counter around a device-synchronised target)"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def machine_info_extras(device: torch.device | None = None) -> dict[str, Any]:
+    """GPU/driver/CUDA/TE fields and teswap's provenance, for pytest-benchmark's machine_info."""
+    gpu = gpu_info(device or default_device())
+    return {
+        "gpu": gpu, "gpu_name": gpu["name"], "gpu_uuid": gpu["uuid"], "driver_version": gpu["driver_version"],
+        "cuda_runtime": torch.version.cuda, "cuda_driver_version": gpu["cuda_driver_version"],
+        "compute_capability": gpu["compute_capability"], "transformer_engine": gpu["transformer_engine"],
+        "torch": torch.__version__, "teswap_provenance": capture_provenance().to_dict(),
+    }
+
+
+def update_machine_info(machine_info: dict[str, Any], device: torch.device | None = None) -> None:
+    """Body of the `pytest_benchmark_update_machine_info` hook."""
+    machine_info.update(machine_info_extras(device))
+
+
+def run_benchmark_cell(benchmark: Any, cell: Cell, model: PreTrainedModel, *, rounds: int, warmup: int = 3,
+                       seed: int = 0, min_energy_window_s: float = 0.0) -> dict[str, Any]:
+    """Time `cell` on `model` with benchmark.pedantic; returns (and stores in extra_info) its figures."""
+    device = torch.device(cell.device)
+    shape = ModelShape.from_config(model.config)
+    ids = make_input_ids(shape.vocab_size, cell.batch, cell.seq_len, seed=seed, device=device)
+    step = prepare_step(cell.workload, model, ids, backend=cell.backend, precision=cell.precision)
+
+    def target() -> None:  # synchronised, so pytest-benchmark's wall clock covers the device work
+        step()
+        synchronize(device)
+
+    tracker = MemoryTracker(device)
+    try:
+        tracker.start()
+        warm_up(step, warmup, device)
+        with power_meter(device) as (meter, reason):
+            window = EnergyWindow(meter, device, null_reason=reason, min_window_s=min_energy_window_s)
+            with window:
+                benchmark.pedantic(target, rounds=rounds, warmup_rounds=0, iterations=1)
+                extra_steps = window.extend_to(step)
+        tracker.after_timing(step, step.resident_tensors)
+        stats = benchmark.stats.stats if benchmark.stats else None  # None under --benchmark-disable
+        window_steps = rounds + extra_steps
+        energy = window.metrics(tokens=window_steps * step.tokens_per_step, steps=window_steps)
+    finally:
+        release(step)
+    tokens_per_s = step.tokens_per_step / stats.median if stats else None
+    metrics = cell_metrics(cell, shape, device, tokens_per_s=tokens_per_s, memory=tracker.result(), energy=energy,
+                           idle={"idle_power_w": None, "idle_power_null_reason": "no idle baseline in pytest runs"})
+    info = {
+        "tokens_per_s": tokens_per_s, "peak_allocated_bytes": metrics["peak_allocated_bytes"],
+        "peak_reserved_bytes": metrics["peak_reserved_bytes"], "energy_per_token_j": metrics["energy_per_token_j"],
+        "power_avg_w": metrics["power_avg_w"], "energy_null_reason": metrics["energy_null_reason"],
+        "teswap": {"cell": cell.to_dict(), "model_config": model_config_fields(model.config), "metrics": metrics,
+                   "warmup": warmup, "gpu": gpu_info(device)},
+    }
+    benchmark.extra_info.update(info)
+    return info
+
+
+def _provenance_from(machine_info: dict[str, Any]) -> Provenance:
+    saved = machine_info.get("teswap_provenance")
+    if not isinstance(saved, dict):
+        raise BenchConfigError("this benchmark JSON has no machine_info.teswap_provenance: it was not written by "
+                               "teswap's bench suite (run `pytest bench/ --benchmark-json=FILE`)")
+    return Provenance(git=GitInfo(**saved["git"]), machine=MachineInfo(**saved["machine"]),
+                      libraries=LibraryVersions(**saved["libraries"]), utc_time=saved["utc_time"])
+
+
+def _stats_from(stats: dict[str, Any], warmup: int) -> dict[str, Any]:
+    return {"median_s": stats["median"], "iqr_s": stats["iqr"], "mean_s": stats["mean"], "std_s": stats["stddev"],
+            "min_s": stats["min"], "count": stats["rounds"], "warmup": warmup, "samples_s": stats.get("data", []),
+            "ci_low_s": None, "ci_high_s": None, "stop_reason": "fixed_rounds", "timer": PYTEST_TIMER}
+
+
+def records_from_benchmark_json(data: dict[str, Any]) -> tuple[Provenance, list[dict[str, Any]]]:
+    """The provenance and the "bench" record fields of each teswap benchmark in a --benchmark-json dict."""
+    provenance = _provenance_from(data.get("machine_info", {}))
+    out = []
+    for bench in data.get("benchmarks", []):
+        ours = bench.get("extra_info", {}).get("teswap")
+        if not ours or not bench.get("stats"):
+            continue  # not one of our cells, or run with --benchmark-disable
+        out.append(bench_fields(
+            cell=Cell(**ours["cell"]), model_config=ours["model_config"], provenance=provenance, status="ok",
+            reason=None, stats=_stats_from(bench["stats"], ours["warmup"]), metrics=ours["metrics"], gpu=ours["gpu"],
+            settings={"source": "pytest-benchmark", "benchmark": bench.get("fullname"),
+                      "pytest_benchmark_version": data.get("version"), "datetime": data.get("datetime")},
+        ))
+    return provenance, out
+
+
+def load_benchmark_json(path: Path | str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise BenchConfigError(f"cannot read benchmark JSON {path}: {err}") from None

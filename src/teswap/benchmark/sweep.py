@@ -1,0 +1,239 @@
+"""Run a sweep: build each pair once, measure one resident model at a time, write each cell as it ends.
+
+Residency: pairs are kept in host memory, and only the model being measured is moved to the device;
+it goes back to the host (and the CUDA cache is emptied) before the other model comes. So a GPU never
+holds both models while measuring, and the stock model's weights do not count in the swapped model's
+peak. A pair is built on the host, or (`build_on="device"`, the GPU default: random init and weight
+checksums of an 8B model take minutes on a CPU) on the device and offloaded at once, which needs
+room for both models during the build only. On a CPU device nothing moves.
+
+Durability and resume: each finished cell is appended to the results store (locked, fsynced) before
+the next starts, with SIGINT/SIGTERM held off while it is written. A rerun of the same sweep on the
+same commit and machine looks up which cells already have an ok/oom record and measures only the rest.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedModel
+
+from teswap.backends import get_backend
+from teswap.benchmark.energy import idle_power_w
+from teswap.benchmark.errors import NvmlError
+from teswap.benchmark.gpu_info import gpu_info
+from teswap.benchmark.mfu import ModelShape
+from teswap.benchmark.nvml import PowerMeter, power_meter
+from teswap.benchmark.plan import Cell, SweepSpec, dtype_name, plan_cells, resolve_device
+from teswap.benchmark.records import bench_fields, cell_key, finished_records, model_config_fields
+from teswap.benchmark.residency import HOST, offload, resident
+from teswap.benchmark.runner import CellContext, CellOutcome, first_line, measure_cell, unmeasured
+from teswap.benchmark.signals import InterruptGuard, terminate_as_interrupt
+from teswap.errors import TeswapError
+from teswap.pair import Pair, build_pair
+from teswap.precision import PRECISIONS, require_precision
+from teswap.provenance import Provenance
+from teswap.sources import resolve_source
+from teswap.store import RunWriter, open_run
+
+
+class Progress(Protocol):
+    def start(self, total: int, already_done: int) -> None: ...
+    def advance(self, cell: Cell, status: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullProgress:
+    def start(self, total: int, already_done: int) -> None:
+        pass
+
+    def advance(self, cell: Cell, status: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(kw_only=True)
+class SweepResult:
+    """Every cell's record (this run's, or the finished one found in the store) and how the run ended."""
+
+    cells: list[Cell]
+    keys: list[str]  # each cell's resume key, in plan order
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell key -> record
+    written: int = 0
+    resumed: int = 0
+    interrupted: bool = False
+    run_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def missing(self) -> int:
+        return len(self.cells) - len(self.records)
+
+
+@dataclass(kw_only=True)
+class _Sweep:
+    spec: SweepSpec
+    provenance: Provenance
+    writer: RunWriter
+    guard: InterruptGuard
+    progress: Progress
+    ctx: CellContext
+    gpu: dict[str, Any]
+    configs: dict[str, dict[str, Any]]  # model source -> record "model_config"
+    result: SweepResult
+
+    def key(self, cell: Cell) -> str:
+        return _key(cell, self.configs, self.provenance)
+
+    def write(self, cell: Cell, outcome: CellOutcome) -> None:
+        fields = bench_fields(
+            cell=cell, model_config=self.configs[cell.model], provenance=self.provenance, status=outcome.status,
+            reason=outcome.reason, stats=outcome.stats.to_dict() if outcome.stats else None,
+            metrics=outcome.metrics, gpu=self.gpu, settings=self.spec.settings(),
+        )
+        with self.guard.deferred():  # a signal waits until the record is stored and counted
+            record = self.writer.append("bench", fields)
+            self.result.records[fields["cell_key"]] = record
+            self.result.written += 1
+            self.result.run_path = self.writer.path
+        self.progress.advance(cell, outcome.status)
+
+    def write_all(self, cells: list[Cell], status: str, reason: str) -> None:
+        for cell in cells:
+            self.write(cell, unmeasured(status, reason, self.ctx))
+
+    def run_cells(self, model: PreTrainedModel, cells: list[Cell]) -> None:
+        shape = ModelShape.from_config(model.config)
+        for index, cell in enumerate(cells):
+            if index and self.spec.cooldown_s:
+                time.sleep(self.spec.cooldown_s)  # let clocks and temperature settle between cells
+            if cell.backend != "stock":
+                try:
+                    require_precision(cell.precision, cell.backend, cell.device)
+                except TeswapError as err:
+                    self.write(cell, unmeasured("skipped", str(err), self.ctx))
+                    continue
+            self.write(cell, measure_cell(cell, model, shape, self.ctx))
+
+
+def _build_plans(sweep: _Sweep, pending: list[Cell]) -> list[tuple[str, list[tuple[str, list[Cell]]]]]:
+    """[(backend to build the pair with, [(role, cells)])]: stock cells ride on the first pair built."""
+    stock = [c for c in pending if c.backend == "stock"]
+    runnable = []
+    for backend in dict.fromkeys(c.backend for c in pending if c.backend != "stock"):
+        cells = [c for c in pending if c.backend == backend]
+        availability = get_backend(backend).probe()
+        if availability:
+            runnable.append((backend, cells))
+        else:
+            sweep.write_all(cells, "skipped", f"backend {backend!r} is unavailable: {availability.reason}")
+    plans: list[tuple[str, list[tuple[str, list[Cell]]]]] = []
+    if stock:
+        first_backend, first_cells = runnable.pop(0) if runnable else ("torch", [])
+        plans.append((first_backend, [("stock", stock), ("swapped", first_cells)]))
+    plans.extend((backend, [("swapped", cells)]) for backend, cells in runnable)
+    return plans
+
+
+def _build(sweep: _Sweep, model_source: str, backend: str, dtype: torch.dtype, device: torch.device) -> Pair:
+    """The pair in host memory: built there, or built on the device (fast init) and offloaded."""
+    build_device = device if sweep.spec.build_on == "device" else HOST
+    pair = build_pair(model_source, seed=sweep.spec.seed, backend=backend, dtype=dtype, device=build_device)
+    if build_device.type != "cpu":
+        offload(pair)
+    return pair
+
+
+def _run_group(sweep: _Sweep, model_source: str, dtype: torch.dtype, pending: list[Cell]) -> None:
+    device = resolve_device(sweep.spec.device)
+    for backend, roles in _build_plans(sweep, pending):
+        try:
+            pair: Pair | None = _build(sweep, model_source, backend, dtype, device)
+        except Exception as err:  # noqa: BLE001 - a pair that cannot be built fails its cells, not the sweep
+            for _, cells in roles:
+                sweep.write_all(cells, "error", f"building the pair failed: {first_line(err)}")
+            continue
+        assert pair is not None
+        for role, cells in roles:
+            if cells:
+                with resident(getattr(pair, role), device) as model:
+                    sweep.run_cells(model, cells)
+        pair = None
+        gc.collect()
+
+
+def _measure_idle(meter: PowerMeter | None, reason: str | None, spec: SweepSpec) -> tuple[float | None, str | None]:
+    if meter is None:
+        return None, reason
+    if spec.idle_s <= 0:
+        return None, "idle baseline not measured (idle_s = 0)"
+    try:
+        return idle_power_w(meter, spec.idle_s), None
+    except NvmlError as err:
+        return None, str(err)
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` for the block (None: unchanged), then restored."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _key(cell: Cell, configs: dict[str, dict[str, Any]], provenance: Provenance) -> str:
+    return cell_key(cell.to_dict(), configs[cell.model], provenance.to_dict())
+
+
+def _group(cells: list[Cell]) -> dict[tuple[str, str], list[Cell]]:
+    """Cells by (model, model dtype), in plan order."""
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.model, dtype_name(cell.precision)), []).append(cell)
+    return groups
+
+
+def run_sweep(spec: SweepSpec, *, results_root: Path | str, provenance: Provenance, resume: bool = True,
+              progress: Progress | None = None, run_id: str | None = None) -> SweepResult:
+    """Measure every cell of `spec` not already finished in the store; KeyboardInterrupt ends it cleanly."""
+    cells = plan_cells(spec)
+    configs = {model: model_config_fields(resolve_source(model).config) for model in dict.fromkeys(spec.models)}
+    result = SweepResult(cells=cells, keys=[_key(c, configs, provenance) for c in cells])
+    if resume:
+        found, result.notes = finished_records(results_root, result.keys)
+        result.records.update(found)
+        result.resumed = len(found)
+    progress = progress or NullProgress()
+    device = resolve_device(spec.device)
+    writer = open_run(results_root, provenance, run_id)
+    progress.start(len(cells), result.resumed)
+    with terminate_as_interrupt() as guard, torch_threads(spec.threads), power_meter(device) as (meter, meter_reason):
+        try:
+            idle, idle_reason = _measure_idle(meter, meter_reason, spec)
+            ctx = CellContext(policy=spec.policy, seed=spec.seed, meter=meter, energy_null_reason=meter_reason,
+                              min_energy_window_s=spec.min_energy_window_s, sample_interval_s=spec.sample_interval_s,
+                              idle_power_w=idle, idle_power_null_reason=idle_reason)
+            sweep = _Sweep(spec=spec, provenance=provenance, writer=writer, guard=guard, progress=progress, ctx=ctx,
+                           gpu=gpu_info(device), configs=configs, result=result)
+            for (model_source, dtype), group in _group(cells).items():
+                pending = [c for c in group if sweep.key(c) not in result.records]
+                if pending:
+                    _run_group(sweep, model_source, PRECISIONS[dtype].model_dtype, pending)
+        except KeyboardInterrupt:
+            result.interrupted = True
+        finally:
+            progress.close()
+    return result

@@ -1,0 +1,214 @@
+"""`teswap bench`: tokens/s, peak memory, energy and MFU of stock vs swapped, over a sweep of cells."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from teswap.cli import Parser, int_list, positive_int
+from teswap.errors import TeswapError
+
+
+def name_list(text: str) -> list[str]:
+    """argparse type: comma-separated names, e.g. prefill,train."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `teswap bench`; unset ones take the defaults for this hardware."""
+    sweep = parser.add_argument_group("sweep (defaults by hardware: tiny/fp32 on CPU, llama3-8b/bf16+FP8 on GPU)")
+    sweep.add_argument("--models", "--model", type=name_list, help="presets or local directories, comma-separated")
+    sweep.add_argument("--workloads", "--workload", type=name_list, help="prefill,train")
+    sweep.add_argument("--backends", "--backend", type=name_list, help="stock,torch,te")
+    sweep.add_argument("--precisions", "--precision", type=name_list,
+                       help="fp32,bf16,fp8-delayed,fp8-current,fp8-block,mxfp8 (stock runs at the model dtype)")
+    sweep.add_argument("--seq-lens", type=int_list, help="e.g. 512,1024,2048")
+    sweep.add_argument("--batches", "--batch", type=int_list, help="e.g. 1,2")
+    sweep.add_argument("--device", help="cpu or cuda[:N] (default: cuda if present)")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--threads", type=positive_int,
+                       help="torch intra-op threads during the sweep (default: 1 on CPU, torch's own on GPU)")
+    sweep.add_argument("--build-on", choices=("host", "device"),
+                       help="build each pair in host memory, or on the device and offload it (default on GPU)")
+    timing = parser.add_argument_group("timing")
+    timing.add_argument("--warmup", type=non_negative_int, help="untimed steps per cell")
+    timing.add_argument("--min-samples", type=positive_int)
+    timing.add_argument("--max-samples", type=positive_int)
+    timing.add_argument("--target-ci", type=positive_float,
+                        help="stop when the median's 95%% CI half-width is within this fraction of the median")
+    timing.add_argument("--budget-s", type=positive_float, help="sampling time per cell before giving up on the CI")
+    energy = parser.add_argument_group("energy (NVML; ignored without a GPU)")
+    energy.add_argument("--min-energy-window-s", type=non_negative_float,
+                        help="run the step until the energy window lasts this long")
+    energy.add_argument("--sample-interval-s", type=positive_float, default=0.05, help="power sampler period")
+    energy.add_argument("--idle-s", type=non_negative_float, help="idle power baseline before the sweep")
+    energy.add_argument("--cooldown-s", type=non_negative_float, default=0.0, help="pause between cells")
+    store = parser.add_argument_group("results")
+    store.add_argument("--results", default="results", help="results store root (default: results/)")
+    store.add_argument("--no-resume", action="store_true", help="measure every cell, even ones finished earlier")
+    store.add_argument("--from-pytest-json", metavar="FILE",
+                       help="store the cells of a `pytest bench/ --benchmark-json FILE` run as records, then exit")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("bench", help="benchmark stock vs swapped: tokens/s, memory, energy, MFU")
+    add_arguments(parser)
+
+
+class TqdmProgress:
+    """A progress bar over the sweep's cells, on stderr."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def start(self, total: int, already_done: int) -> None:
+        from tqdm.auto import tqdm  # a transformers dependency
+
+        self.bar = tqdm(total=total, initial=already_done, desc="teswap bench", unit="cell", file=sys.stderr,
+                        dynamic_ncols=True, mininterval=0.5)
+
+    def advance(self, cell: Any, status: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{cell.label()}: {status}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def build_spec(args: argparse.Namespace) -> tuple[Any, str]:
+    """The SweepSpec from the flags, unset ones filled by `defaults_for` this hardware; and why."""
+    import torch
+
+    from teswap.benchmark.plan import SweepSpec, defaults_for, resolve_device
+    from teswap.benchmark.timing import TimingPolicy
+    from teswap.probe import probe_te
+
+    device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    defaults = defaults_for(device, te_available=bool(probe_te()))
+    base = defaults.policy
+    policy = TimingPolicy(
+        warmup=base.warmup if args.warmup is None else args.warmup,
+        min_samples=args.min_samples or base.min_samples, max_samples=args.max_samples or base.max_samples,
+        target_rel_ci=args.target_ci or base.target_rel_ci, budget_s=args.budget_s or base.budget_s,
+    )
+    spec = SweepSpec(
+        models=tuple(args.models or defaults.models), workloads=tuple(args.workloads or defaults.workloads),
+        backends=tuple(args.backends or defaults.backends), precisions=tuple(args.precisions or defaults.precisions),
+        seq_lens=tuple(args.seq_lens or defaults.seq_lens), batches=tuple(args.batches or defaults.batches),
+        device=str(device), seed=args.seed, policy=policy,
+        min_energy_window_s=defaults.min_energy_window_s if args.min_energy_window_s is None
+        else args.min_energy_window_s,
+        sample_interval_s=args.sample_interval_s, idle_s=defaults.idle_s if args.idle_s is None else args.idle_s,
+        cooldown_s=args.cooldown_s, threads=args.threads or defaults.threads,
+        build_on=args.build_on or defaults.build_on,
+    )
+    return spec, defaults.why
+
+
+def _import_pytest_json(args: argparse.Namespace) -> int:
+    from teswap.benchmark.pytest_bench import load_benchmark_json, records_from_benchmark_json
+    from teswap.store import open_run
+
+    provenance, records = records_from_benchmark_json(load_benchmark_json(args.from_pytest_json))
+    if not records:
+        raise TeswapError(f"{args.from_pytest_json} holds no teswap benchmark cells (run with benchmarks enabled)")
+    writer = open_run(args.results, provenance)
+    for fields in records:
+        writer.append("bench", fields)
+    print(f"teswap bench: stored {len(records)} cells from {args.from_pytest_json} in {writer.path}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the sweep (or import a pytest-benchmark JSON); 0 done, 1 a cell errored, 130 interrupted."""
+    if args.from_pytest_json:
+        return _import_pytest_json(args)
+    from teswap.benchmark.plan import plan_cells
+    from teswap.benchmark.summary import summary_table
+    from teswap.benchmark.sweep import run_sweep
+    from teswap.provenance import capture_provenance
+    from teswap.sources import resolve_source
+
+    spec, why = build_spec(args)
+    for model in spec.models:
+        resolve_source(model)  # one clear line for a bad name before anything is built
+    print(f"teswap bench: {len(plan_cells(spec))} cells on {spec.device} ({why}); results in {args.results}/")
+    started = time.perf_counter()
+    result = run_sweep(spec, results_root=args.results, provenance=capture_provenance(),
+                       resume=not args.no_resume, progress=TqdmProgress())
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    records = [result.records[key] for key in result.keys if key in result.records]
+    print(summary_table(records))
+    for record in records:
+        if record["status"] != "ok":
+            print(f"  {record['status']}: {_label(record['cell'])}: {record['reason']}")
+    print(f"{result.written} cells measured, {result.resumed} already in the store, {result.missing} missing; "
+          f"{time.perf_counter() - started:.1f} s" + (f"; written to {result.run_path}" if result.run_path else ""))
+    if result.interrupted:
+        print(f"teswap bench: interrupted; rerun the same command to measure the {result.missing} missing cells",
+              file=sys.stderr)
+        return 130
+    return 1 if any(r["status"] == "error" for r in records) else 0
+
+
+def _label(cell: dict[str, Any]) -> str:
+    return (f"{cell['model']} {cell['workload']} {cell['backend']}/{cell['precision']} "
+            f"s={cell['seq_len']} b={cell['batch']}")
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    """`teswap bench` on its own (python -m teswap.commands.bench): one-line errors, exit 2 on bad input."""
+    parser = Parser(prog="teswap bench", description="benchmark stock vs swapped: tokens/s, memory, energy, MFU")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except TeswapError as err:
+        print(f"teswap: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("teswap: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli())
