@@ -43,10 +43,23 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Non-interleaved RoPE on bshd `t` from fp32 freqs [s, 1, 1, d], in fp32 like TE's fused kernel."""
     compute = _compute_dtype(t)
-    angles = freqs.transpose(0, 1)  # [1, s, 1, d] broadcasts over batch and heads in bshd
-    cos, sin = angles.cos().to(compute), angles.sin().to(compute)  # sincos in fp32, as TE's kernel
+    cos, sin = _cos_sin(freqs, compute)
     tf = t.to(compute)
     return (tf * cos + rotate_half(tf) * sin).to(t.dtype)
+
+
+def _cos_sin(freqs: torch.Tensor, compute: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of fp32 freqs as [1, s, 1, d] (bshd), computed once per table, not per layer and q/k.
+
+    Kept on the freqs tensor itself, so they live exactly as long as the one shared table does.
+    """
+    cached = getattr(freqs, "_teswap_cos_sin", None)
+    if cached is not None and cached[0] == compute:
+        return cached[1], cached[2]
+    angles = freqs.transpose(0, 1)  # [1, s, 1, d] broadcasts over batch and heads in bshd
+    cos, sin = angles.cos().to(compute), angles.sin().to(compute)  # sincos in fp32, as TE's kernel
+    freqs._teswap_cos_sin = (compute, cos, sin)  # type: ignore[attr-defined]
+    return cos, sin
 
 
 class LayerNormLinear(nn.Module):
@@ -78,6 +91,8 @@ class LayerNormLinear(nn.Module):
         parts = [getattr(self, name) for name in self.split_names]
         if not is_view_chain(self._fused_buffer, parts):  # after .to(), load or re-assignment
             self._fused_buffer = fuse_in_place(parts)
+        if not torch.is_grad_enabled() or not any(p.requires_grad for p in parts):
+            return self._fused_buffer  # nothing to route gradients to
         return NoopCat.apply(self._fused_buffer, *parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,6 +113,15 @@ class Linear(nn.Module):
         return self.gemm(x, self.weight)
 
 
+def swiglu(fc1_out: torch.Tensor) -> torch.Tensor:
+    """silu(first half) * second half; fc1's output is released on return, before fc2 runs."""
+    gate, up = fc1_out.chunk(2, dim=-1)
+    act = F.silu(gate)
+    if torch.is_grad_enabled() and (act.requires_grad or up.requires_grad):
+        return act * up
+    return act.mul_(up)  # no graph recorded: one ffn-sized temporary fewer, like HF's unfused MLP
+
+
 class LayerNormMLP(nn.Module):
     """RMSNorm, fc1 ([gate; up] rows), SwiGLU = silu(first half) * second half, fc2."""
 
@@ -115,8 +139,7 @@ class LayerNormMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = rms_norm(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
-        gate, up = self.fc1(normed, self.fc1_weight).chunk(2, dim=-1)
-        return self.fc2(F.silu(gate) * up, self.fc2_weight)
+        return self.fc2(swiglu(self.fc1(normed, self.fc1_weight)), self.fc2_weight)
 
 
 class MultiheadAttention(nn.Module):
@@ -155,7 +178,9 @@ class MultiheadAttention(nn.Module):
     def forward(self, x: torch.Tensor, rotary_pos_emb: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
         q, k, v = self.split_qkv(self.layernorm_qkv(x))
-        q, k = apply_rotary(q, rotary_pos_emb), apply_rotary(k, rotary_pos_emb)
+        # RoPE gives q and k their own storage; a contiguous v lets the whole QKV output be freed
+        # before attention instead of living on as v's base (stock's v_proj output is v-sized).
+        q, k, v = apply_rotary(q, rotary_pos_emb), apply_rotary(k, rotary_pos_emb), v.contiguous()
         context = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
             dropout_p=self.attention_dropout if self.training else 0.0,
