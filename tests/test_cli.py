@@ -20,25 +20,38 @@ def test_env_reports_versions_and_backend_reasons(capsys):
     assert te == "available" or te.startswith("unavailable: ")
 
 
-def test_run_on_cpu_picks_tiny_torch_fp32_and_passes(capsys):
-    assert main(["run", "--seq-len", "32", "--batch", "1"]) == 0
+def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
+    """Parity at every precision (unrunnable ones recorded as skipped), the sweep, the store, table and charts."""
+    from teswap.store import load_records
+
+    assert main(["run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "model=tiny backend=torch dtype=fp32 device=cpu" in out
-    assert "verdict: PASS" in out
+    assert "parity model=tiny bench model=tiny backends=torch" in out and "why: " in out
+    parity = load_records(tmp_path, kind="parity")
+    by_precision = {r["case"]["precision"]: r["status"] for r in parity}
+    assert by_precision == {"fp32": "passed", "bf16": "passed", "fp8-delayed": "passed", "fp8-current": "passed",
+                            "fp8-block": "skipped", "mxfp8": "skipped"}
+    bench = load_records(tmp_path, kind="bench")
+    assert {r["cell"]["backend"] for r in bench} == {"stock", "torch"} and all(r["status"] == "ok" for r in bench)
+    assert "| tiny | prefill |" in out and "passed 1/1" in out
+    report = tmp_path / "report"
+    assert {p.suffix for p in report.iterdir()} >= {".md", ".html", ".csv", ".tex"}
+    assert any(report.rglob("*.png")) and any(report.rglob("*.svg"))
 
 
-def test_run_fails_with_exit_1_when_the_swap_is_corrupted(capsys, monkeypatch):
+def test_run_fails_with_exit_1_when_the_swap_is_corrupted(capsys, monkeypatch, tmp_path):
     import teswap.mapping
 
     monkeypatch.setattr(teswap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
-    assert main(["run", "--seq-len", "32", "--batch", "1"]) == 1
-    assert "verdict: FAIL" in capsys.readouterr().out
+    assert main(["run", "--out", str(tmp_path), "--skip-bench", "--precision", "fp32"]) == 1
+    assert "FAIL" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "--model", "llama-42b"], "unknown model source 'llama-42b'"),
-    (["run", "--seq-len", "0"], "argument --seq-len: expected a positive integer, got 0"),
-    (["run", "--dtype", "fp7"], "argument --dtype: invalid choice"),
+    (["run", "--seq-lens", "0"], "argument --seq-lens: expected a positive integer, got 0"),
+    (["run", "--precision", "fp7"], "unknown precision 'fp7'"),
+    (["run", "--backend", "te"], "backend 'te' is unavailable"),
     (["frobnicate"], "argument command: invalid choice"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):

@@ -1,111 +1,89 @@
-"""`teswap run`: pick the best setup for this machine, build the pair, check logits parity."""
+"""`teswap run`, the main job: environment, parity at every precision the hardware runs, the benchmark
+sweep, everything appended to the results store, then the published table and charts.
+
+It picks the best setup for the machine and says what it picked and why: on a CPU the tiny preset
+with the `torch` backend; on a GPU with TE an 8B-shaped sweep with `te` and the `torch` FP8 twin
+beside it (parity on the Llama-3.2-1B shape, whose fp32 reference and gradients fit beside the pair);
+on a GPU without TE the `torch` backend with real FP8 GEMMs. Flags override every choice.
+"""
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from teswap.backends import get_backend
 from teswap.errors import TeswapError
-from teswap.pair import Pair, build_pair
+from teswap.precision import PRECISIONS, precision_availability
+from teswap.probe import probe_te
 from teswap.sources import resolve_source
 
-DTYPE_BY_NAME = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass(frozen=True, kw_only=True)
-class RunOptions:
-    model: str
-    backend: str
-    dtype: str
+class RunPlan:
+    """What `teswap run` will do, and why each default was chosen."""
+
     device: str
-    seq_len: int
-    batch: int
-    seed: int
-    fuse_qkv: bool
-    why: str  # what was picked by default, and why
+    parity_model: str
+    bench_model: str
+    backends: tuple[str, ...]  # swapped backends; the sweep adds the stock model
+    precisions: tuple[str, ...]
+    parity_shape: tuple[int, int]  # (batch, seq_len)
+    seq_lens: tuple[int, ...] | None  # None: the sweep's hardware default
+    batches: tuple[int, ...] | None
+    results: Path
+    reasons: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return (f"model={self.model} backend={self.backend} dtype={self.dtype} device={self.device} "
-                f"seq_len={self.seq_len} batch={self.batch} ({self.why})")
+        return (f"device={self.device} parity model={self.parity_model} bench model={self.bench_model} "
+                f"backends={','.join(self.backends)} precisions={','.join(self.precisions)} results={self.results}"
+                f"\n  why: {'; '.join(self.reasons)}")
 
 
-def choose_run_options(*, model: str | None, backend: str | None, dtype: str | None, device: str | None,
-                       seq_len: int, batch: int, seed: int, fuse_qkv: bool) -> RunOptions:
-    """Defaults by hardware (tiny/torch/fp32 on CPU; a real shape/bf16 on GPU); flags override."""
+def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | None, seq_lens: list[int] | None,
+             batches: list[int] | None, device: str | None, out: Path) -> RunPlan:
+    """Defaults by hardware, each with its reason; flags override. Bad names fail here, before any work."""
+    reasons: list[str] = []
     cuda = torch.cuda.is_available()
-    reasons = []
-    if device is None:
-        device = "cuda" if cuda else "cpu"
-        reasons.append("CUDA present" if cuda else "no CUDA device")
+    device = device or ("cuda" if cuda else "cpu")
     on_gpu = device.startswith("cuda")
-    if backend is None:
-        te = get_backend("te").probe()
-        backend = "te" if on_gpu and te else "torch"
-        if on_gpu and not te:
-            reasons.append(f"te unavailable ({te.reason})")
+    if on_gpu and not cuda:
+        raise TeswapError(f"--device {device}: no CUDA device here")
+    te = probe_te()
+    if backend is not None:
+        get_backend(backend).require()  # asked for by name: unavailable is an error, not a skip
+        backends: tuple[str, ...] = (backend,)
+    elif on_gpu and te:
+        backends = ("te", "torch")
+        reasons.append("TE available: te backend, with the torch FP8 twin beside it")
+    else:
+        backends = ("torch",)
+        reasons.append("torch backend" + ("" if on_gpu else " (no GPU)") + (f"; te unavailable: {te.reason}" if not te else ""))
     if model is None:
-        model = "llama3.2-1b" if on_gpu else "tiny"
-    if dtype is None:
-        dtype = "bf16" if on_gpu else "fp32"
-    resolve_source(model)  # fail early with one clear line on a bad name or directory
-    get_backend(backend).require()
-    return RunOptions(model=model, backend=backend, dtype=dtype, device=device, seq_len=seq_len, batch=batch,
-                      seed=seed, fuse_qkv=fuse_qkv, why="; ".join(reasons) or "as given")
+        parity_model, bench_model = ("llama3.2-1b", "llama3-8b") if on_gpu else ("tiny", "tiny")
+        reasons.append("GPU: parity on the llama3.2-1b shape, sweep on the llama3-8b shape" if on_gpu
+                       else "CPU: the tiny preset (the whole job in well under a minute)")
+    else:
+        parity_model = bench_model = model
+    for source in {parity_model, bench_model}:
+        resolve_source(source)
+    if precisions is None:
+        base = "bf16" if on_gpu else "fp32"
+        precisions = [base, *(p for p in PRECISIONS if p != base and (p != "fp32" or not on_gpu))]
+        reasons.append(f"precisions: {base} and every FP8 recipe; those this hardware cannot run are recorded as skipped")
+    for name in precisions:
+        if name not in PRECISIONS:
+            raise TeswapError(f"unknown precision {name!r}; choose from {', '.join(PRECISIONS)}")
+    shape = (1, 2048) if on_gpu else (2, 128)
+    return RunPlan(device=device, parity_model=parity_model, bench_model=bench_model, backends=backends,
+                   precisions=tuple(precisions), parity_shape=shape, seq_lens=tuple(seq_lens) if seq_lens else None,
+                   batches=tuple(batches) if batches else None, results=out, reasons=reasons)
 
 
-@dataclass(frozen=True, kw_only=True)
-class ParityResult:
-    """Logits errors of stock and swapped against a reference, and the verdict."""
-
-    dtype: str
-    swapped_rel: float  # max |swapped - ref| / max |ref|
-    stock_rel: float  # max |stock - ref| / max |ref|; 0 when ref is the stock model itself
-    bound: float
-    passed: bool
-
-    def table(self) -> str:
-        rows = [("metric", "value", "bound", "ok"),
-                ("swapped vs ref, rel max err", f"{self.swapped_rel:.3e}", f"{self.bound:.3e}",
-                 "pass" if self.passed else "FAIL"),
-                ("stock vs ref, rel max err", f"{self.stock_rel:.3e}", "", "")]
-        return "\n".join(f"{a:<30} {b:>12} {c:>12} {d:>5}" for a, b, c, d in rows)
-
-
-def run_parity(options: RunOptions) -> ParityResult:
-    """Build the pair at options.dtype and compare logits; low precision is judged against fp32 stock."""
-    dtype = DTYPE_BY_NAME[options.dtype]
-    pair = build_pair(options.model, seed=options.seed, backend=options.backend, dtype=dtype,
-                      device=options.device, fuse_qkv=options.fuse_qkv)
-    if not pair.weights_equal:
-        raise TeswapError("stock and swapped weights differ after the copy; refusing to compare")
-    ids = _input_ids(pair, options)
-    stock, swapped = _logits(pair.stock, ids), _logits(pair.swapped, ids)
-    if dtype == torch.float32:  # TE's fp32 rtol is 1.3e-6 per op; a whole model stays within 1e-5
-        ref, bound = stock, 1e-5
-        return _result(options.dtype, swapped, stock, ref, bound_for=lambda _: bound)
-    ref = _logits(copy.deepcopy(pair.stock).to(dtype=torch.float32), ids)  # type: ignore[call-arg]  # same (low-precision-cast) weights, fp32 math
-    # No worse than the stock model at this precision, by 2x plus half a bf16 ulp of slack.
-    return _result(options.dtype, swapped, stock, ref, bound_for=lambda stock_rel: 2 * stock_rel + 2**-9)
-
-
-def _input_ids(pair: Pair, options: RunOptions) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(options.seed)
-    ids = torch.randint(0, pair.config.vocab_size, (options.batch, options.seq_len), generator=generator)
-    return ids.to(pair.device)
-
-
-@torch.no_grad()
-def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    return model(ids).logits.double()
-
-
-def _result(dtype: str, swapped: torch.Tensor, stock: torch.Tensor, ref: torch.Tensor, *, bound_for) -> ParityResult:
-    scale = ref.abs().max().clamp_min(1e-30)
-    swapped_rel = float((swapped - ref).abs().max() / scale)
-    stock_rel = float((stock - ref).abs().max() / scale)
-    bound = float(bound_for(stock_rel))
-    return ParityResult(dtype=dtype, swapped_rel=swapped_rel, stock_rel=stock_rel, bound=bound,
-                        passed=swapped_rel <= bound)
+def parity_cases(plan: RunPlan):
+    """(backend, precision, availability) for every parity case of the plan."""
+    for backend in plan.backends:
+        for precision in plan.precisions:
+            yield backend, precision, precision_availability(precision, backend, plan.device)

@@ -1,37 +1,35 @@
-"""`teswap run`: the main job."""
+"""`teswap run`: the main job (environment, parity, benchmark sweep, store, table and charts)."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from teswap.cli import positive_int
-
-DTYPES = ("fp32", "bf16", "fp16")
+from teswap.cli import int_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    run = sub.add_parser("run", help="the main job: build the pair and check parity")
-    run.add_argument("--model", help="preset name or local directory with config.json (default: by hardware)")
-    run.add_argument("--backend", choices=("torch", "te"), help="swapped layer backend (default: by hardware)")
-    run.add_argument("--dtype", choices=DTYPES, help="model dtype (default: fp32 on CPU, bf16 on GPU)")
-    run.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
-    run.add_argument("--seq-len", type=positive_int, default=128)
-    run.add_argument("--batch", type=positive_int, default=2)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--fuse-qkv", action="store_true", help="use TE's fused QKV weight layout")
+    run = sub.add_parser("run", help="the main job: parity at every precision, the benchmark sweep, the report")
+    run.add_argument("--model", help="preset or local directory with config.json (default: by hardware)")
+    run.add_argument("--backend", choices=("torch", "te"), help="swapped backend (default: by hardware)")
+    run.add_argument("--precision", type=lambda s: [p.strip() for p in s.split(",") if p.strip()],
+                     help="comma-separated precisions (default: the base dtype and every FP8 recipe)")
+    run.add_argument("--seq-lens", type=int_list, help="benchmark sequence lengths, e.g. 512,1024")
+    run.add_argument("--batch", type=int_list, help="benchmark batch sizes, e.g. 1,2")
+    run.add_argument("--device", help="cpu or cuda[:N] (default: cuda if present)")
+    run.add_argument("--out", type=Path, default=Path("results"),
+                     help="results store (records are appended; the report goes to OUT/report)")
+    run.add_argument("--skip-bench", action="store_true", help="parity only")
 
 
 def main(args: argparse.Namespace) -> int:
-    from teswap.run import choose_run_options, run_parity
+    from teswap.run import plan_run
+    from teswap.run_job import run_job
 
-    options = choose_run_options(
-        model=args.model, backend=args.backend, dtype=args.dtype, device=args.device,
-        seq_len=args.seq_len, batch=args.batch, seed=args.seed, fuse_qkv=args.fuse_qkv,
-    )
-    print(f"teswap run: {options.describe()}")
     started = time.perf_counter()
-    result = run_parity(options)
-    print(result.table())
-    print(f"verdict: {'PASS' if result.passed else 'FAIL'} ({time.perf_counter() - started:.2f} s)")
-    return 0 if result.passed else 1
+    plan = plan_run(model=args.model, backend=args.backend, precisions=args.precision, seq_lens=args.seq_lens,
+                    batches=args.batch, device=args.device, out=args.out)
+    code = run_job(plan, bench=not args.skip_bench)
+    print(f"teswap run: finished in {time.perf_counter() - started:.1f} s (exit {code})")
+    return code

@@ -25,6 +25,14 @@ def number(value: Any, pattern: str, scale: float = 1.0) -> str:
     return MISSING if _missing(value) else pattern.format(float(value) * scale)
 
 
+def memory(value: Any) -> str:
+    """Bytes as GiB, or MiB below 1 GiB (a tiny CPU model's peak is a few MiB, not "0.0 GiB")."""
+    if _missing(value):
+        return MISSING
+    value = float(value)
+    return f"{value * 2 ** -30:.1f} GiB" if value >= 2**30 else f"{value * 2 ** -20:.1f} MiB"
+
+
 def _status_text(row: pd.Series) -> str | None:
     return None if row["status"] == "ok" else str(row["status"]).upper()
 
@@ -45,7 +53,7 @@ def results_table(table: pd.DataFrame) -> Table:
             Cell(number(row["stock_tokens_per_s"], "{:,.0f}") + f" ({row['stock_precision']})", numeric=True),
             Cell(status or mark + number(row["tokens_per_s"], "{:,.0f}"), flag=flag, numeric=True),
             Cell(status or mark + number(row["speedup"], "{:.2f}×"), flag=flag, numeric=True),
-            Cell(number(row["peak_allocated_bytes"], "{:.1f} GiB", 2 ** -30), numeric=True),
+            Cell(memory(row["peak_allocated_bytes"]), numeric=True),
             Cell(number(row["peak_memory_change"], "{:+.1%}"), numeric=True),
             Cell(number(row["energy_per_token_j"], "{:.3g}", 1e3), numeric=True),
             Cell(number(row["mfu_vs_precision_peak"], "{:.1%}"), numeric=True),

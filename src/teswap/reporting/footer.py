@@ -21,10 +21,11 @@ def provenance_lines(records: pd.DataFrame) -> list[str]:
     if records.empty:
         return []
     gpu = _distinct(records, "provenance.machine.gpu_name")
-    machine = (f"GPU: {gpu} ×{_distinct(records, 'provenance.machine.gpu_count')} (compute capability "
-               f"{_distinct(records, 'provenance.machine.compute_capability')}), "
-               + _joined(records, [("driver", "machine.driver_version"), ("CUDA", "machine.cuda_runtime")])
-               + f"; CPU: {_distinct(records, 'provenance.machine.cpu_model')}; "
+    gpu_text = "GPU: none (CPU run)" if records["provenance.machine.gpu_name"].isna().all() else (
+        f"GPU: {gpu} ×{_distinct(records, 'provenance.machine.gpu_count')} (compute capability "
+        f"{_distinct(records, 'provenance.machine.compute_capability')}), "
+        + _joined(records, [("driver", "machine.driver_version"), ("CUDA", "machine.cuda_runtime")]))
+    machine = (f"{gpu_text}; CPU: {_distinct(records, 'provenance.machine.cpu_model')}; "
                f"host: {_distinct(records, 'provenance.machine.hostname')}")
     libraries = "Libraries: " + _joined(records, [
         ("Python", "libraries.python"), ("torch", "libraries.torch"), ("transformers", "libraries.transformers"),
