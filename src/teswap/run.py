@@ -60,7 +60,8 @@ def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | 
         reasons.append("TE available: te backend, with the torch FP8 twin beside it")
     else:
         backends = ("torch",)
-        reasons.append("torch backend" + ("" if on_gpu else " (no GPU)") + (f"; te unavailable: {te.reason}" if not te else ""))
+        why = "" if te else f"; te unavailable: {te.reason}"
+        reasons.append("torch backend" + ("" if on_gpu else " (no GPU)") + why)
     if model is None:
         parity_model, bench_model = ("llama3.2-1b", "llama3-8b") if on_gpu else ("tiny", "tiny")
         reasons.append("GPU: parity on the llama3.2-1b shape, sweep on the llama3-8b shape" if on_gpu
@@ -72,7 +73,8 @@ def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | 
     if precisions is None:
         base = "bf16" if on_gpu else "fp32"
         precisions = [base, *(p for p in PRECISIONS if p != base and (p != "fp32" or not on_gpu))]
-        reasons.append(f"precisions: {base} and every FP8 recipe; those this hardware cannot run are recorded as skipped")
+        reasons.append(f"precisions: {base} and every FP8 recipe; those this hardware cannot run are "
+                       "recorded as skipped")
     for name in precisions:
         if name not in PRECISIONS:
             raise TeswapError(f"unknown precision {name!r}; choose from {', '.join(PRECISIONS)}")

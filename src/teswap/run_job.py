@@ -75,8 +75,8 @@ def _num(value: float) -> str:
 def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str) -> int:
     from teswap.benchmark.summary import summary_table
     from teswap.benchmark.sweep import run_sweep
-    from teswap.commands.bench import TqdmProgress, add_arguments, build_spec
     from teswap.cli import Parser
+    from teswap.commands.bench import TqdmProgress, add_arguments, build_spec
 
     parser = Parser(prog="teswap run")
     add_arguments(parser)

@@ -89,11 +89,12 @@ class LayerNormLinear(nn.Module):
         if not self.split_names:
             return self.weight
         parts = [getattr(self, name) for name in self.split_names]
-        if not is_view_chain(self._fused_buffer, parts):  # after .to(), load or re-assignment
-            self._fused_buffer = fuse_in_place(parts)
+        fused = self._fused_buffer
+        if fused is None or not is_view_chain(fused, parts):  # after .to(), load or re-assignment
+            fused = self._fused_buffer = fuse_in_place(parts)
         if not torch.is_grad_enabled() or not any(p.requires_grad for p in parts):
-            return self._fused_buffer  # nothing to route gradients to
-        return NoopCat.apply(self._fused_buffer, *parts)
+            return fused  # nothing to route gradients to
+        return NoopCat.apply(fused, *parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = rms_norm(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
