@@ -141,10 +141,14 @@ def memory_energy_chart(table: pd.DataFrame, model: str, workload: str) -> Figur
     """Peak allocated memory (GiB) and energy per token (mJ) against sequence length."""
     part = _one_machine(table, model, workload)
     fig, (memory, energy) = _figure(ncols=2)
-    _plot_lines(memory, part, "peak_allocated_bytes", "stock_peak_allocated_bytes", scale=2 ** -30)
-    memory.set_ylabel("peak allocated memory (GiB)")
+    gib = part["peak_allocated_bytes"].max(skipna=True) >= 2**30  # a tiny CPU model peaks at a few MiB
+    _plot_lines(memory, part, "peak_allocated_bytes", "stock_peak_allocated_bytes", scale=2 ** (-30 if gib else -20))
+    memory.set_ylabel(f"peak allocated memory ({'GiB' if gib else 'MiB'})")
     _plot_lines(energy, part, "energy_per_token_j", "stock_energy_per_token_j", scale=1e3)
     energy.set_ylabel("energy per token (mJ)")
+    if part["energy_per_token_j"].isna().all():  # say why the panel is empty instead of leaving it blank
+        energy.text(0.5, 0.5, "not measured:\nno NVML energy counter\n(CPU run, or NVML absent)",
+                    ha="center", va="center", transform=energy.transAxes, color="dimgray")
     fig.suptitle(f"{model} {workload}: memory and energy ({_subtitle(part)})", fontsize=FONT["axes.titlesize"])
     _legend(memory)
     return fig
