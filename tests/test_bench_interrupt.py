@@ -19,7 +19,7 @@ TOTAL_CELLS = 16
 
 
 def bench(results: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "teswap.commands.bench", *SWEEP, "--results", str(results), *extra]
+    return [sys.executable, "-m", "teswap.cli", "bench", *SWEEP, "--results", str(results), *extra]
 
 
 def records_in(results: Path) -> list[dict]:

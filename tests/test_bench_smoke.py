@@ -14,7 +14,7 @@ from teswap import build_pair
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.pytest_bench import records_from_benchmark_json, run_benchmark_cell, update_machine_info
 from teswap.benchmark.records import METRIC_FIELDS, STATS_FIELDS
-from teswap.commands import bench
+from teswap.cli import main
 from teswap.store import load_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_benchmark_json_from_the_bench_suite_becomes_records(tmp_path, capsys):
         assert len(record["stats"]["samples_s"]) == 3
         assert record["stats"]["median_s"] == pytest.approx(record["cell"]["batch"] * record["cell"]["seq_len"]
                                                             / record["metrics"]["tokens_per_s"])
-    assert bench.run_cli(["--from-pytest-json", str(out), "--results", str(tmp_path / "store")]) == 0
+    assert main(["bench", "--from-pytest-json", str(out), "--results", str(tmp_path / "store")]) == 0
     stored = load_records(tmp_path / "store", kind="bench")
     assert len(stored) == 2 and stored[0]["provenance"] == provenance.to_dict()
     assert "stored 2 cells" in capsys.readouterr().out

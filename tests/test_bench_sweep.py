@@ -14,7 +14,7 @@ from teswap.benchmark.records import CELL_FIELDS, METRIC_FIELDS, MODEL_CONFIG_FI
 from teswap.benchmark.summary import COLUMNS, summary_rows, summary_table
 from teswap.benchmark.sweep import run_sweep
 from teswap.benchmark.timing import TimingPolicy
-from teswap.cli import Parser
+from teswap.cli import Parser, main
 from teswap.commands import bench
 from teswap.provenance import GitInfo, capture_provenance
 from teswap.store import SCHEMA_VERSION, load_records
@@ -131,7 +131,7 @@ def test_summary_compares_each_backend_with_its_stock_baseline(tmp_path, provena
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     try:
-        code = bench.run_cli(list(argv))
+        code = main(["bench", *argv])
     except SystemExit as exit_:
         code = exit_.code
     out, err = capsys.readouterr()

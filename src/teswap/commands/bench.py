@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from teswap.cli import Parser, int_list, positive_int
+from teswap.cli import int_list, positive_int
 from teswap.errors import TeswapError
 
 
@@ -193,22 +192,3 @@ def main(args: argparse.Namespace) -> int:
 def _label(cell: dict[str, Any]) -> str:
     return (f"{cell['model']} {cell['workload']} {cell['backend']}/{cell['precision']} "
             f"s={cell['seq_len']} b={cell['batch']}")
-
-
-def run_cli(argv: Sequence[str] | None = None) -> int:
-    """`teswap bench` on its own (python -m teswap.commands.bench): one-line errors, exit 2 on bad input."""
-    parser = Parser(prog="teswap bench", description="benchmark stock vs swapped: tokens/s, memory, energy, MFU")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except TeswapError as err:
-        print(f"teswap: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("teswap: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli())
