@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teswap.parity import ParityCase, run_parity_case
+from teswap.parity import ParityCase, run_parity_case, skipped_record_fields
 from teswap.precision import PRECISIONS, precision_availability
 
 CPU_PRESETS = ("tiny", "tiny-llama3")
@@ -23,9 +23,7 @@ GPU_SHAPES = ((1, 512), (2, 2048))
 def _run(results_writer, case: ParityCase) -> None:
     availability = precision_availability(case.precision, case.backend, case.device)
     if not availability:
-        results_writer.append("parity", {"case": case.as_dict(), "passed": False, "status": "skipped",
-                                         "reason": availability.reason, "policy": None, "metrics": None,
-                                         "first_divergent_layer": None})
+        results_writer.append("parity", skipped_record_fields(case, availability.reason))
         pytest.skip(availability.reason)
     report = run_parity_case(case)
     results_writer.append("parity", report.record_fields())

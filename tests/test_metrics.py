@@ -162,29 +162,35 @@ FP8_SMOOTH = [6.25e-2, 7.29e-2, 8.65e-2, 8.87e-2, 8.90e-2, 9.26e-2, 9.29e-2, 9.1
 FP32_SMOOTH = [3.76e-7, 4.13e-7, 4.09e-7, 4.13e-7, 4.08e-7, 4.21e-7, 4.13e-7, 4.09e-7]
 
 
-@pytest.mark.parametrize(("curve", "floor", "expected"), [
-    (BF16_LAYER0_CORRUPT, 2e-2, 0),
-    (BF16_LAYER4_CORRUPT, 2e-2, 4),
-    (BF16_SMOOTH, 2e-2, None),
-    (FP8_SMOOTH, 0.2, None),
-    (FP32_SMOOTH, 1e-4, None),
-    ([0.0, 0.0, 0.0, 0.5, 0.6], 1e-4, 3),  # exact until layer 3
-    ([1e-7, 1e-5, 1e-3], 1e-2, None),  # 100x jumps, all below the noise floor
-    ([1e-3, 2e-3, math.nan, 1.0], 1e-2, 2),  # a non-finite error diverges
-], ids=["layer0-corrupt", "layer4-corrupt", "bf16-smooth", "fp8-smooth", "fp32-smooth", "exact-then-jump",
-        "below-floor", "nan"])
-def test_first_divergent_layer_on_error_curves(curve, floor, expected):
-    assert first_divergent_layer(curve, floor=floor) == expected
+@pytest.mark.parametrize(("swapped", "stock", "floor", "expected"), [
+    (BF16_LAYER0_CORRUPT, BF16_SMOOTH, 1e-2, 0),
+    (BF16_LAYER4_CORRUPT, BF16_SMOOTH, 1e-2, 4),
+    ([e * 1.3 for e in BF16_SMOOTH], BF16_SMOOTH, 1e-2, None),  # tracks stock's noise
+    (FP8_SMOOTH, [e * 0.9 for e in FP8_SMOOTH], 5e-2, None),
+    (FP32_SMOOTH, FP32_SMOOTH, 1e-5, None),
+    ([0.0, 0.0, 0.0, 0.5, 0.6], [0.0] * 5, 1e-5, 3),  # exact until layer 3
+    ([1e-7, 1e-6, 3e-6], [0.0] * 3, 1e-5, None),  # rounding noise over an exact stock stays below the floor
+    ([1e-3, 2e-3, math.nan, 1.0], [1e-3, 2e-3, 3e-3, 4e-3], 1e-2, 2),  # a non-finite error diverges
+], ids=["layer0-corrupt", "layer4-corrupt", "bf16-tracks-stock", "fp8-tracks-stock", "fp32-identical",
+        "exact-then-jump", "below-floor", "nan"])
+def test_first_divergent_layer_against_stock(swapped, stock, floor, expected):
+    assert first_divergent_layer(swapped, stock, floor=floor) == expected
 
 
 def test_first_divergent_layer_reports_the_layer_index_it_was_given():
-    errors = [LayerError(layer=10 + i, rel_error=e, max_abs=0.0) for i, e in enumerate(BF16_LAYER4_CORRUPT)]
-    assert first_divergent_layer(errors) == 14
+    swapped = [LayerError(layer=10 + i, rel_error=e, max_abs=0.0) for i, e in enumerate(BF16_LAYER4_CORRUPT)]
+    stock = [LayerError(layer=10 + i, rel_error=e, max_abs=0.0) for i, e in enumerate(BF16_SMOOTH)]
+    assert first_divergent_layer(swapped, stock, floor=1e-2) == 14
 
 
-def test_a_slow_rise_is_not_a_jump_but_a_sharp_one_is():
-    assert first_divergent_layer([0.03, 0.09, 0.27], floor=0.05, jump_factor=4.0) is None
-    assert first_divergent_layer([0.03, 0.09, 0.27], floor=0.05, jump_factor=2.0) == 1
+def test_the_factor_decides_how_far_above_stock_counts():
+    assert first_divergent_layer([0.03, 0.09], [0.03, 0.03], floor=0.01, factor=4.0) is None
+    assert first_divergent_layer([0.03, 0.09], [0.03, 0.03], floor=0.01, factor=2.0) == 1
+
+
+def test_layer_counts_must_match():
+    with pytest.raises(MetricInputError, match="3 swapped layer errors but 2 stock ones"):
+        first_divergent_layer([0.1, 0.2, 0.3], [0.1, 0.2], floor=0.01)
 
 
 # ---- tokens -------------------------------------------------------------------------------------

@@ -149,25 +149,30 @@ def layer_errors(test_hidden: Sequence[torch.Tensor], ref_hidden: Sequence[torch
     return errors
 
 
-def first_divergent_layer(errors: Sequence[LayerError] | Sequence[float], *, jump_factor: float = 4.0,
-                          floor: float = 2e-2) -> int | None:
-    """The first layer whose relative error jumps above the noise floor, or None if none does.
+def first_divergent_layer(swapped: Sequence[LayerError] | Sequence[float],
+                          stock: Sequence[LayerError] | Sequence[float], *, floor: float,
+                          factor: float = 4.0) -> int | None:
+    """The first layer where the swapped model's error exceeds `factor` x stock's there, and `floor`.
 
-    Layer i diverges when its error is not finite, or when it exceeds `floor` AND exceeds
-    `jump_factor` times layer i-1's error (layer 0 only needs to exceed `floor`). Precision noise
-    grows by well under 2x per layer (a tiny Llama in bf16: 5.9e-3 after layer 0, 8.0e-3 after
-    layer 7), while a wrong weight in one layer multiplies the error at once (gate/up swapped in
-    layer 4 of that model: 7.6e-3 -> 5.9e-2). `floor` must sit above the precision's per-layer noise:
-    about 1e-4 for fp32, 2e-2 (default) for bf16, 0.2 for FP8. Returns the LayerError's `layer`,
-    or the position when plain floats are given.
+    Both are errors against the same reference at the same precision, so stock's curve is the noise
+    that precision makes at each layer: a wrong weight in layer k multiplies the swapped error at k at
+    once (gate/up swapped in layer 4 of a bf16 tiny Llama: 7.6e-3 -> 5.9e-2 against stock's 7.6e-3),
+    while a faithful swap tracks stock to within a few tens of percent. `floor` keeps an exact stock
+    (error 0 in fp32) from flagging rounding noise. A non-finite error diverges. Returns the
+    LayerError's `layer`, or the position when plain floats are given.
     """
-    previous = 0.0
-    for position, entry in enumerate(errors):
-        layer, error = (entry.layer, entry.rel_error) if isinstance(entry, LayerError) else (position, float(entry))  # type: ignore[arg-type]
-        if not math.isfinite(error) or (error > floor and error > jump_factor * previous):
+    if len(swapped) != len(stock):
+        raise MetricInputError(f"{len(swapped)} swapped layer errors but {len(stock)} stock ones")
+    for position, (ours, theirs) in enumerate(zip(swapped, stock, strict=True)):
+        layer, error = (ours.layer, ours.rel_error) if isinstance(ours, LayerError) else (position, _as_float(ours))
+        baseline = theirs.rel_error if isinstance(theirs, LayerError) else _as_float(theirs)
+        if not math.isfinite(error) or error > max(factor * baseline, floor):
             return layer
-        previous = error
     return None
+
+
+def _as_float(value: object) -> float:
+    return float(value)  # type: ignore[arg-type]  # a plain float from the caller's list
 
 
 def token_match_rate(test_tokens: torch.Tensor, ref_tokens: torch.Tensor) -> TokenMatch:

@@ -11,7 +11,6 @@ emulation (teswap.stock_fp8), since HF has no FP8 path of its own.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -23,15 +22,24 @@ from transformers import PretrainedConfig
 from teswap import fp8
 from teswap.capture import layer_outputs
 from teswap.mapping import te_to_hf_state_dict
-from teswap.metrics import grad_metrics, grad_summary, layer_errors, logits_metrics, token_match_rate, worst_grad
+from teswap.metrics import (
+    first_divergent_layer,
+    grad_metrics,
+    grad_summary,
+    layer_errors,
+    logits_metrics,
+    loss_difference,
+    token_match_rate,
+    worst_grad,
+)
 from teswap.pair import Pair, build_pair
 from teswap.policies import Policy, Verdict, evaluate, get_policy
 from teswap.precision import Precision, require_precision, swapped_autocast
 from teswap.stock_fp8 import stock_linears_as_gemm_sites
 
-# A swapped layer "diverges" when its hidden-state error exceeds LAYER_FACTOR x the stock model's
-# error at the same layer and precision, and this floor (so exact-zero stock errors do not trip it).
-LAYER_FACTOR = 4.0
+# A swapped layer "diverges" when its hidden-state error exceeds 4x the stock model's error at the same
+# layer and precision (metrics.first_divergent_layer), and this floor (so exact-zero stock errors in fp32
+# do not trip it).
 LAYER_FLOOR = {"fp32": 1e-5, "bf16": 1e-2}
 LAYER_FLOOR_FP8 = 5e-2
 ROW_MULTIPLE = 16  # greedy decoding right-pads to this so FP8 GEMMs keep TE's dimension rules
@@ -113,6 +121,12 @@ class ParityReport:
         return "; ".join(parts) or "no bound was checked"
 
 
+def skipped_record_fields(case: ParityCase, reason: str) -> dict:
+    """The parity record of a case this backend or hardware cannot run: status skipped, with the reason."""
+    return {"case": case.as_dict(), "passed": False, "status": "skipped", "reason": reason, "policy": None,
+            "metrics": None, "first_divergent_layer": None}
+
+
 def reference_dtype_for(device: torch.device) -> torch.dtype:
     """fp64 where affordable (CPU), fp32 on a GPU."""
     return torch.float64 if device.type == "cpu" else torch.float32
@@ -139,7 +153,7 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityRep
     generation = _add_generation(case, reference, models, ids, contexts, metrics)
     verdict = evaluate(policy, metrics["swapped"], metrics["stock"], missing="skip")
     floor = LAYER_FLOOR.get(precision.name, LAYER_FLOOR_FP8)
-    divergent = first_divergent_layer_vs_stock(layers["swapped"], layers["stock"], floor=floor)
+    divergent = first_divergent_layer(layers["swapped"], layers["stock"], floor=floor)
     if divergent is None and precision.fp8_recipe is not None:
         divergent = _localise_without_fp8(models, ids, ref_layers)
     ref_name = str(ref_dtype).removeprefix("torch.")
@@ -147,15 +161,6 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityRep
                         swapped=metrics["swapped"], stock=metrics["stock"], swapped_layer_errors=layers["swapped"],
                         stock_layer_errors=layers["stock"], first_divergent_layer=divergent, worst_grad=worst,
                         generation=generation)
-
-
-def first_divergent_layer_vs_stock(swapped: list[float], stock: list[float], *, factor: float = LAYER_FACTOR,
-                                   floor: float) -> int | None:
-    """The first layer whose error exceeds both `floor` and `factor` x stock's error there (or is not finite)."""
-    for index, (ours, theirs) in enumerate(zip(swapped, stock, strict=True)):
-        if not math.isfinite(ours) or ours > max(factor * theirs, floor):
-            return index
-    return None
 
 
 Context = Callable[[], AbstractContextManager]
@@ -170,7 +175,7 @@ def _localise_without_fp8(models: Mapping[str, nn.Module], ids: torch.Tensor,
     """
     errors = {name: [e.rel_error for e in layer_errors(_forward(model, ids, nullcontext)[1], ref_layers)]
               for name, model in models.items()}
-    return first_divergent_layer_vs_stock(errors["swapped"], errors["stock"], floor=LAYER_FLOOR["bf16"])
+    return first_divergent_layer(errors["swapped"], errors["stock"], floor=LAYER_FLOOR["bf16"])
 
 
 def _stock_context(stock: nn.Module, precision: Precision) -> Context:
@@ -245,7 +250,7 @@ def _add_loss_and_grads(case, pair, reference, ids, contexts, metrics) -> str | 
         if name == "swapped":
             grads = te_to_hf_state_dict(grads, pair.config)
         per_param = grad_metrics(grads, ref_grads)
-        metrics[name] |= {"loss_diff": abs(loss - ref_loss), **grad_summary(per_param)}
+        metrics[name] |= {"loss_diff": loss_difference(loss, ref_loss), **grad_summary(per_param)}
         if name == "swapped":
             worst_name = worst_grad(per_param).parameter
     return worst_name

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 
-from teswap.parity import ParityCase, ParityReport, run_parity_case
+from teswap.parity import ParityCase, ParityReport, run_parity_case, skipped_record_fields
 from teswap.provenance import Provenance, capture_provenance
 from teswap.run import RunPlan, parity_cases
 from teswap.store import RunWriter, open_run
@@ -47,9 +47,7 @@ def _run_parity(plan: RunPlan, writer: RunWriter) -> bool:
         case = ParityCase(source=plan.parity_model, backend=backend, precision=precision, batch=batch,
                           seq_len=seq_len, device=plan.device)
         if not availability:
-            writer.append("parity", {"case": case.as_dict(), "passed": False, "status": "skipped",
-                                     "reason": availability.reason, "policy": None, "metrics": None,
-                                     "first_divergent_layer": None})
+            writer.append("parity", skipped_record_fields(case, availability.reason))
             print(f"  {backend:8} {precision:12} {'skipped':8} {availability.reason}")
             continue
         report = run_parity_case(case)
