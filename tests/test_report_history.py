@@ -112,3 +112,20 @@ def test_dirty_records_stay_out_of_history_unless_asked(tmp_path):
     clean = history_frame(bench, ConfigKey(**TE_BF16_512), repo=tmp_path)
     dirty = history_frame(bench, ConfigKey(**TE_BF16_512), repo=tmp_path, include_dirty=True)
     assert clean["n"].tolist() == [20, 20] and dirty["n"].tolist() == [20, 40]
+
+
+def test_saved_charts_are_byte_identical_for_identical_input(tmp_path):
+    """A re-rendered committed report must not show up as a change in git."""
+    import matplotlib.pyplot as plt
+
+    from teswap.reporting.charts import save_figure
+
+    def render(directory):
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3], [3, 1, 2], label="line")
+        ax.legend()
+        paths = save_figure(fig, directory, "chart")
+        plt.close(fig)
+        return [p.read_bytes() for p in paths]
+
+    assert render(tmp_path / "a") == render(tmp_path / "b")

@@ -192,6 +192,9 @@ def save_figure(fig: Figure, directory: Path | str, stem: str) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{stem}.png", directory / f"{stem}.svg"]
-    fig.savefig(paths[0], dpi=DPI)
-    fig.savefig(paths[1])
+    # Byte-identical output for identical records: no timestamps, fixed SVG element ids. A re-render of
+    # a committed report then changes nothing in git.
+    fig.savefig(paths[0], dpi=DPI, metadata={"Software": None})
+    with rc_context({"svg.hashsalt": stem}):
+        fig.savefig(paths[1], metadata={"Date": None})
     return paths
