@@ -68,7 +68,8 @@ def report(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the library, tests, suites and this file."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
-    session.run("ruff", "check", "src", "tests", "correctness", "bench", "scripts", "noxfile.py", *session.posargs)
+    session.run("ruff", "check", "src", "tests", "correctness", "bench", "scripts", "noxfile.py", "conftest.py",
+                *session.posargs)
 
 
 @nox.session
