@@ -140,7 +140,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("argv, message", [
     (["--seq-lens", "0"], "argument --seq-lens: expected a positive integer, got 0"),
-    (["--budget-s", "-1"], "argument --budget-s: expected a number >= 0, got -1"),
+    (["--budget-s", "-1"], "argument --budget-s: expected a number > 0, got -1"),
     (["--warmup", "x"], "argument --warmup: expected an integer >= 0, got 'x'"),
     (["--precisions", "fp9"], "precisions: unknown 'fp9'"),
     (["--models", "llama-42b"], "unknown model source 'llama-42b'"),

@@ -6,14 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-from teswap.cli import int_list
+from teswap.cli import int_list, name_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="the main job: parity at every precision, the benchmark sweep, the report")
     run.add_argument("--model", help="preset or local directory with config.json (default: by hardware)")
     run.add_argument("--backend", choices=("torch", "te"), help="swapped backend (default: by hardware)")
-    run.add_argument("--precision", type=lambda s: [p.strip() for p in s.split(",") if p.strip()],
+    run.add_argument("--precision", type=name_list,
                      help="comma-separated precisions (default: the base dtype and every FP8 recipe)")
     run.add_argument("--seq-lens", type=int_list, help="benchmark sequence lengths, e.g. 512,1024")
     run.add_argument("--batch", type=int_list, help="benchmark batch sizes, e.g. 1,2")
