@@ -34,7 +34,7 @@ from teswap.metrics import (
 )
 from teswap.pair import Pair, build_pair
 from teswap.policies import Policy, Verdict, evaluate, get_policy
-from teswap.precision import Precision, require_precision, swapped_autocast
+from teswap.precision import Precision, calibrate, require_precision, swapped_autocast
 from teswap.stock_fp8 import stock_linears_as_gemm_sites
 
 # A swapped layer "diverges" when its hidden-state error exceeds 4x the stock model's error at the same
@@ -144,7 +144,7 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityRep
     contexts = {"stock": _stock_context(pair.stock, precision), "swapped": _swapped_context(precision, case.backend)}
     models = {"stock": pair.stock, "swapped": pair.swapped}
     for name, model in models.items():
-        _calibrate(model, ids, contexts[name], precision, case.calibration_steps, backward=case.grads)
+        calibrate(model, ids, precision.name, contexts[name], steps=case.calibration_steps, backward=case.grads)
     ref_logits, ref_layers = _forward(reference, ids, nullcontext)
     results = {name: _forward(model, ids, contexts[name]) for name, model in models.items()}
     metrics = {name: logits_metrics(logits, ref_logits).as_dict() for name, (logits, _) in results.items()}
@@ -200,25 +200,6 @@ def _input_ids(pair: Pair, case: ParityCase) -> torch.Tensor:
     generator = torch.Generator().manual_seed(case.seed + 1)
     ids = torch.randint(0, pair.config.vocab_size, (case.batch, case.seq_len), generator=generator)
     return ids.to(pair.device)
-
-
-def _calibrate(model: nn.Module, ids: torch.Tensor, context: Context, precision: Precision, steps: int, *,
-               backward: bool) -> None:
-    """Warm-up steps so DelayedScaling has scales, as after a few training steps.
-
-    Forward scales update at the exit of a grad-enabled autocast, gradient scales after a backward
-    (TE and our emulation alike); judged on its first step a delayed-scaling model would quantize
-    with the initial scale 1.0, which flushes small gradients to zero in E5M2.
-    """
-    if precision.fp8_recipe is None:
-        return
-    with torch.enable_grad():
-        for _ in range(steps):
-            with context():
-                loss = model(ids, labels=ids).loss  # the measured loss: its gradients set the E5M2 scales
-            if backward:
-                loss.backward()
-    model.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()

@@ -8,9 +8,9 @@ or GPU cannot run is refused with the reason, never run at another precision.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -85,16 +85,21 @@ def swapped_autocast(name: str, backend: str) -> ContextManager[None]:
     return fp8.fp8_autocast(fp8.RECIPES[recipe]())
 
 
-@contextmanager
-def calibrated(model: torch.nn.Module, inputs: torch.Tensor, name: str, backend: str, steps: int = 2) -> Iterator[None]:
-    """Run `steps` forwards at precision `name` with grad enabled so DelayedScaling has scales, then yield.
+def calibrate(model: torch.nn.Module, inputs: torch.Tensor, name: str,
+              context: Callable[[], ContextManager[None]], *, steps: int = 2, backward: bool = False) -> None:
+    """Warm-up steps at FP8 precision `name` inside `context()`, so DelayedScaling has scales; a no-op otherwise.
 
-    TE (and our emulation) update forward scales at the exit of an autocast with grad enabled; a
-    delayed-scaling model judged on its first forward would use the initial scale 1.0.
+    TE (and our emulation) update forward scales at the exit of a grad-enabled autocast and gradient
+    scales after a backward; judged on its first step a delayed-scaling model would quantize with the
+    initial scale 1.0, which flushes small gradients to zero in E5M2. With `backward` each step also
+    runs the causal-LM loss backward (its gradients set the E5M2 scales). Gradients are dropped after.
     """
-    if get_precision(name).fp8_recipe is not None:
-        with torch.enable_grad():
-            for _ in range(steps):
-                with swapped_autocast(name, backend):
-                    model(inputs)
-    yield
+    if get_precision(name).fp8_recipe is None:
+        return
+    with torch.enable_grad():
+        for _ in range(steps):
+            with context():
+                output = model(inputs, labels=inputs) if backward else model(inputs)
+            if backward:
+                output.loss.backward()
+    model.zero_grad(set_to_none=True)

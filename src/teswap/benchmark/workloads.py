@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from teswap.precision import calibrated, get_precision, swapped_autocast
+from teswap.precision import calibrate, swapped_autocast
 
 WORKLOADS = ("prefill", "train")
 TRAIN_LR = 1.41e-5  # TE's te_llama tutorial; small enough that timed steps do not disturb the weights much
@@ -98,10 +98,8 @@ def prepare_step(workload: str, model: torch.nn.Module, input_ids: torch.Tensor,
         return PreparedStep(workload=workload, model=model, input_ids=input_ids, autocast=autocast,
                             optimizer=optimizer)
     model.eval()
-    if backend != "stock" and get_precision(precision).fp8_recipe is not None:
-        with calibrated(model, input_ids, precision, backend):
-            pass
-        model.zero_grad(set_to_none=True)  # calibration ran with grad enabled but no backward
+    if backend != "stock":
+        calibrate(model, input_ids, precision, lambda: swapped_autocast(precision, backend))
     return PreparedStep(workload=workload, model=model, input_ids=input_ids, autocast=autocast)
 
 
