@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from teswap.commands.report import load_store
+from teswap.commands.report import load_store, thresholds_from
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--results", default="results", help="the results store (default: results/)")
     compare.add_argument("--repo", default=".", help="git repository the revisions name (default: .)")
     compare.add_argument("--machine", help="compare only records from this machine (a folder name in the store)")
-    compare.add_argument("--factor", type=float, default=1.05,
+    compare.add_argument("--factor", type=float,
                          help="minimum ratio of median times to call a change (default: 1.05, i.e. 5%%)")
-    compare.add_argument("--alpha", type=float, default=0.002,
+    compare.add_argument("--alpha", type=float,
                          help="Mann-Whitney U two-sided p-value threshold (default: 0.002, as asv)")
     compare.add_argument("--allow-cross-machine", action="store_true",
                          help="compare even when base and head were measured on different machines")
@@ -36,14 +36,14 @@ def main(args: argparse.Namespace) -> int:
     from teswap.reporting.errors import ReportError
     from teswap.reporting.frame import bench_frame, parity_frame, select
     from teswap.reporting.gab import write_gab
-    from teswap.reporting.regression import Thresholds, compare_commits, count_verdicts, has_regression
+    from teswap.reporting.regression import compare_commits, count_verdicts, has_regression
 
     everything = load_store(args.results, args.skip_bad)
     frame = select(everything, machine=args.machine)
     if frame.empty:
         raise ReportError(f"no records from machine {args.machine!r}; machines in the store: "
                           f"{', '.join(sorted(set(everything['machine'])))}")
-    thresholds = Thresholds(factor=args.factor, alpha=args.alpha)
+    thresholds = thresholds_from(args)
     base, head = (resolve_revision(rev, frame, args.repo) for rev in (args.base, args.head))
     table = compare_commits(bench_frame(frame), base, head, thresholds,
                             allow_cross_machine=args.allow_cross_machine, include_dirty=args.include_dirty)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from teswap.reporting.publish import Section
+    from teswap.reporting.regression import Thresholds
 
 FORMATS = ("md", "html", "csv", "tex")
 
@@ -29,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--repo", default=".", help="git repository for revisions and commit order (default: .)")
     report.add_argument("--history-metric", choices=("tokens_per_s", "time_s"), default="tokens_per_s",
                         help="metric of the per-commit history charts (default: tokens_per_s)")
-    report.add_argument("--factor", type=float, default=1.05,
+    report.add_argument("--factor", type=float,
                         help="history marks: minimum ratio of medians (default: 1.05)")
-    report.add_argument("--alpha", type=float, default=0.002,
+    report.add_argument("--alpha", type=float,
                         help="history marks: Mann-Whitney U p-value threshold (default: 0.002)")
     report.add_argument("--include-dirty", action="store_true",
                         help="history: include records from modified working trees")
@@ -44,10 +45,9 @@ def main(args: argparse.Namespace) -> int:
     from teswap.reporting.gab import write_gab
     from teswap.reporting.html import write_site
     from teswap.reporting.publish import render, sections, write_charts, write_tables
-    from teswap.reporting.regression import Thresholds
 
     frame = load_store(args.results, args.skip_bad)
-    thresholds = Thresholds(factor=args.factor, alpha=args.alpha)
+    thresholds = thresholds_from(args)
     sha = resolve_revision(args.commit, frame, args.repo) if args.commit else None
     parts = sections(frame, machine=args.machine, sha=sha, repo=args.repo)
     written: list[Path] = []
@@ -66,6 +66,15 @@ def main(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def thresholds_from(args: argparse.Namespace) -> Thresholds:
+    """--factor/--alpha over the regression rule's own defaults (regression.Thresholds), not copies of them."""
+    from teswap.reporting.regression import Thresholds
+
+    given: dict[str, float] = {name: getattr(args, name) for name in ("factor", "alpha")
+                               if getattr(args, name) is not None}
+    return Thresholds(**given)
 
 
 def load_store(results: str, skip_bad: bool) -> pd.DataFrame:
