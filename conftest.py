@@ -8,7 +8,7 @@ import torch
 
 def pytest_collection_modifyitems(config, items):
     """`te` tests need real TransformerEngine on a GPU; `gpu` tests need CUDA. Elsewhere they skip, saying why."""
-    from teswap.probe import probe_te
+    from teswap.hardware.probe import probe_te
 
     te = None
     for item in items:

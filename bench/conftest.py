@@ -19,9 +19,9 @@ import torch
 from teswap.benchmark.plan import Cell, SweepSpec, defaults_for, dtype_name, plan_cells, resolve_device
 from teswap.benchmark.pytest_bench import update_machine_info
 from teswap.benchmark.residency import HOST, move, offload
-from teswap.pair import build_pair
-from teswap.precision import PRECISIONS
-from teswap.probe import probe_te
+from teswap.swap.pair import build_pair
+from teswap.precision.runtime import PRECISIONS
+from teswap.hardware.probe import probe_te
 
 SMOKE_MAX_TOKENS = 128  # cells up to this many tokens per step on the tiny preset are marked smoke
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teswap.backends import get_backend
+from teswap.layers.backends import get_backend
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.pytest_bench import run_benchmark_cell
 from teswap.benchmark.runner import OutOfMemoryError, first_line
 from teswap.errors import TeswapError
-from teswap.precision import require_precision
+from teswap.precision.runtime import require_precision
 
 
 def _skip_reason(cell: Cell) -> str | None:

@@ -16,7 +16,7 @@ import torch
 
 from teswap.benchmark.timing import PerfCounterTimer, TimingPolicy, sample, warm_up
 from teswap.benchmark.workloads import make_input_ids, prepare_step, release
-from teswap.pair import build_pair
+from teswap.swap.pair import build_pair
 
 ROUNDS = 7
 STEPS = 60

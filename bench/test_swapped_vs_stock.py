@@ -16,7 +16,7 @@ from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.runner import CellContext, measure_cell
 from teswap.benchmark.timing import TimingPolicy
-from teswap.pair import build_pair
+from teswap.swap.pair import build_pair
 
 ROUNDS = 5
 

@@ -20,8 +20,8 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session")
 def results_writer(request, tmp_path_factory):
-    from teswap.provenance import capture_provenance
-    from teswap.store import open_run
+    from teswap.store.provenance import capture_provenance
+    from teswap.store.runs import open_run
 
     root = request.config.getoption("--results-dir") or tmp_path_factory.mktemp("results")
     return open_run(Path(root), capture_provenance())

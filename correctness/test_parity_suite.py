@@ -1,6 +1,6 @@
 """Parity of stock vs swapped: presets x precision (incl. FP8 recipes) x sequence length x batch.
 
-Each case runs `teswap.parity.run_parity_case` (logits, per-layer hidden states, loss and gradients,
+Each case runs `teswap.parity.case.run_parity_case` (logits, per-layer hidden states, loss and gradients,
 greedy decoding, all against an fp64/fp32 reference) and appends its parity record to the results
 store. A precision the backend or hardware cannot run is recorded as skipped with the reason and
 skipped here with the same reason; it is never run at another precision.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teswap.parity import ParityCase, run_parity_case, skipped_record_fields
-from teswap.precision import PRECISIONS, precision_availability
+from teswap.parity.case import ParityCase, run_parity_case, skipped_record_fields
+from teswap.precision.runtime import PRECISIONS, precision_availability
 
 CPU_PRESETS = ("tiny", "tiny-llama3")
 CPU_SHAPES = ((1, 64), (2, 128))  # (batch, seq_len)

@@ -1,6 +1,6 @@
 """Measure parity metrics of clean swaps over a spread of configs, seeds and shapes, per precision.
 
-The model-level bounds in teswap.policies are set from what this prints: the worst value of each
+The model-level bounds in teswap.parity.policies are set from what this prints: the worst value of each
 metric for the swapped model (a clean swap must pass with margin) and the worst ratio of the swapped
 model's shortfall to the stock model's (for the relative-to-stock bounds). Run on CPU:
 
@@ -16,8 +16,8 @@ from collections import defaultdict
 
 from transformers import LlamaConfig
 
-from teswap.parity import ParityCase, run_parity_case
-from teswap.policies import METRICS
+from teswap.parity.case import ParityCase, run_parity_case
+from teswap.parity.policies import METRICS
 
 
 def spread() -> dict[str, object]:

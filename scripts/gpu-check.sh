@@ -42,7 +42,7 @@ step environment 60 "$PY" -m teswap.cli env --json
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm,memory.total --format=csv >> "$LOG" 2>&1 \
   || echo "nvidia-smi: not available" >> "$LOG"
 
-TE=$("$PY" -c "from teswap.probe import probe_te; print('yes' if probe_te() else 'no')" 2>/dev/null || echo no)
+TE=$("$PY" -c "from teswap.hardware.probe import probe_te; print('yes' if probe_te() else 'no')" 2>/dev/null || echo no)
 BACKENDS=torch
 [ "$TE" = yes ] && BACKENDS="torch te"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from teswap.probe import clear_probe_caches
+from teswap.hardware.probe import clear_probe_caches
 
 
 @pytest.fixture(autouse=True)

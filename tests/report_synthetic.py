@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from teswap.provenance import GitInfo, LibraryVersions, MachineInfo, Provenance
-from teswap.store import open_run
+from teswap.store.provenance import GitInfo, LibraryVersions, MachineInfo, Provenance
+from teswap.store.runs import open_run
 
 H200 = MachineInfo(hostname="gpu-1", platform="Linux-6.8.0-x86_64-with-glibc2.39", cpu_model="AMD EPYC 9654",
                    cpu_cores=192, gpu_name="NVIDIA H200", gpu_count=1, compute_capability="9.0",

@@ -27,8 +27,8 @@ from teswap.benchmark.energy import (
     trapezoid_energy_j,
 )
 from teswap.benchmark.errors import NvmlError
-from teswap.benchmark.gpu_info import gpu_info
-from teswap.benchmark.nvml import NvmlPowerMeter, clear_nvml_probe, nvml_call, power_meter, probe_nvml
+from teswap.hardware.gpu_info import gpu_info
+from teswap.hardware.nvml import NvmlPowerMeter, clear_nvml_probe, nvml_call, power_meter, probe_nvml
 
 CPU = torch.device("cpu")  # the window's device: synchronising a CPU is a no-op, NVML is faked
 TICK_S = 0.1  # NVML's energy counter refresh
@@ -229,7 +229,7 @@ def test_gpu_info_on_cpu_is_null_with_a_reason():
 
 
 def test_gpu_info_reads_limits_and_clocks_and_nulls_unsupported_ones(nvml, monkeypatch):
-    from teswap.benchmark import gpu_info as module
+    from teswap.hardware import gpu_info as module
 
     monkeypatch.setattr(module, "nvml_handle", lambda device: HANDLE)
     with ExitStack() as stack:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from teswap.store import read_records
+from teswap.store.runs import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 # 16 cells; --target-ci 1e-9 never stops on the CI, so each cell samples for --budget-s.
@@ -64,8 +64,8 @@ def test_sigint_during_a_record_write_waits_for_the_record_then_stops(tmp_path, 
     from teswap.benchmark.plan import SweepSpec
     from teswap.benchmark.sweep import run_sweep
     from teswap.benchmark.timing import TimingPolicy
-    from teswap.provenance import capture_provenance
-    from teswap.store import RunWriter
+    from teswap.store.provenance import capture_provenance
+    from teswap.store.runs import RunWriter
 
     real_append = RunWriter.append
     appended = []

@@ -7,7 +7,7 @@ import torch
 
 from support import llama
 from teswap.benchmark.mfu import ModelShape, flops_per_token, model_flops_utilization, peak_for
-from teswap.presets import PRESETS
+from teswap.swap.presets import PRESETS
 
 
 def shape(name: str) -> ModelShape:

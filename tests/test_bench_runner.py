@@ -8,7 +8,7 @@ import torch
 from teswap import build_pair
 from teswap.benchmark import runner
 from teswap.benchmark.mfu import ModelShape
-from teswap.benchmark.nvml import PowerMeter
+from teswap.hardware.nvml import PowerMeter
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.records import METRIC_FIELDS
 from teswap.benchmark.runner import CellContext, measure_cell

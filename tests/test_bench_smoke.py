@@ -15,7 +15,7 @@ from teswap.benchmark.plan import Cell
 from teswap.benchmark.pytest_bench import records_from_benchmark_json, run_benchmark_cell, update_machine_info
 from teswap.benchmark.records import METRIC_FIELDS, STATS_FIELDS
 from teswap.cli import main
-from teswap.store import load_records
+from teswap.store.runs import load_records
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,8 @@ from teswap.benchmark.sweep import run_sweep
 from teswap.benchmark.timing import TimingPolicy
 from teswap.cli import Parser, main
 from teswap.commands import bench
-from teswap.provenance import GitInfo, capture_provenance
-from teswap.store import SCHEMA_VERSION, load_records
+from teswap.store.provenance import GitInfo, capture_provenance
+from teswap.store.runs import SCHEMA_VERSION, load_records
 
 FAST = TimingPolicy(warmup=1, min_samples=3, max_samples=4, budget_s=0.02)
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-import teswap.mapping
-import teswap.pair
-import teswap.rope
+import teswap.swap.mapping
+import teswap.swap.pair
+import teswap.layers.rope
 from teswap.cli import main
-from teswap.store import load_records
+from teswap.store.runs import load_records
 
 FAST = ["--seq-len", "64", "--batch", "1", "--gen-tokens", "4"]
 
@@ -35,11 +35,11 @@ def test_clean_swap_passes_and_writes_json_and_a_record(tmp_path, capsys):
 
 
 def _swap_gate_up(monkeypatch):
-    monkeypatch.setattr(teswap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
+    monkeypatch.setattr(teswap.swap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
 
 
 def _randomize_layer_1(monkeypatch):
-    original = teswap.pair._copy_weights
+    original = teswap.swap.pair._copy_weights
 
     def copy_then_randomize(stock, swapped, **kwargs):
         original(stock, swapped, **kwargs)
@@ -48,7 +48,7 @@ def _randomize_layer_1(monkeypatch):
                 if param.dim() == 2:
                     torch.nn.init.normal_(param, std=0.023)
 
-    monkeypatch.setattr(teswap.pair, "_copy_weights", copy_then_randomize)
+    monkeypatch.setattr(teswap.swap.pair, "_copy_weights", copy_then_randomize)
 
 
 def _ignore_rope_theta(monkeypatch):
@@ -58,7 +58,7 @@ def _ignore_rope_theta(monkeypatch):
         angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv).to(device)
         return torch.cat((angles, angles), dim=-1).reshape(seq_len, 1, 1, -1)
 
-    monkeypatch.setattr(teswap.rope.RopeTable, "freqs", base_10000)
+    monkeypatch.setattr(teswap.layers.rope.RopeTable, "freqs", base_10000)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp8-delayed"])

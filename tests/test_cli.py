@@ -22,7 +22,7 @@ def test_env_reports_versions_and_backend_reasons(capsys):
 
 def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
     """Parity at every precision (unrunnable ones recorded as skipped), the sweep, the store, table and charts."""
-    from teswap.store import load_records
+    from teswap.store.runs import load_records
 
     assert main(["run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -40,9 +40,9 @@ def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
 
 
 def test_run_fails_with_exit_1_when_the_swap_is_corrupted(capsys, monkeypatch, tmp_path):
-    import teswap.mapping
+    import teswap.swap.mapping
 
-    monkeypatch.setattr(teswap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
+    monkeypatch.setattr(teswap.swap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
     assert main(["run", "--out", str(tmp_path), "--skip-bench", "--precision", "fp32"]) == 1
     assert "FAIL" in capsys.readouterr().out
 
@@ -64,7 +64,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
 
 
 def test_installed_script_reports_unavailable_te_without_traceback():
-    from teswap.probe import probe_te
+    from teswap.hardware.probe import probe_te
 
     if probe_te():
         pytest.skip("TE can run on this machine")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from support import rel_max_err
-from teswap import fp8
-from teswap.fp8 import (
+from teswap.precision import fp8
+from teswap.precision.fp8 import (
     RECIPES,
     CurrentScalingState,
     DelayedScaling,
@@ -30,7 +30,7 @@ from teswap.fp8 import (
     tensor_amax,
     unsupported_reason,
 )
-from teswap.gemm import GemmSite
+from teswap.precision.gemm import GemmSite
 from teswap.layers.torch_layer import TransformerLayer
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from teswap.store import load_records
+from teswap.store.runs import load_records
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check.sh"
 

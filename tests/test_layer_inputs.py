@@ -9,7 +9,7 @@ from transformers import DynamicCache
 from support import llama, logits_of, random_ids, rel_max_err
 from teswap import build_pair
 from teswap.errors import UnsupportedConfigError, UnsupportedInputError
-from teswap.mapping import te_to_hf_state_dict
+from teswap.swap.mapping import te_to_hf_state_dict
 
 
 @pytest.fixture(scope="module")

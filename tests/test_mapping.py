@@ -8,7 +8,7 @@ from transformers import LlamaForCausalLM
 
 from support import CONFIGS, llama
 from teswap.errors import MappingError
-from teswap.mapping import hf_to_te_state_dict, te_layer_keys, te_to_hf_state_dict
+from teswap.swap.mapping import hf_to_te_state_dict, te_layer_keys, te_to_hf_state_dict
 
 
 def hf_state(config) -> dict[str, torch.Tensor]:

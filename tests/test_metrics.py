@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from teswap.metrics import (
+from teswap.parity.metrics import (
     GradKeysMismatchError,
     LayerError,
     MetricInputError,

@@ -11,7 +11,7 @@ from support import llama, logits_of, random_ids, rel_max_err
 from teswap import build_pair, replace_decoder
 from teswap.errors import SourceError, TeswapError
 from teswap.layers.torch_backend import TorchLlamaDecoderLayer
-from teswap.presets import PRESETS
+from teswap.swap.presets import PRESETS
 
 
 def test_weights_equal_and_checksums_cover_every_stock_tensor():

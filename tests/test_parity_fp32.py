@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import teswap.mapping
-import teswap.rope
+import teswap.swap.mapping
+import teswap.layers.rope
 from support import CONFIGS, logits_of, random_ids, rel_max_err
 from teswap import build_pair
 from teswap.errors import MappingError
-from teswap.pair import weight_checksums
+from teswap.swap.pair import weight_checksums
 
 TOLERANCE = 1e-5  # relative to max |logit|; TE's fp32 rtol is 1.3e-6 per op
 
@@ -32,21 +32,21 @@ def test_presets_match_stock(preset):
 
 
 def test_swapped_gate_and_up_halves_are_caught(monkeypatch):
-    monkeypatch.setattr(teswap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
+    monkeypatch.setattr(teswap.swap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
     pair = build_pair("tiny")
     ids = random_ids(pair.config.vocab_size)
     assert rel_max_err(logits_of(pair.swapped, ids), logits_of(pair.stock, ids)) > 1e-2
 
 
 def test_dropped_tensor_is_refused_at_build(monkeypatch):
-    original = teswap.mapping.hf_to_te_state_dict
+    original = teswap.swap.mapping.hf_to_te_state_dict
 
     def drop_one(state_dict, config, **kwargs):
         mapped = original(state_dict, config, **kwargs)
         del mapped["model.layers.1.self_attention.layernorm_qkv.value_weight"]
         return mapped
 
-    monkeypatch.setattr(teswap.pair, "hf_to_te_state_dict", drop_one)
+    monkeypatch.setattr(teswap.swap.pair, "hf_to_te_state_dict", drop_one)
     with pytest.raises(MappingError, match="value_weight"):
         build_pair("tiny")
 
@@ -73,7 +73,7 @@ def test_ignoring_rope_theta_and_scaling_is_caught(monkeypatch):
     ids = random_ids(512, seq=96)
     default_rope = build_pair("tiny")
     llama3_rope = build_pair("tiny-llama3")
-    monkeypatch.setattr(teswap.rope.RopeTable, "freqs", default_base_freqs)
+    monkeypatch.setattr(teswap.layers.rope.RopeTable, "freqs", default_base_freqs)
     # The mutation is harmless where the config really is base 10000 and unscaled ...
     assert rel_max_err(logits_of(default_rope.swapped, ids), logits_of(default_rope.stock, ids)) <= TOLERANCE
     # ... and caught where it is not.
@@ -81,7 +81,7 @@ def test_ignoring_rope_theta_and_scaling_is_caught(monkeypatch):
 
 
 def test_ignoring_attention_scaling_is_caught(monkeypatch):
-    monkeypatch.setattr(teswap.rope.RopeTable, "attention_scaling", property(lambda self: 1.0))
+    monkeypatch.setattr(teswap.layers.rope.RopeTable, "attention_scaling", property(lambda self: 1.0))
     pair = build_pair(CONFIGS["yarn-attention-scaling"]())
     assert pair.stock.model.rotary_emb.attention_scaling != 1.0
     ids = random_ids(pair.config.vocab_size)

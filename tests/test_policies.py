@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from teswap.metrics import LogitsMetrics, grad_metrics, grad_summary, token_match_rate
-from teswap.policies import (
+from teswap.parity.metrics import LogitsMetrics, grad_metrics, grad_summary, token_match_rate
+from teswap.parity.policies import (
     METRICS,
     POLICIES,
     Bound,

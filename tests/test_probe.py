@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import te_standin
-from teswap.probe import probe_te, probe_te_fp8
+from teswap.hardware.probe import probe_te, probe_te_fp8
 
 
 class _BrokenTE(importlib.abc.MetaPathFinder, importlib.abc.Loader):

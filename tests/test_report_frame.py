@@ -14,7 +14,7 @@ import pytest
 from report_synthetic import bench_fields, fake_sha, provenance, teswap, write_commit
 from teswap.reporting.errors import ReportError
 from teswap.reporting.frame import ConfigKey, bench_frame, config_keys, load_frame, parity_frame, select
-from teswap.store import StoreError, open_run
+from teswap.store.runs import StoreError, open_run
 
 
 def _lines(root) -> list[dict]:

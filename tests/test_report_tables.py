@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from report_synthetic import fake_sha, teswap, write_commit
-from teswap.precision import PRECISIONS
+from teswap.precision.runtime import PRECISIONS
 from teswap.reporting import display, formats
 from teswap.reporting.frame import bench_frame, load_frame, parity_frame, select
 from teswap.reporting.publish import render, sections
 from teswap.reporting.tables import baseline_precision, comparison_table, parity_table
-from teswap.store import open_run
+from teswap.store.runs import open_run
 
 VARIANTS = (("stock", "bf16"), ("stock", "fp32"), ("te", "bf16"), ("te", "fp8-delayed"), ("torch", "fp32"))
 OLD, NEW = fake_sha(1), fake_sha(2)
@@ -157,7 +157,7 @@ def test_parity_table_lists_cases_with_policy_and_divergent_layer(store):
 
 def test_ranks_of_a_torchrun_launch_merge_and_device_index_does_not_hide_parity(tmp_path):
     from report_synthetic import bench_fields, parity_fields, provenance
-    from teswap.distributed import RankInfo
+    from teswap.store.ranks import RankInfo
 
     rng = np.random.default_rng(3)
     sha = fake_sha(7)

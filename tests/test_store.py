@@ -11,8 +11,8 @@ from dataclasses import replace
 
 import pytest
 
-from teswap.provenance import capture_provenance
-from teswap.store import SCHEMA_VERSION, StoreError, load_records, migrate, open_run, read_records
+from teswap.store.provenance import capture_provenance
+from teswap.store.runs import SCHEMA_VERSION, StoreError, load_records, migrate, open_run, read_records
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_existing_run_file_is_never_overwritten(tmp_path, provenance):
 
 
 def _append_same_file(path, provenance, name, count):
-    from teswap.store import RunWriter
+    from teswap.store.runs import RunWriter
 
     writer = RunWriter(path=path, run_id=name, provenance=provenance)
     for i in range(count):
@@ -59,7 +59,7 @@ def test_two_processes_appending_to_one_file_lose_nothing(tmp_path, provenance):
 
 
 def _slow_writer(path, provenance):
-    from teswap.store import RunWriter
+    from teswap.store.runs import RunWriter
 
     writer = RunWriter(path=path, run_id="killed", provenance=provenance)
     for i in range(10_000):

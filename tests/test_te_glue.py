@@ -13,9 +13,9 @@ import torch
 import te_standin
 from support import CONFIGS, llama, logits_of, random_ids, rel_max_err
 from teswap import build_pair
-from teswap.backends import BACKENDS
-from teswap.mapping import te_layer_keys
-from teswap.probe import Availability
+from teswap.layers.backends import BACKENDS
+from teswap.swap.mapping import te_layer_keys
+from teswap.hardware.probe import Availability
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_state_dict_names_are_te_names_plus_extra_state(standin, fused):
 def test_te_backend_is_refused_where_te_cannot_run():
     """Without the stand-in, on this machine: one clear reason, from the probe."""
     from teswap.errors import BackendUnavailableError
-    from teswap.probe import probe_te
+    from teswap.hardware.probe import probe_te
 
     if probe_te():
         pytest.skip("TE can run on this machine")
@@ -99,7 +99,7 @@ def test_fp8_precisions_reach_te_autocast_with_a_te_recipe(standin, monkeypatch,
     """Our wiring builds TE's recipe object and enters te.pytorch.autocast(recipe=...) around the swapped model."""
     import torch
 
-    from teswap.parity import ParityCase, run_parity_case
+    from teswap.parity.case import ParityCase, run_parity_case
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the probe's CUDA check; math stays on CPU
     report = run_parity_case(ParityCase(source="tiny", backend="te", precision=precision, gen_tokens=0))
@@ -116,7 +116,7 @@ def test_unavailable_te_recipe_is_refused_with_tes_reason(standin, monkeypatch):
     import torch
 
     from teswap.errors import BackendUnavailableError
-    from teswap.precision import require_precision
+    from teswap.precision.runtime import require_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     standin.is_mxfp8_available = lambda return_reason=False: (False, "MXFP8 needs SM 10.x")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from teswap.backends import BACKENDS
-from teswap.probe import probe_te_fp8
-from teswap.provenance import capture_provenance
+from teswap.layers.backends import BACKENDS
+from teswap.hardware.probe import probe_te_fp8
+from teswap.store.provenance import capture_provenance
 
 
 def describe_environment() -> dict[str, dict[str, Any]]:

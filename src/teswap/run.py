@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from teswap.backends import get_backend
+from teswap.layers.backends import get_backend
 from teswap.errors import TeswapError
-from teswap.precision import PRECISIONS, precision_availability
-from teswap.probe import probe_te
-from teswap.sources import resolve_source
+from teswap.precision.runtime import PRECISIONS, precision_availability
+from teswap.hardware.probe import probe_te
+from teswap.swap.sources import resolve_source
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 import sys
 
-from teswap.parity import ParityCase, ParityReport, run_parity_case, skipped_record_fields
-from teswap.provenance import Provenance, capture_provenance
+from teswap.parity.case import ParityCase, ParityReport, run_parity_case, skipped_record_fields
+from teswap.store.provenance import Provenance, capture_provenance
 from teswap.run import RunPlan, parity_cases
-from teswap.store import RunWriter, open_run
+from teswap.store.runs import RunWriter, open_run
 
 
 def run_job(plan: RunPlan, *, bench: bool = True) -> int:
@@ -106,7 +106,7 @@ def _bench_argv(plan: RunPlan) -> list[str]:
 def _report(plan: RunPlan, provenance: Provenance) -> None:
     from teswap.reporting.frame import load_frame
     from teswap.reporting.publish import render, sections, write_charts, write_tables
-    from teswap.store import machine_slug
+    from teswap.store.runs import machine_slug
 
     frame = load_frame(plan.results)
     parts = sections(frame, machine=machine_slug(provenance), sha=provenance.git.sha)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from teswap.benchmark.nvml import PowerMeter
+from teswap.hardware.nvml import PowerMeter
 from teswap.benchmark.timing import Clock, Step, synchronize
 
 COUNTER_METHOD = "nvml_total_energy_counter"

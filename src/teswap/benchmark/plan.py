@@ -18,7 +18,7 @@ import torch
 from teswap.benchmark.errors import BenchConfigError
 from teswap.benchmark.timing import TimingPolicy
 from teswap.benchmark.workloads import WORKLOADS
-from teswap.precision import PRECISIONS
+from teswap.precision.runtime import PRECISIONS
 
 SWAPPED_BACKENDS = ("torch", "te")
 BACKENDS = ("stock", *SWAPPED_BACKENDS)

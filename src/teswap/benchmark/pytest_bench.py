@@ -19,16 +19,16 @@ from transformers import PreTrainedModel
 
 from teswap.benchmark.energy import EnergyWindow
 from teswap.benchmark.errors import BenchConfigError
-from teswap.benchmark.gpu_info import gpu_info
+from teswap.hardware.gpu_info import gpu_info
 from teswap.benchmark.memory import MemoryTracker
 from teswap.benchmark.mfu import ModelShape
-from teswap.benchmark.nvml import power_meter
+from teswap.hardware.nvml import power_meter
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.records import bench_fields, model_config_fields
 from teswap.benchmark.runner import cell_metrics
 from teswap.benchmark.timing import synchronize, warm_up
 from teswap.benchmark.workloads import make_input_ids, prepare_step, release
-from teswap.provenance import GitInfo, LibraryVersions, MachineInfo, Provenance, capture_provenance
+from teswap.store.provenance import GitInfo, LibraryVersions, MachineInfo, Provenance, capture_provenance
 
 PYTEST_TIMER = "pytest-benchmark(perf_counter around a device-synchronised target)"
 

@@ -21,12 +21,12 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from teswap import fp8
+from teswap.precision import fp8
 from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.plan import Cell
-from teswap.precision import PRECISIONS
-from teswap.provenance import Provenance
-from teswap.store import load_records
+from teswap.precision.runtime import PRECISIONS
+from teswap.store.provenance import Provenance
+from teswap.store.runs import load_records
 
 STATUSES = ("ok", "oom", "error", "skipped")
 FINISHED = ("ok", "oom")  # a rerun of the same sweep on the same commit and machine skips these

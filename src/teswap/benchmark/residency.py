@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import torch
 
-from teswap.pair import Pair
+from teswap.swap.pair import Pair
 
 HOST = torch.device("cpu")
 M = TypeVar("M", bound=torch.nn.Module)

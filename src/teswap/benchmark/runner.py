@@ -18,7 +18,7 @@ import torch
 from teswap.benchmark.energy import EnergyMetrics, EnergyWindow
 from teswap.benchmark.memory import MemoryResult, MemoryTracker
 from teswap.benchmark.mfu import ModelShape, model_flops_utilization
-from teswap.benchmark.nvml import PowerMeter
+from teswap.hardware.nvml import PowerMeter
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.timing import Clock, Timer, TimingPolicy, TimingStats, sample, timer_for, warm_up
 from teswap.benchmark.workloads import PreparedStep, make_input_ids, prepare_step, release

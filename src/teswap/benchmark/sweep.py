@@ -25,23 +25,23 @@ from typing import Any, Protocol
 import torch
 from transformers import PreTrainedModel
 
-from teswap.backends import get_backend
+from teswap.layers.backends import get_backend
 from teswap.benchmark.energy import idle_power_w
 from teswap.benchmark.errors import NvmlError
-from teswap.benchmark.gpu_info import gpu_info
+from teswap.hardware.gpu_info import gpu_info
 from teswap.benchmark.mfu import ModelShape
-from teswap.benchmark.nvml import PowerMeter, power_meter
+from teswap.hardware.nvml import PowerMeter, power_meter
 from teswap.benchmark.plan import Cell, SweepSpec, dtype_name, plan_cells, resolve_device
 from teswap.benchmark.records import bench_fields, cell_key, finished_records, model_config_fields
 from teswap.benchmark.residency import HOST, offload, resident
 from teswap.benchmark.runner import CellContext, CellOutcome, first_line, measure_cell, unmeasured
 from teswap.benchmark.signals import InterruptGuard, terminate_as_interrupt
 from teswap.errors import TeswapError
-from teswap.pair import Pair, build_pair
-from teswap.precision import PRECISIONS, require_precision
-from teswap.provenance import Provenance
-from teswap.sources import resolve_source
-from teswap.store import RunWriter, open_run
+from teswap.swap.pair import Pair, build_pair
+from teswap.precision.runtime import PRECISIONS, require_precision
+from teswap.store.provenance import Provenance
+from teswap.swap.sources import resolve_source
+from teswap.store.runs import RunWriter, open_run
 
 
 class Progress(Protocol):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from teswap.precision import calibrate, swapped_autocast
+from teswap.precision.runtime import calibrate, swapped_autocast
 
 WORKLOADS = ("prefill", "train")
 TRAIN_LR = 1.41e-5  # TE's te_llama tutorial; small enough that timed steps do not disturb the weights much

@@ -80,7 +80,7 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, str]:
 
     from teswap.benchmark.plan import SweepSpec, defaults_for, resolve_device
     from teswap.benchmark.timing import TimingPolicy
-    from teswap.probe import probe_te
+    from teswap.hardware.probe import probe_te
 
     device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     defaults = defaults_for(device, te_available=bool(probe_te()))
@@ -106,7 +106,7 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _import_pytest_json(args: argparse.Namespace) -> int:
     from teswap.benchmark.pytest_bench import load_benchmark_json, records_from_benchmark_json
-    from teswap.store import open_run
+    from teswap.store.runs import open_run
 
     provenance, records = records_from_benchmark_json(load_benchmark_json(args.from_pytest_json))
     if not records:
@@ -125,8 +125,8 @@ def main(args: argparse.Namespace) -> int:
     from teswap.benchmark.plan import plan_cells
     from teswap.benchmark.summary import summary_table
     from teswap.benchmark.sweep import run_sweep
-    from teswap.provenance import capture_provenance
-    from teswap.sources import resolve_source
+    from teswap.store.provenance import capture_provenance
+    from teswap.swap.sources import resolve_source
 
     spec, why = build_spec(args)
     for model in spec.models:

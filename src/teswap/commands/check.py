@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from teswap.cli import positive_int
-from teswap.precision import PRECISIONS
+from teswap.precision.runtime import PRECISIONS
 
 # --json names the logits metrics as the issue tracker and dashboards expect them.
 _JSON_NAMES = {"max_abs": "logits_max_abs", "mean_abs": "logits_mean_abs", "robust_rel": "logits_robust_rel",
@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from teswap.parity import ParityCase, run_parity_case
-    from teswap.policies import get_policy, override, parse_overrides
+    from teswap.parity.case import ParityCase, run_parity_case
+    from teswap.parity.policies import get_policy, override, parse_overrides
 
     policy = get_policy(args.policy or args.precision)
     if args.tol:
@@ -98,8 +98,8 @@ def to_json(report) -> dict:
 
 def append_record(report, root: Path) -> Path:
     """Append this case's parity record to the results store; returns the run file."""
-    from teswap.provenance import capture_provenance
-    from teswap.store import open_run
+    from teswap.store.provenance import capture_provenance
+    from teswap.store.runs import open_run
 
     writer = open_run(root, capture_provenance())
     writer.append("parity", report.record_fields())

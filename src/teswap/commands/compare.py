@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
     from teswap.reporting.commits import resolve_revision
     from teswap.reporting.errors import ReportError
     from teswap.reporting.frame import bench_frame, parity_frame, select
-    from teswap.reporting.gab import write_gab
+    from teswap.reporting.github_action_benchmark import write_gab
     from teswap.reporting.regression import compare_commits, count_verdicts, has_regression
 
     everything = load_store(args.results, args.skip_bad)

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from teswap.reporting.commits import resolve_revision
-    from teswap.reporting.gab import write_gab
+    from teswap.reporting.github_action_benchmark import write_gab
     from teswap.reporting.html import write_site
     from teswap.reporting.publish import render, sections, write_charts, write_tables
 

@@ -16,7 +16,7 @@ from transformers import PretrainedConfig
 
 from teswap.errors import UnsupportedConfigError
 from teswap.layers.hf_adapter import check_decoder_call, te_layer_kwargs
-from teswap.rope import attention_softmax_scale, shared_table_for
+from teswap.layers.rope import attention_softmax_scale, shared_table_for
 
 # TE's DotProductAttention keeps its softmax scale on itself and on each attention backend; TE's
 # TransformerLayer has no softmax_scale argument (always 1/sqrt(kv_channels)).

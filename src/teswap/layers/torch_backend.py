@@ -10,7 +10,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from teswap.layers.hf_adapter import check_decoder_call, te_layer_kwargs
 from teswap.layers.torch_layer import TransformerLayer
-from teswap.rope import RopeTable, attention_softmax_scale, shared_table_for
+from teswap.layers.rope import RopeTable, attention_softmax_scale, shared_table_for
 
 
 class TorchLlamaDecoderLayer(TransformerLayer, GradientCheckpointingLayer):

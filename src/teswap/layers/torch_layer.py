@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from teswap.gemm import GemmSite, NoopCat, fuse_in_place, is_view_chain
+from teswap.precision.gemm import GemmSite, NoopCat, fuse_in_place, is_view_chain
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -15,7 +15,7 @@ from teswap.reporting.display import commits_display, comparison_display, parity
 from teswap.reporting.errors import CrossMachineError, ReportError
 from teswap.reporting.formats import to_html, to_latex, to_markdown, to_text
 from teswap.reporting.frame import ConfigKey, bench_frame, config_keys, load_frame, parity_frame, select
-from teswap.reporting.gab import gab_entries, write_gab
+from teswap.reporting.github_action_benchmark import gab_entries, write_gab
 from teswap.reporting.history import commits_table, histories, history_frame
 from teswap.reporting.html import write_site
 from teswap.reporting.mannwhitney import mann_whitney_u

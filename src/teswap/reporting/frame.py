@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from teswap.reporting.errors import ReportError
-from teswap.store import iter_run_files, read_records
+from teswap.store.runs import iter_run_files, read_records
 
 # The fields that name one benchmark cell; with the machine they name one configuration.
 CELL_FIELDS = ("model", "workload", "backend", "precision", "seq_len", "batch", "device")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from teswap.distributed import aggregate_ranks
+from teswap.store.ranks import aggregate_ranks
 from teswap.reporting.frame import CELL_COLUMNS
 
 # The stock model's precision that a swapped precision is compared against: its model dtype. FP8
-# recipes keep bf16 weights and activations, so their baseline is stock bf16 (teswap.precision).
+# recipes keep bf16 weights and activations, so their baseline is stock bf16 (teswap.precision.runtime).
 _STOCK_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 # Parity verdicts, worst first: the verdict of a group of cases is its worst member's.
 PARITY_ORDER = ("failed", "error", "passed", "skipped")
@@ -62,7 +62,7 @@ def _with_sha(records: pd.DataFrame) -> pd.DataFrame:
 
 def merge_ranks(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run and cell: throughput and energy summed over the ranks, peaks per GPU (as
-    teswap.distributed.aggregate_ranks merges them); a run missing a rank becomes status "error"."""
+    teswap.store.ranks.aggregate_ranks merges them); a run missing a rank becomes status "error"."""
     merged = []
     for _, group in rows.groupby(["machine", "sha", "run_id", *CELL_COLUMNS], dropna=False, sort=False):
         first = group.iloc[0].copy()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 
-from teswap import fp8
-from teswap.probe import Availability
+from teswap.precision import fp8
+from teswap.hardware.probe import Availability
 
 # Which TE availability function gates which recipe (transformer_engine.pytorch, TE >= 2.9).
 _AVAILABILITY_FUNCTIONS = {"fp8-delayed": "is_fp8_available", "fp8-current": "is_fp8_available",

@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import AutoConfig, PretrainedConfig
 
 from teswap.errors import SourceError
-from teswap.presets import PRESETS
+from teswap.swap.presets import PRESETS
 
 Source = str | Path | PretrainedConfig
 

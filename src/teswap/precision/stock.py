@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from teswap.gemm import GemmSite
+from teswap.precision.gemm import GemmSite
 
 _SITE_ATTR = "_teswap_fp8_site"  # the GemmSite lives on the module so delayed-scaling state persists
 

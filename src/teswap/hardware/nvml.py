@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 
 from teswap.benchmark.errors import NvmlError
-from teswap.probe import Availability
+from teswap.hardware.probe import Availability
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""The GPU a benchmark ran on, beyond `teswap.provenance.MachineInfo`: UUID, power limits, clocks.
+"""The GPU a benchmark ran on, beyond `teswap.store.provenance.MachineInfo`: UUID, power limits, clocks.
 
 Each figure is read on its own, so one unsupported NVML query nulls that field (its reason kept in
 `null_reasons`) instead of losing the rest. On a CPU device the whole block is null with a reason.
@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from teswap.benchmark.errors import NvmlError
-from teswap.benchmark.nvml import nvml_call, nvml_handle, nvml_session, probe_nvml, torch_device_uuid
-from teswap.probe import te_version
+from teswap.hardware.nvml import nvml_call, nvml_handle, nvml_session, probe_nvml, torch_device_uuid
+from teswap.hardware.probe import te_version
 
 GPU_FIELDS = (
     "name", "count", "uuid", "compute_capability", "total_memory_bytes", "cuda_runtime", "driver_version",

@@ -30,7 +30,7 @@ Kind = Literal["max", "min"]
 RELATIVE_SUFFIX = "_vs_stock"
 
 # Every metric a policy may bound: its kind and its perfect score (what the relative rule measures
-# the shortfall from). Names match teswap.metrics' as_dict() / grad_summary() keys.
+# the shortfall from). Names match teswap.parity.metrics' as_dict() / grad_summary() keys.
 METRICS: dict[str, tuple[Kind, float]] = {
     "max_abs": ("max", 0.0),
     "mean_abs": ("max", 0.0),

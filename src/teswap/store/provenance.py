@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from teswap.probe import te_version
+from teswap.hardware.probe import te_version
 
 
 @dataclass(frozen=True, kw_only=True)

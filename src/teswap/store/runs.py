@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from teswap.distributed import RankInfo, rank_info
+from teswap.store.ranks import RankInfo, rank_info
 from teswap.errors import TeswapError
-from teswap.provenance import Provenance
+from teswap.store.provenance import Provenance
 
 SCHEMA_VERSION = 1
 RECORD_KINDS = ("parity", "bench")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from teswap.errors import BackendUnavailableError
-from teswap.probe import Availability, probe_te
+from teswap.hardware.probe import Availability, probe_te
 
 
 def _torch_available() -> Availability:

@@ -73,7 +73,7 @@ class Format(Enum):
 
 def _check_format(fp8_format: object, recipe: str) -> None:
     if not isinstance(fp8_format, Format):
-        raise TypeError(f"{recipe}.fp8_format must be a teswap.fp8.Format, got {fp8_format!r}")
+        raise TypeError(f"{recipe}.fp8_format must be a teswap.precision.fp8.Format, got {fp8_format!r}")
     if fp8_format is Format.E5M2:
         # E5M2's 2 mantissa bits are too coarse for weights and activations; TE asserts the same.
         raise ValueError(f"{recipe}: pure E5M2 training is not supported; use Format.HYBRID or Format.E4M3")

@@ -1,7 +1,7 @@
 """Precisions as the CLI spells them, what each needs, and how to run the swapped model at one.
 
 fp32 and bf16 are model dtypes. The FP8 precisions keep bf16 weights and activations and run the
-four GEMMs of every swapped layer in FP8 under a recipe, as TE does: through teswap.fp8 on the
+four GEMMs of every swapped layer in FP8 under a recipe, as TE does: through teswap.precision.fp8 on the
 `torch` backend, through `te.pytorch.autocast(recipe=...)` on the `te` backend. A precision a backend
 or GPU cannot run is refused with the reason, never run at another precision.
 """
@@ -15,16 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
-from teswap import fp8
+from teswap.precision import fp8
 from teswap.errors import BackendUnavailableError
-from teswap.probe import Availability, probe_te, probe_te_fp8
+from teswap.hardware.probe import Availability, probe_te, probe_te_fp8
 
 
 @dataclass(frozen=True)
 class Precision:
     name: str
     model_dtype: torch.dtype
-    fp8_recipe: str | None  # name in teswap.fp8.RECIPES / te_fp8.TE_RECIPES; None: no FP8
+    fp8_recipe: str | None  # name in teswap.precision.fp8.RECIPES / te_fp8.TE_RECIPES; None: no FP8
 
 
 PRECISIONS: dict[str, Precision] = {
@@ -56,7 +56,7 @@ def precision_availability(name: str, backend: str, device: torch.device | str) 
         reason = fp8.unsupported_reason(precision.fp8_recipe)
         return Availability(reason is None, reason or "")
     if backend == "te":
-        from teswap.te_fp8 import te_recipe_availability
+        from teswap.precision.te_glue import te_recipe_availability
 
         te = probe_te_fp8()
         return te if not te else te_recipe_availability(precision.fp8_recipe)
@@ -79,7 +79,7 @@ def swapped_autocast(name: str, backend: str) -> ContextManager[None]:
     if recipe is None:
         return nullcontext()
     if backend == "te":
-        from teswap.te_fp8 import te_autocast
+        from teswap.precision.te_glue import te_autocast
 
         return te_autocast(recipe)
     return fp8.fp8_autocast(fp8.RECIPES[recipe]())

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from teswap.families import get_family
+from teswap.swap.families import get_family
 
 # The patch is process-global (a module attribute), so one lock serialises every patch and every
 # stock build that must not see one. Re-entrant: nested swaps in one thread are allowed and each

@@ -5,7 +5,7 @@ CPU, fp32 on a GPU, as TE's maintainers advise (REFERENCE.md §5): error(stock@P
 error(swapped@P vs ref) are measured side by side and the policy asks the swapped model to be no
 worse than stock at P by more than it allows, plus absolute bounds. For the FP8 precisions "stock
 at P" is the HF model with every decoder-layer linear run through the same per-tensor FP8 recipe
-emulation (teswap.stock_fp8), since HF has no FP8 path of its own.
+emulation (teswap.precision.stock), since HF has no FP8 path of its own.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from teswap import fp8
-from teswap.capture import layer_outputs
-from teswap.mapping import te_to_hf_state_dict
-from teswap.metrics import (
+from teswap.precision import fp8
+from teswap.parity.capture import layer_outputs
+from teswap.swap.mapping import te_to_hf_state_dict
+from teswap.parity.metrics import (
     first_divergent_layer,
     grad_metrics,
     grad_summary,
@@ -32,10 +32,10 @@ from teswap.metrics import (
     token_match_rate,
     worst_grad,
 )
-from teswap.pair import Pair, build_pair
-from teswap.policies import Policy, Verdict, evaluate, get_policy
-from teswap.precision import Precision, calibrate, require_precision, swapped_autocast
-from teswap.stock_fp8 import stock_linears_as_gemm_sites
+from teswap.swap.pair import Pair, build_pair
+from teswap.parity.policies import Policy, Verdict, evaluate, get_policy
+from teswap.precision.runtime import Precision, calibrate, require_precision, swapped_autocast
+from teswap.precision.stock import stock_linears_as_gemm_sites
 
 # A swapped layer "diverges" when its hidden-state error exceeds 4x the stock model's error at the same
 # layer and precision (metrics.first_divergent_layer), and this floor (so exact-zero stock errors in fp32
