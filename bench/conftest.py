@@ -16,12 +16,12 @@ import gc
 import pytest
 import torch
 
-from teswap.benchmark.plan import Cell, SweepSpec, defaults_for, dtype_name, plan_cells, resolve_device
+from teswap.benchmark.plan import Cell, SweepSpec, default_spec, plan_cells, resolve_device
 from teswap.benchmark.pytest_bench import update_machine_info
 from teswap.benchmark.residency import HOST, move, offload
+from teswap.hardware.probe import default_device, probe_te
+from teswap.precision.table import PRECISIONS, baseline_precision
 from teswap.swap.pair import build_pair
-from teswap.precision.runtime import PRECISIONS
-from teswap.hardware.probe import probe_te
 
 SMOKE_MAX_TOKENS = 128  # cells up to this many tokens per step on the tiny preset are marked smoke
 
@@ -47,7 +47,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def _device(config: pytest.Config) -> torch.device:
-    return resolve_device(config.getoption("teswap_device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(config.getoption("teswap_device") or default_device())
 
 
 def _split(text: str | None, cast=str) -> tuple | None:
@@ -56,18 +56,12 @@ def _split(text: str | None, cast=str) -> tuple | None:
 
 def suite_spec(config: pytest.Config) -> SweepSpec:
     """The cells to benchmark: the options given, the rest from this hardware's defaults."""
-    device = _device(config)
-    defaults = defaults_for(device, te_available=bool(probe_te()))
+    spec, _ = default_spec(_device(config), te_available=bool(probe_te()))
     option = config.getoption
-    return SweepSpec(
-        models=_split(option("teswap_models")) or defaults.models, workloads=defaults.workloads,
-        backends=_split(option("teswap_backends")) or defaults.backends,
-        precisions=_split(option("teswap_precisions")) or defaults.precisions,
-        seq_lens=_split(option("teswap_seq_lens"), int) or defaults.seq_lens,
-        batches=_split(option("teswap_batches"), int) or defaults.batches, device=str(device),
-        policy=defaults.policy, min_energy_window_s=defaults.min_energy_window_s, threads=defaults.threads,
-        build_on=defaults.build_on,
-    )
+    return spec.overriding(models=_split(option("teswap_models")), backends=_split(option("teswap_backends")),
+                           precisions=_split(option("teswap_precisions")),
+                           seq_lens=_split(option("teswap_seq_lens"), int),
+                           batches=_split(option("teswap_batches"), int))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -103,7 +97,7 @@ class ResidentModels:
 
     def model_for(self, cell: Cell) -> torch.nn.Module:
         builder = self.stock_builder if cell.backend == "stock" else cell.backend
-        key = (cell.model, dtype_name(cell.precision), builder)
+        key = (cell.model, baseline_precision(cell.precision), builder)
         if key != self.pair_key:
             self.evict()
             self.pair = None

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teswap.layers.backends import get_backend
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.pytest_bench import run_benchmark_cell
 from teswap.benchmark.runner import OutOfMemoryError, first_line
 from teswap.errors import TeswapError
+from teswap.layers.backends import get_backend
 from teswap.precision.runtime import require_precision
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teswap.parity.case import ParityCase, run_parity_case, skipped_record_fields
-from teswap.precision.runtime import PRECISIONS, precision_availability
+from teswap.parity.case import ParityCase, run_parity_case
+from teswap.precision.runtime import precision_availability
+from teswap.precision.table import PRECISIONS
+from teswap.store.records import ParityRecord
 
 CPU_PRESETS = ("tiny", "tiny-llama3")
 CPU_SHAPES = ((1, 64), (2, 128))  # (batch, seq_len)
@@ -23,10 +25,10 @@ GPU_SHAPES = ((1, 512), (2, 2048))
 def _run(results_writer, case: ParityCase) -> None:
     availability = precision_availability(case.precision, case.backend, case.device)
     if not availability:
-        results_writer.append("parity", skipped_record_fields(case, availability.reason))
+        results_writer.write(ParityRecord.skipped(case.as_dict(), availability.reason))
         pytest.skip(availability.reason)
     report = run_parity_case(case)
-    results_writer.append("parity", report.record_fields())
+    results_writer.write(report.record())
     assert report.passed, report.failure_summary()
 
 

@@ -17,7 +17,7 @@ from collections import defaultdict
 from transformers import LlamaConfig
 
 from teswap.parity.case import ParityCase, run_parity_case
-from teswap.parity.policies import METRICS
+from teswap.parity.rule import METRICS
 
 
 def spread() -> dict[str, object]:

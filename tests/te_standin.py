@@ -170,7 +170,7 @@ def _recipe_class(name: str) -> type:
 
 def _to_emulation(recipe):
     """Map a stand-in TE recipe onto teswap's emulation, so the twin's GEMMs run the same recipe."""
-    from teswap.precision import fp8
+    from teswap.precision import recipes as fp8
 
     kind, args = type(recipe).__name__, recipe.kwargs
     fmt = fp8.Format[args.get("fp8_format", Format.HYBRID).name]
@@ -188,7 +188,7 @@ AUTOCAST_CALLS: list[dict] = []
 
 def autocast(**kwargs):
     """TE's autocast(enabled, calibrating, recipe, amax_reduction_group): checked, then our emulation."""
-    from teswap.precision import fp8
+    from teswap.precision import emulation as fp8
 
     unknown = sorted(set(kwargs) - set(AUTOCAST_PARAMS))
     if unknown:

@@ -26,9 +26,8 @@ from teswap.benchmark.energy import (
     idle_power_w,
     trapezoid_energy_j,
 )
-from teswap.benchmark.errors import NvmlError
 from teswap.hardware.gpu_info import gpu_info
-from teswap.hardware.nvml import NvmlPowerMeter, clear_nvml_probe, nvml_call, power_meter, probe_nvml
+from teswap.hardware.nvml import NvmlError, NvmlPowerMeter, clear_nvml_probe, nvml_call, power_meter, probe_nvml
 
 CPU = torch.device("cpu")  # the window's device: synchronising a CPU is a no-op, NVML is faked
 TICK_S = 0.1  # NVML's energy counter refresh

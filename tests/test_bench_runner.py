@@ -8,11 +8,11 @@ import torch
 from teswap import build_pair
 from teswap.benchmark import runner
 from teswap.benchmark.mfu import ModelShape
-from teswap.hardware.nvml import PowerMeter
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.records import METRIC_FIELDS
 from teswap.benchmark.runner import CellContext, measure_cell
 from teswap.benchmark.timing import TimingPolicy
+from teswap.hardware.nvml import PowerMeter
 
 FAST = TimingPolicy(warmup=1, min_samples=3, max_samples=5, budget_s=0.05)
 

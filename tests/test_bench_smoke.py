@@ -59,13 +59,13 @@ def test_benchmark_json_from_the_bench_suite_becomes_records(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert "teswap_provenance" in data["machine_info"] and "gpu" in data["machine_info"]
     provenance, records = records_from_benchmark_json(data)
-    assert {r["cell"]["backend"] for r in records} == {"stock", "torch"}
+    assert {r.cell["backend"] for r in records} == {"stock", "torch"}
     for record in records:
-        assert record["status"] == "ok" and set(METRIC_FIELDS) <= set(record["metrics"])
-        assert set(STATS_FIELDS) <= set(record["stats"]) and record["stats"]["count"] == 3
-        assert len(record["stats"]["samples_s"]) == 3
-        assert record["stats"]["median_s"] == pytest.approx(record["cell"]["batch"] * record["cell"]["seq_len"]
-                                                            / record["metrics"]["tokens_per_s"])
+        assert record.status == "ok" and set(METRIC_FIELDS) <= set(record.metrics)
+        assert set(STATS_FIELDS) <= set(record.stats) and record.stats["count"] == 3
+        assert len(record.stats["samples_s"]) == 3
+        assert record.stats["median_s"] == pytest.approx(record.cell["batch"] * record.cell["seq_len"]
+                                                         / record.metrics["tokens_per_s"])
     assert main(["bench", "--from-pytest-json", str(out), "--results", str(tmp_path / "store")]) == 0
     stored = load_records(tmp_path / "store", kind="bench")
     assert len(stored) == 2 and stored[0]["provenance"] == provenance.to_dict()

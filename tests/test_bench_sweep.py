@@ -14,8 +14,9 @@ from teswap.benchmark.records import CELL_FIELDS, METRIC_FIELDS, MODEL_CONFIG_FI
 from teswap.benchmark.summary import COLUMNS, summary_rows, summary_table
 from teswap.benchmark.sweep import run_sweep
 from teswap.benchmark.timing import TimingPolicy
-from teswap.cli import Parser, main
+from teswap.cli import main
 from teswap.commands import bench
+from teswap.commands.args import Parser
 from teswap.store.provenance import GitInfo, capture_provenance
 from teswap.store.runs import SCHEMA_VERSION, load_records
 

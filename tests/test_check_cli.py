@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+import teswap.layers.rope
 import teswap.swap.mapping
 import teswap.swap.pair
-import teswap.layers.rope
 from teswap.cli import main
 from teswap.store.runs import load_records
 

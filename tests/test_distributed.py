@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from teswap.store.ranks import aggregate_ranks, rank_info
 from teswap.store.provenance import capture_provenance
+from teswap.store.ranks import aggregate_ranks, rank_info
 from teswap.store.runs import load_records, open_run
 
 CELL = {"model": "tiny", "workload": "prefill", "backend": "torch", "precision": "fp32", "seq_len": 128,

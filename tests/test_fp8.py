@@ -11,27 +11,22 @@ import pytest
 import torch
 
 from support import rel_max_err
-from teswap.precision import fp8
-from teswap.precision.fp8 import (
-    RECIPES,
+from teswap.layers.torch_layer import TransformerLayer
+from teswap.precision import emulation
+from teswap.precision.emulation import (
     CurrentScalingState,
-    DelayedScaling,
     DelayedScalingState,
-    Float8CurrentScaling,
-    Format,
     Role,
     active_recipe,
     dequantize,
     fp8_autocast,
     fp8_linear,
-    fp8_max,
     quantize,
     scale_from_amax,
     tensor_amax,
-    unsupported_reason,
 )
 from teswap.precision.gemm import GemmSite
-from teswap.layers.torch_layer import TransformerLayer
+from teswap.precision.recipes import RECIPES, DelayedScaling, Float8CurrentScaling, Format, fp8_max, unsupported_reason
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 CPU = torch.device("cpu")
@@ -289,7 +284,7 @@ def test_gpus_without_fp8_gemm_get_the_same_product(monkeypatch):
     scaling = CurrentScalingState(Float8CurrentScaling(), CPU)
     results = []
     for has_fp8 in (True, False):  # False: what a pre-Ada GPU (no FP8 GEMM) runs
-        monkeypatch.setattr(fp8, "has_fp8_matmul", lambda device, has_fp8=has_fp8: has_fp8)
+        monkeypatch.setattr(emulation, "has_fp8_matmul", lambda device, has_fp8=has_fp8: has_fp8)
         x.grad = w.grad = None
         y = fp8_linear(x, w, scaling)
         y.backward(dy)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import teswap.swap.mapping
 import teswap.layers.rope
+import teswap.swap.mapping
 from support import CONFIGS, logits_of, random_ids, rel_max_err
 from teswap import build_pair
 from teswap.errors import MappingError

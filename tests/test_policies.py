@@ -10,17 +10,9 @@ import pytest
 import torch
 
 from teswap.parity.metrics import LogitsMetrics, grad_metrics, grad_summary, token_match_rate
-from teswap.parity.policies import (
-    METRICS,
-    POLICIES,
-    Bound,
-    Policy,
-    PolicyError,
-    evaluate,
-    get_policy,
-    override,
-    parse_overrides,
-)
+from teswap.parity.policies import POLICIES
+from teswap.parity.policy_files import get_policy, override, parse_overrides
+from teswap.parity.rule import METRICS, Bound, Policy, PolicyError, evaluate
 
 
 def policy(*bounds: Bound) -> Policy:

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from report_synthetic import fake_sha, teswap, write_commit
-from teswap.precision.runtime import PRECISIONS
+from teswap.precision.table import PRECISIONS, baseline_precision
 from teswap.reporting import display, formats
 from teswap.reporting.frame import bench_frame, load_frame, parity_frame, select
 from teswap.reporting.publish import render, sections
-from teswap.reporting.tables import baseline_precision, comparison_table, parity_table
+from teswap.reporting.tables import comparison_table, parity_table
 from teswap.store.runs import open_run
 
 VARIANTS = (("stock", "bf16"), ("stock", "fp32"), ("te", "bf16"), ("te", "fp8-delayed"), ("torch", "fp32"))

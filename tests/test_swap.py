@@ -12,10 +12,10 @@ from transformers.models.llama import modeling_llama
 from support import logits_of, random_ids, rel_max_err
 from teswap import replace_decoder
 from teswap.errors import SourceError
+from teswap.layers.rope import RopeTable
 from teswap.layers.torch_backend import TorchLlamaDecoderLayer, TorchLlamaDecoderLayerFusedQKV
 from teswap.swap.mapping import hf_to_te_state_dict
 from teswap.swap.presets import tiny
-from teswap.layers.rope import RopeTable
 
 ORIGINAL = modeling_llama.LlamaDecoderLayer
 

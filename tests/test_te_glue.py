@@ -13,9 +13,9 @@ import torch
 import te_standin
 from support import CONFIGS, llama, logits_of, random_ids, rel_max_err
 from teswap import build_pair
+from teswap.hardware.probe import Availability
 from teswap.layers.backends import BACKENDS
 from teswap.swap.mapping import te_layer_keys
-from teswap.hardware.probe import Availability
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ One concern per module:
 Importing this package imports torch but touches no GPU and patches nothing.
 """
 
-from teswap.benchmark.plan import Cell, SweepSpec, defaults_for, plan_cells
+from teswap.benchmark.plan import Cell, SweepSpec, default_spec, plan_cells
 from teswap.benchmark.runner import CellContext, CellOutcome, measure_cell
 from teswap.benchmark.sweep import SweepResult, run_sweep
 from teswap.benchmark.timing import TimingPolicy, TimingStats
@@ -33,7 +33,7 @@ __all__ = [
     "SweepSpec",
     "TimingPolicy",
     "TimingStats",
-    "defaults_for",
+    "default_spec",
     "measure_cell",
     "plan_cells",
     "run_sweep",

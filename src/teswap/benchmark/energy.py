@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from teswap.hardware.nvml import PowerMeter
 from teswap.benchmark.timing import Clock, Step, synchronize
+from teswap.hardware.nvml import PowerMeter
 
 COUNTER_METHOD = "nvml_total_energy_counter"
 SAMPLED_METHOD = "nvml_power_samples_trapezoid"

@@ -8,6 +8,3 @@ from teswap.errors import TeswapError
 class BenchConfigError(TeswapError, ValueError):
     """A sweep or timing setting is invalid (unknown workload, empty list, negative budget...)."""
 
-
-class NvmlError(TeswapError, RuntimeError):
-    """An NVML call failed; the message names the call and NVML's own error string."""

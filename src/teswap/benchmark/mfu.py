@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
+from teswap.precision.table import PRECISIONS
+
 WORKLOADS = ("prefill", "train")
-FP8_PRECISIONS = ("fp8-delayed", "fp8-current", "fp8-block", "mxfp8")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +128,7 @@ def precision_peak(peak: PeakFlops, precision: str) -> tuple[float | None, str |
     """(peak FLOP/s for `precision`, reason when there is none)."""
     if precision == "bf16":
         return peak.bf16, None
-    if precision in FP8_PRECISIONS:
+    if precision in PRECISIONS and PRECISIONS[precision].is_fp8:
         if peak.fp8 is None:
             return None, f"{peak.gpu} has no FP8 tensor cores"
         return peak.fp8, None

@@ -10,7 +10,7 @@ before train because training steps move the weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -18,12 +18,11 @@ import torch
 from teswap.benchmark.errors import BenchConfigError
 from teswap.benchmark.timing import TimingPolicy
 from teswap.benchmark.workloads import WORKLOADS
-from teswap.precision.runtime import PRECISIONS
+from teswap.precision.table import PRECISIONS, baseline_precision
 
 SWAPPED_BACKENDS = ("torch", "te")
 BACKENDS = ("stock", *SWAPPED_BACKENDS)
 BUILD_ON = ("host", "device")
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,11 +46,6 @@ class Cell:
 
     def label(self) -> str:
         return f"{self.model} {self.workload} {self.backend}/{self.precision} s={self.seq_len} b={self.batch}"
-
-
-def dtype_name(precision: str) -> str:
-    """The model dtype a precision runs at: fp32, or bf16 (FP8 recipes keep bf16 weights)."""
-    return DTYPE_NAMES[PRECISIONS[precision].model_dtype]
 
 
 def resolve_device(text: str) -> torch.device:
@@ -123,6 +117,12 @@ class SweepSpec:
         if not self.sample_interval_s > 0:
             raise BenchConfigError(f"sample_interval_s must be > 0, got {self.sample_interval_s}")
 
+    def overriding(self, **given: Any) -> SweepSpec:
+        """This spec with the fields in `given` replaced; a None value keeps this spec's (an unset flag)."""
+        changes = {name: tuple(value) if isinstance(value, list) else value
+                   for name, value in given.items() if value is not None}
+        return replace(self, **changes)
+
     def settings(self) -> dict[str, Any]:
         """The measurement settings stored with each record (what shaped the numbers, not which cell)."""
         return {"seed": self.seed, "policy": asdict(self.policy), "min_energy_window_s": self.min_energy_window_s,
@@ -137,11 +137,11 @@ def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
 def plan_cells(spec: SweepSpec) -> list[Cell]:
     """Every cell of the sweep, in run order: per model and dtype, stock then each backend; prefill first."""
     device = str(resolve_device(spec.device))
-    dtypes = list(dict.fromkeys(dtype_name(p) for p in spec.precisions))
+    dtypes = list(dict.fromkeys(baseline_precision(p) for p in spec.precisions))
     cells: list[Cell] = []
     for model in dict.fromkeys(spec.models):
         for dtype in dtypes:
-            precisions = [p for p in dict.fromkeys(spec.precisions) if dtype_name(p) == dtype]
+            precisions = [p for p in dict.fromkeys(spec.precisions) if baseline_precision(p) == dtype]
             for backend in _ordered(spec.backends, BACKENDS):
                 for workload in _ordered(spec.workloads, WORKLOADS):
                     for precision in ([dtype] if backend == "stock" else precisions):
@@ -153,40 +153,25 @@ def plan_cells(spec: SweepSpec) -> list[Cell]:
     return cells
 
 
-@dataclass(frozen=True)
-class Defaults:
-    models: tuple[str, ...]
-    workloads: tuple[str, ...]
-    backends: tuple[str, ...]
-    precisions: tuple[str, ...]
-    seq_lens: tuple[int, ...]
-    batches: tuple[int, ...]
-    policy: TimingPolicy
-    min_energy_window_s: float
-    idle_s: float
-    threads: int | None
-    build_on: str
-    why: str
-
-
-def defaults_for(device: torch.device, te_available: bool) -> Defaults:
-    """CPU: the tiny preset at short lengths (well under a minute). GPU: an 8B shape, 512…8192 tokens."""
+def default_spec(device: torch.device, te_available: bool) -> tuple[SweepSpec, str]:
+    """This hardware's sweep, and why. CPU: the tiny preset at short lengths (well under a minute).
+    GPU: an 8B shape, 512…8192 tokens, bf16 and every FP8 recipe."""
     if device.type == "cpu":
-        return Defaults(
+        spec = SweepSpec(
             models=("tiny",), workloads=WORKLOADS, backends=("stock", "torch"), precisions=("fp32",),
-            seq_lens=(32, 64, 128), batches=(2,),
+            seq_lens=(32, 64, 128), batches=(2,), device=str(device),
             policy=TimingPolicy(warmup=3, min_samples=10, target_rel_ci=0.02, budget_s=0.75),
             # One intra-op thread: with OpenMP's barriers, a core taken by another process stalls every
             # parallel op, and on shared 2-core machines multi-thread timings swing by 10-100x.
             min_energy_window_s=0.0, idle_s=0.0, threads=1, build_on="host",
-            why="CPU: tiny preset, fp32, stock vs torch backend, 1 thread",
         )
+        return spec, "CPU: tiny preset, fp32, stock vs torch backend, 1 thread"
     swapped = "te" if te_available else "torch"
-    return Defaults(
+    spec = SweepSpec(
         models=("llama3-8b",), workloads=WORKLOADS, backends=("stock", swapped),
-        precisions=("bf16", "fp8-delayed", "fp8-current", "fp8-block", "mxfp8"),
-        seq_lens=(512, 1024, 2048, 4096, 8192), batches=(1,),
+        precisions=("bf16", *(name for name, p in PRECISIONS.items() if p.is_fp8)),
+        seq_lens=(512, 1024, 2048, 4096, 8192), batches=(1,), device=str(device),
         policy=TimingPolicy(warmup=5, min_samples=10, target_rel_ci=0.01, budget_s=10.0),
         min_energy_window_s=5.0, idle_s=5.0, threads=None, build_on="device",
-        why=f"GPU: llama3-8b shape, {swapped} backend" + ("" if te_available else " (te unavailable)"),
     )
+    return spec, f"GPU: llama3-8b shape, {swapped} backend" + ("" if te_available else " (te unavailable)")

@@ -17,29 +17,26 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from teswap.benchmark.energy import EnergyWindow
 from teswap.benchmark.errors import BenchConfigError
-from teswap.hardware.gpu_info import gpu_info
 from teswap.benchmark.memory import MemoryTracker
 from teswap.benchmark.mfu import ModelShape
+from teswap.benchmark.plan import Cell, resolve_device
+from teswap.benchmark.records import bench_record, model_config_fields
+from teswap.benchmark.runner import CellContext, measure
+from teswap.benchmark.timing import TimingPolicy, TimingStats, synchronize
+from teswap.benchmark.workloads import PreparedStep, make_input_ids, prepare_step, release
+from teswap.hardware.gpu_info import gpu_info
 from teswap.hardware.nvml import power_meter
-from teswap.benchmark.plan import Cell
-from teswap.benchmark.records import bench_fields, model_config_fields
-from teswap.benchmark.runner import cell_metrics
-from teswap.benchmark.timing import synchronize, warm_up
-from teswap.benchmark.workloads import make_input_ids, prepare_step, release
-from teswap.store.provenance import GitInfo, LibraryVersions, MachineInfo, Provenance, capture_provenance
+from teswap.hardware.probe import default_device
+from teswap.store.provenance import Provenance, capture_provenance
+from teswap.store.records import BenchRecord
 
 PYTEST_TIMER = "pytest-benchmark(perf_counter around a device-synchronised target)"
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def machine_info_extras(device: torch.device | None = None) -> dict[str, Any]:
     """GPU/driver/CUDA/TE fields and teswap's provenance, for pytest-benchmark's machine_info."""
-    gpu = gpu_info(device or default_device())
+    gpu = gpu_info(device or resolve_device(default_device()))
     return {
         "gpu": gpu, "gpu_name": gpu["name"], "gpu_uuid": gpu["uuid"], "driver_version": gpu["driver_version"],
         "cuda_runtime": torch.version.cuda, "cuda_driver_version": gpu["cuda_driver_version"],
@@ -61,30 +58,26 @@ def run_benchmark_cell(benchmark: Any, cell: Cell, model: PreTrainedModel, *, ro
     ids = make_input_ids(shape.vocab_size, cell.batch, cell.seq_len, seed=seed, device=device)
     step = prepare_step(cell.workload, model, ids, backend=cell.backend, precision=cell.precision)
 
-    def target() -> None:  # synchronised, so pytest-benchmark's wall clock covers the device work
-        step()
-        synchronize(device)
+    def time_steps(step: PreparedStep) -> tuple[TimingStats | None, int]:
+        def target() -> None:  # synchronised, so pytest-benchmark's wall clock covers the device work
+            step()
+            synchronize(device)
 
-    tracker = MemoryTracker(device)
-    try:
-        tracker.start()
-        warm_up(step, warmup, device)
-        with power_meter(device) as (meter, reason):
-            window = EnergyWindow(meter, device, null_reason=reason, min_window_s=min_energy_window_s)
-            with window:
-                benchmark.pedantic(target, rounds=rounds, warmup_rounds=0, iterations=1)
-                extra_steps = window.extend_to(step)
-        tracker.after_timing(step, step.resident_tensors)
+        benchmark.pedantic(target, rounds=rounds, warmup_rounds=0, iterations=1)
         stats = benchmark.stats.stats if benchmark.stats else None  # None under --benchmark-disable
-        window_steps = rounds + extra_steps
-        energy = window.metrics(tokens=window_steps * step.tokens_per_step, steps=window_steps)
+        return (None if stats is None else _timing_stats(stats, warmup)), rounds
+
+    try:
+        with power_meter(device) as (meter, reason):
+            ctx = CellContext(policy=TimingPolicy(warmup=warmup), seed=seed, meter=meter, energy_null_reason=reason,
+                              min_energy_window_s=min_energy_window_s,
+                              idle_power_null_reason="no idle baseline in pytest runs")
+            outcome = measure(step, cell, shape, ctx, MemoryTracker(device), time_steps)
     finally:
         release(step)
-    tokens_per_s = step.tokens_per_step / stats.median if stats else None
-    metrics = cell_metrics(cell, shape, device, tokens_per_s=tokens_per_s, memory=tracker.result(), energy=energy,
-                           idle={"idle_power_w": None, "idle_power_null_reason": "no idle baseline in pytest runs"})
+    metrics = outcome.metrics
     info = {
-        "tokens_per_s": tokens_per_s, "peak_allocated_bytes": metrics["peak_allocated_bytes"],
+        "tokens_per_s": metrics["tokens_per_s"], "peak_allocated_bytes": metrics["peak_allocated_bytes"],
         "peak_reserved_bytes": metrics["peak_reserved_bytes"], "energy_per_token_j": metrics["energy_per_token_j"],
         "power_avg_w": metrics["power_avg_w"], "energy_null_reason": metrics["energy_null_reason"],
         "teswap": {"cell": cell.to_dict(), "model_config": model_config_fields(model.config), "metrics": metrics,
@@ -94,13 +87,19 @@ def run_benchmark_cell(benchmark: Any, cell: Cell, model: PreTrainedModel, *, ro
     return info
 
 
+def _timing_stats(stats: Any, warmup: int) -> TimingStats:
+    """pytest-benchmark's statistics of the timed rounds as teswap's TimingStats."""
+    return TimingStats(median_s=stats.median, iqr_s=stats.iqr, mean_s=stats.mean, std_s=stats.stddev,
+                       min_s=stats.min, count=stats.rounds, warmup=warmup, samples_s=list(stats.data),
+                       ci_low_s=None, ci_high_s=None, stop_reason="fixed_rounds", timer=PYTEST_TIMER)
+
+
 def _provenance_from(machine_info: dict[str, Any]) -> Provenance:
     saved = machine_info.get("teswap_provenance")
     if not isinstance(saved, dict):
         raise BenchConfigError("this benchmark JSON has no machine_info.teswap_provenance: it was not written by "
                                "teswap's bench suite (run `pytest bench/ --benchmark-json=FILE`)")
-    return Provenance(git=GitInfo(**saved["git"]), machine=MachineInfo(**saved["machine"]),
-                      libraries=LibraryVersions(**saved["libraries"]), utc_time=saved["utc_time"])
+    return Provenance.from_dict(saved)
 
 
 def _stats_from(stats: dict[str, Any], warmup: int) -> dict[str, Any]:
@@ -109,15 +108,15 @@ def _stats_from(stats: dict[str, Any], warmup: int) -> dict[str, Any]:
             "ci_low_s": None, "ci_high_s": None, "stop_reason": "fixed_rounds", "timer": PYTEST_TIMER}
 
 
-def records_from_benchmark_json(data: dict[str, Any]) -> tuple[Provenance, list[dict[str, Any]]]:
-    """The provenance and the "bench" record fields of each teswap benchmark in a --benchmark-json dict."""
+def records_from_benchmark_json(data: dict[str, Any]) -> tuple[Provenance, list[BenchRecord]]:
+    """The provenance and the bench record of each teswap benchmark in a --benchmark-json dict."""
     provenance = _provenance_from(data.get("machine_info", {}))
     out = []
     for bench in data.get("benchmarks", []):
         ours = bench.get("extra_info", {}).get("teswap")
         if not ours or not bench.get("stats"):
             continue  # not one of our cells, or run with --benchmark-disable
-        out.append(bench_fields(
+        out.append(bench_record(
             cell=Cell(**ours["cell"]), model_config=ours["model_config"], provenance=provenance, status="ok",
             reason=None, stats=_stats_from(bench["stats"], ours["warmup"]), metrics=ours["metrics"], gpu=ours["gpu"],
             settings={"source": "pytest-benchmark", "benchmark": bench.get("fullname"),

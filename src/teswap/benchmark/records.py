@@ -1,7 +1,7 @@
 """Benchmark records (kind "bench"): the fields of one cell, its resume key, and finding finished cells.
 
-A record is what `RunWriter.append("bench", fields)` writes: the store adds schema_version, kind,
-run_id and provenance (commit, machine, libraries, UTC time); `bench_fields` builds the rest.
+A record is what `RunWriter.write(record)` writes: the store adds schema_version, kind,
+run_id and provenance (commit, machine, libraries, UTC time); `bench_record` builds the rest.
 Units are in the names (`_s`, `_bytes`, `_j`, `_w`, `_c`, `_mhz`). A figure that could not be
 measured is None, with the reason in the matching `*_null_reason` field.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -21,14 +20,14 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from teswap.precision import fp8
 from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.plan import Cell
-from teswap.precision.runtime import PRECISIONS
+from teswap.precision.recipes import RECIPES
+from teswap.precision.table import PRECISIONS
 from teswap.store.provenance import Provenance
-from teswap.store.runs import load_records
+from teswap.store.records import BenchRecord
+from teswap.store.runs import load_records, machine_slug
 
-STATUSES = ("ok", "oom", "error", "skipped")
 FINISHED = ("ok", "oom")  # a rerun of the same sweep on the same commit and machine skips these
 CELL_FIELDS = ("model", "workload", "backend", "precision", "seq_len", "batch", "device")
 MODEL_CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -56,21 +55,13 @@ def model_config_fields(config: PretrainedConfig) -> dict[str, Any]:
 
 def recipe_fields(precision: str, backend: str) -> dict[str, Any] | None:
     """The FP8 recipe a swapped cell ran under, with teswap's settings (None without FP8, and for stock)."""
-    name = PRECISIONS[precision].fp8_recipe
-    if name is None or backend == "stock":
+    if not PRECISIONS[precision].is_fp8 or backend == "stock":
         return None
-    factory = fp8.RECIPES.get(name)
+    factory = RECIPES.get(precision)
     if factory is None:  # block scalings: TE's own defaults, nothing of ours to record
-        return {"name": name, "settings": "TransformerEngine defaults"}
+        return {"name": precision, "settings": "TransformerEngine defaults"}
     settings = {key: value.name if isinstance(value, Enum) else value for key, value in asdict(factory()).items()}
-    return {"name": name, "type": type(factory()).__name__, **settings}
-
-
-def machine_identity(provenance: dict[str, Any]) -> str:
-    """Which machine a record came from: GPU (or CPU) model and hostname, as the store's folder names it."""
-    machine = provenance.get("machine", {})
-    device = machine.get("gpu_name") or machine.get("cpu_model") or "unknown"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{device}_{machine.get('hostname')}").strip("-").lower()
+    return {"name": precision, "type": type(factory()).__name__, **settings}
 
 
 def cell_key(cell: dict[str, Any], model_config: dict[str, Any], provenance: dict[str, Any]) -> str:
@@ -79,31 +70,23 @@ def cell_key(cell: dict[str, Any], model_config: dict[str, Any], provenance: dic
     identity = {
         "cell": {name: cell.get(name) for name in CELL_FIELDS},
         "model_config": {name: model_config.get(name) for name in MODEL_CONFIG_FIELDS},
-        "commit": git.get("sha"), "dirty": git.get("dirty"), "machine": machine_identity(provenance),
+        "commit": git.get("sha"), "dirty": git.get("dirty"), "machine": machine_slug(provenance),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def bench_fields(*, cell: Cell, model_config: dict[str, Any], provenance: Provenance, status: str,
+def bench_record(*, cell: Cell, model_config: dict[str, Any], provenance: Provenance, status: str,
                  reason: str | None, stats: dict[str, Any] | None, metrics: dict[str, Any],
-                 gpu: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """The fields of one "bench" record; every METRIC_FIELDS key is present (None when unmeasured)."""
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+                 gpu: dict[str, Any], settings: dict[str, Any]) -> BenchRecord:
+    """The record of one cell; every METRIC_FIELDS key is present in its metrics (None when unmeasured)."""
     cell_dict = cell.to_dict()
-    return {
-        "cell": cell_dict,
-        "cell_key": cell_key(cell_dict, model_config, provenance.to_dict()),
-        "cell_finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "recipe": recipe_fields(cell.precision, cell.backend),
-        "model_config": model_config,
-        "status": status,
-        "reason": reason,
-        "stats": stats,
-        "metrics": {**dict.fromkeys(METRIC_FIELDS), **metrics},
-        "gpu": gpu,
-        "settings": settings,
-    }
+    return BenchRecord(
+        cell=cell_dict, cell_key=cell_key(cell_dict, model_config, provenance.to_dict()),
+        cell_finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        recipe=recipe_fields(cell.precision, cell.backend), model_config=model_config, status=status,
+        reason=reason, stats=stats, metrics={**dict.fromkeys(METRIC_FIELDS), **metrics}, gpu=gpu,
+        settings=settings,
+    )
 
 
 def finished_records(root: Path | str, keys: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:

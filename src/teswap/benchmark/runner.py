@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,10 @@ import torch
 from teswap.benchmark.energy import EnergyMetrics, EnergyWindow
 from teswap.benchmark.memory import MemoryResult, MemoryTracker
 from teswap.benchmark.mfu import ModelShape, model_flops_utilization
-from teswap.hardware.nvml import PowerMeter
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.timing import Clock, Timer, TimingPolicy, TimingStats, sample, timer_for, warm_up
 from teswap.benchmark.workloads import PreparedStep, make_input_ids, prepare_step, release
+from teswap.hardware.nvml import PowerMeter
 
 OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -59,19 +60,38 @@ def _device_name(device: torch.device) -> str | None:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
-def _timed(step: PreparedStep, cell: Cell, ctx: CellContext, device: torch.device, tracker: MemoryTracker,
-           shape: ModelShape) -> CellOutcome:
+# Runs the timed steps of a cell: returns their statistics (None when nothing was timed) and how many
+# steps ran, so the energy window knows what it covered.
+TimeSteps = Callable[[PreparedStep], tuple[TimingStats | None, int]]
+
+
+def sampled(ctx: CellContext, device: torch.device) -> TimeSteps:
+    """The sweep's timing: device-synchronised samples until the median is tight (ctx.policy)."""
+    def time_steps(step: PreparedStep) -> tuple[TimingStats | None, int]:
+        stats = sample(step, ctx.policy, ctx.timer or timer_for(device), clock=ctx.clock)
+        return stats, stats.count
+
+    return time_steps
+
+
+def measure(step: PreparedStep, cell: Cell, shape: ModelShape, ctx: CellContext, tracker: MemoryTracker,
+            time_steps: TimeSteps) -> CellOutcome:
+    """Warm up, time the steps inside the energy window, extend the window, take peak memory, derive the metrics.
+
+    The one measurement every benchmark path uses (the sweep and the pytest-benchmark suites alike).
+    """
+    device = torch.device(cell.device)
     tracker.start()
     warm_up(step, ctx.policy.warmup, device)
     window = EnergyWindow(ctx.meter, device, null_reason=ctx.energy_null_reason,
                           min_window_s=ctx.min_energy_window_s, sample_interval_s=ctx.sample_interval_s,
                           clock=ctx.clock)
     with window:
-        stats = sample(step, ctx.policy, ctx.timer or timer_for(device), clock=ctx.clock)
-        tokens_per_s = step.tokens_per_step / stats.median_s  # throughput at the median step time
+        stats, steps = time_steps(step)
         extra_steps = window.extend_to(step)
     tracker.after_timing(step, step.resident_tensors)
-    window_steps = stats.count + extra_steps
+    tokens_per_s = step.tokens_per_step / stats.median_s if stats else None  # throughput at the median step time
+    window_steps = steps + extra_steps
     energy = window.metrics(tokens=window_steps * step.tokens_per_step, steps=window_steps)
     metrics = cell_metrics(cell, shape, device, tokens_per_s=tokens_per_s, memory=tracker.result(), energy=energy,
                            idle=_idle(ctx))
@@ -120,7 +140,7 @@ def measure_cell(cell: Cell, model: torch.nn.Module, shape: ModelShape, ctx: Cel
     try:
         ids = make_input_ids(shape.vocab_size, cell.batch, cell.seq_len, seed=ctx.seed, device=device)
         step = prepare_step(cell.workload, model, ids, backend=cell.backend, precision=cell.precision)
-        return _timed(step, cell, ctx, device, tracker, shape)
+        return measure(step, cell, shape, ctx, tracker, sampled(ctx, device))
     except OutOfMemoryError as err:
         status, reason = "oom", first_line(err)
     except Exception as err:  # noqa: BLE001 - any failure is this cell's result; the sweep goes on

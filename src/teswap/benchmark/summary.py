@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from teswap.benchmark.plan import dtype_name
+from teswap.precision.table import baseline_precision
 
 COLUMNS = ("model", "workload", "seq", "batch", "backend", "precision", "status", "tokens/s", "vs stock",
            "peak MiB", "mem vs stock", "J/token")
@@ -14,7 +14,7 @@ COLUMNS = ("model", "workload", "seq", "batch", "backend", "precision", "status"
 def _baseline_key(cell: dict[str, Any]) -> tuple:
     """Which stock cell a row compares against: same model, workload, shape, device and model dtype."""
     return (cell["model"], cell["workload"], cell["seq_len"], cell["batch"], cell["device"],
-            dtype_name(cell["precision"]))
+            baseline_precision(cell["precision"]))
 
 
 def _ratio(value: float | None, reference: float | None) -> str:

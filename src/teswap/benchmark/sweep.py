@@ -20,45 +20,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from teswap.layers.backends import get_backend
 from teswap.benchmark.energy import idle_power_w
-from teswap.benchmark.errors import NvmlError
-from teswap.hardware.gpu_info import gpu_info
 from teswap.benchmark.mfu import ModelShape
-from teswap.hardware.nvml import PowerMeter, power_meter
-from teswap.benchmark.plan import Cell, SweepSpec, dtype_name, plan_cells, resolve_device
-from teswap.benchmark.records import bench_fields, cell_key, finished_records, model_config_fields
+from teswap.benchmark.plan import Cell, SweepSpec, plan_cells, resolve_device
+from teswap.benchmark.progress import NullProgress, Progress
+from teswap.benchmark.records import bench_record, cell_key, finished_records, model_config_fields
 from teswap.benchmark.residency import HOST, offload, resident
 from teswap.benchmark.runner import CellContext, CellOutcome, first_line, measure_cell, unmeasured
 from teswap.benchmark.signals import InterruptGuard, terminate_as_interrupt
 from teswap.errors import TeswapError
-from teswap.swap.pair import Pair, build_pair
-from teswap.precision.runtime import PRECISIONS, require_precision
+from teswap.hardware.gpu_info import gpu_info
+from teswap.hardware.nvml import NvmlError, PowerMeter, power_meter
+from teswap.layers.backends import get_backend
+from teswap.precision.runtime import require_precision
+from teswap.precision.table import PRECISIONS, baseline_precision
 from teswap.store.provenance import Provenance
-from teswap.swap.sources import resolve_source
 from teswap.store.runs import RunWriter, open_run
-
-
-class Progress(Protocol):
-    def start(self, total: int, already_done: int) -> None: ...
-    def advance(self, cell: Cell, status: str) -> None: ...
-    def close(self) -> None: ...
-
-
-class NullProgress:
-    def start(self, total: int, already_done: int) -> None:
-        pass
-
-    def advance(self, cell: Cell, status: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+from teswap.swap.pair import Pair, build_pair
+from teswap.swap.sources import resolve_source
 
 
 @dataclass(kw_only=True)
@@ -95,14 +79,13 @@ class _Sweep:
         return _key(cell, self.configs, self.provenance)
 
     def write(self, cell: Cell, outcome: CellOutcome) -> None:
-        fields = bench_fields(
+        record = bench_record(
             cell=cell, model_config=self.configs[cell.model], provenance=self.provenance, status=outcome.status,
             reason=outcome.reason, stats=outcome.stats.to_dict() if outcome.stats else None,
             metrics=outcome.metrics, gpu=self.gpu, settings=self.spec.settings(),
         )
         with self.guard.deferred():  # a signal waits until the record is stored and counted
-            record = self.writer.append("bench", fields)
-            self.result.records[fields["cell_key"]] = record
+            self.result.records[record.cell_key] = self.writer.write(record)
             self.result.written += 1
             self.result.run_path = self.writer.path
         self.progress.advance(cell, outcome.status)
@@ -202,7 +185,7 @@ def _group(cells: list[Cell]) -> dict[tuple[str, str], list[Cell]]:
     """Cells by (model, model dtype), in plan order."""
     groups: dict[tuple[str, str], list[Cell]] = {}
     for cell in cells:
-        groups.setdefault((cell.model, dtype_name(cell.precision)), []).append(cell)
+        groups.setdefault((cell.model, baseline_precision(cell.precision)), []).append(cell)
     return groups
 
 

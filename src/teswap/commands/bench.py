@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
-from teswap.cli import int_list, name_list, non_negative_float, non_negative_int, positive_float, positive_int
+from teswap.commands.args import int_list, name_list, non_negative_float, non_negative_int, positive_float, positive_int
 from teswap.errors import TeswapError
 
 
@@ -52,56 +53,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(parser)
 
 
-class TqdmProgress:
-    """A progress bar over the sweep's cells, on stderr."""
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-
-    def start(self, total: int, already_done: int) -> None:
-        from tqdm.auto import tqdm  # a transformers dependency
-
-        self.bar = tqdm(total=total, initial=already_done, desc="teswap bench", unit="cell", file=sys.stderr,
-                        dynamic_ncols=True, mininterval=0.5)
-
-    def advance(self, cell: Any, status: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{cell.label()}: {status}", refresh=False)
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def build_spec(args: argparse.Namespace) -> tuple[Any, str]:
-    """The SweepSpec from the flags, unset ones filled by `defaults_for` this hardware; and why."""
-    import torch
+    """This hardware's default SweepSpec with every flag given replacing its field; and why."""
+    from teswap.benchmark.plan import default_spec, resolve_device
+    from teswap.hardware.probe import default_device, probe_te
 
-    from teswap.benchmark.plan import SweepSpec, defaults_for, resolve_device
-    from teswap.benchmark.timing import TimingPolicy
-    from teswap.hardware.probe import probe_te
+    device = resolve_device(args.device or default_device())
+    spec, why = default_spec(device, te_available=bool(probe_te()))
+    policy = replace(spec.policy, **{name: getattr(args, flag) for name, flag in _TIMING_FLAGS.items()
+                                     if getattr(args, flag) is not None})
+    spec = spec.overriding(
+        models=args.models, workloads=args.workloads, backends=args.backends, precisions=args.precisions,
+        seq_lens=args.seq_lens, batches=args.batches, seed=args.seed, policy=policy,
+        min_energy_window_s=args.min_energy_window_s, sample_interval_s=args.sample_interval_s,
+        idle_s=args.idle_s, cooldown_s=args.cooldown_s, threads=args.threads, build_on=args.build_on,
+    )
+    return spec, why
 
-    device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    defaults = defaults_for(device, te_available=bool(probe_te()))
-    base = defaults.policy
-    policy = TimingPolicy(
-        warmup=base.warmup if args.warmup is None else args.warmup,
-        min_samples=args.min_samples or base.min_samples, max_samples=args.max_samples or base.max_samples,
-        target_rel_ci=args.target_ci or base.target_rel_ci, budget_s=args.budget_s or base.budget_s,
-    )
-    spec = SweepSpec(
-        models=tuple(args.models or defaults.models), workloads=tuple(args.workloads or defaults.workloads),
-        backends=tuple(args.backends or defaults.backends), precisions=tuple(args.precisions or defaults.precisions),
-        seq_lens=tuple(args.seq_lens or defaults.seq_lens), batches=tuple(args.batches or defaults.batches),
-        device=str(device), seed=args.seed, policy=policy,
-        min_energy_window_s=defaults.min_energy_window_s if args.min_energy_window_s is None
-        else args.min_energy_window_s,
-        sample_interval_s=args.sample_interval_s, idle_s=defaults.idle_s if args.idle_s is None else args.idle_s,
-        cooldown_s=args.cooldown_s, threads=args.threads or defaults.threads,
-        build_on=args.build_on or defaults.build_on,
-    )
-    return spec, defaults.why
+
+# TimingPolicy field -> the `teswap bench` flag that sets it.
+_TIMING_FLAGS = {"warmup": "warmup", "min_samples": "min_samples", "max_samples": "max_samples",
+                 "target_rel_ci": "target_ci", "budget_s": "budget_s"}
 
 
 def _import_pytest_json(args: argparse.Namespace) -> int:
@@ -112,8 +84,8 @@ def _import_pytest_json(args: argparse.Namespace) -> int:
     if not records:
         raise TeswapError(f"{args.from_pytest_json} holds no teswap benchmark cells (run with benchmarks enabled)")
     writer = open_run(args.results, provenance)
-    for fields in records:
-        writer.append("bench", fields)
+    for record in records:
+        writer.write(record)
     print(f"teswap bench: stored {len(records)} cells from {args.from_pytest_json} in {writer.path}")
     return 0
 
@@ -123,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
     if args.from_pytest_json:
         return _import_pytest_json(args)
     from teswap.benchmark.plan import plan_cells
+    from teswap.benchmark.progress import TqdmProgress
     from teswap.benchmark.summary import summary_table
     from teswap.benchmark.sweep import run_sweep
     from teswap.store.provenance import capture_provenance

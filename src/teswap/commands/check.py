@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
-from teswap.cli import positive_int
-from teswap.precision.runtime import PRECISIONS
+from teswap.commands.args import positive_int
+from teswap.precision.table import PRECISIONS
 
 # --json names the logits metrics as the issue tracker and dashboards expect them.
 _JSON_NAMES = {"max_abs": "logits_max_abs", "mean_abs": "logits_mean_abs", "robust_rel": "logits_robust_rel",
@@ -36,20 +35,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
+    from teswap.hardware.probe import default_device
     from teswap.parity.case import ParityCase, run_parity_case
-    from teswap.parity.policies import get_policy, override, parse_overrides
+    from teswap.parity.policy_files import get_policy, override, parse_overrides
+    from teswap.parity.text import report_text
 
     policy = get_policy(args.policy or args.precision)
     if args.tol:
         policy = override(policy, parse_overrides(args.tol))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     case = ParityCase(source=args.model, backend=args.backend, precision=args.precision, seq_len=args.seq_len,
                       batch=args.batch, seed=args.seed, device=device, fuse_qkv=args.fuse_qkv,
                       gen_tokens=max(args.gen_tokens, 0), grads=not args.no_grads)
     report = run_parity_case(case, policy)
-    print(render(report))
+    print(report_text(report))
     if args.json:
         args.json.write_text(json.dumps(to_json(report), indent=2, allow_nan=True))
     if not args.no_record:
@@ -58,42 +57,17 @@ def main(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def render(report) -> str:
-    """The readable parity table: metric, swapped, stock, limit, pass/fail; then diagnostics."""
-    case = report.case
-    lines = [f"teswap check: model={case.source_name} backend={case.backend} precision={case.precision} "
-             f"seq_len={case.seq_len} batch={case.batch} device={case.device} reference={report.reference_dtype} "
-             f"policy={report.verdict.policy}",
-             f"{'bound':28} {'swapped':>12} {'stock':>12} {'limit':>12}  ok"]
-    for row in report.verdict.rows:
-        stock = "" if row.stock_value is None else _fmt(row.stock_value)
-        lines.append(f"{row.bound:28} {_fmt(row.value):>12} {stock:>12} {_fmt(row.limit):>12}  "
-                     f"{'pass' if row.passed else 'FAIL'}")
-    for bound in report.verdict.skipped:
-        lines.append(f"{bound:28} {'-':>12} {'-':>12} {'-':>12}  skipped (metric not measured)")
-    layers = " ".join(f"{i}:{s:.2e}/{k:.2e}" for i, (s, k) in
-                      enumerate(zip(report.swapped_layer_errors, report.stock_layer_errors, strict=True)))
-    lines.append(f"per-layer hidden-state error vs reference (swapped/stock): {layers}")
-    divergent = report.first_divergent_layer
-    lines.append("first diverging layer: " + ("none" if divergent is None else str(divergent)))
-    if report.worst_grad:
-        lines.append(f"worst gradient: {report.worst_grad}")
-    lines.append(f"verdict: {'PASS' if report.passed else 'FAIL'}"
-                 + ("" if report.passed else f" ({report.failure_summary()})"))
-    return "\n".join(lines)
-
-
 def to_json(report) -> dict:
     """--json: passed, precision, backend, policy, metrics (swapped) and stock_metrics (reference errors of stock)."""
     def rename(metrics: dict) -> dict:
         return {_JSON_NAMES.get(k, k): v for k, v in metrics.items()}
 
-    fields = report.record_fields()
+    record = report.record()
     return {"passed": report.passed, "precision": report.case.precision, "backend": report.case.backend,
             "policy": report.verdict.policy, "metrics": rename(report.swapped), "stock_metrics": rename(report.stock),
-            "first_divergent_layer": report.first_divergent_layer, "case": fields["case"],
-            "reference_dtype": report.reference_dtype, "verdict_rows": fields["verdict_rows"],
-            "layer_errors": fields["layer_errors"]}
+            "first_divergent_layer": report.first_divergent_layer, "case": record.case,
+            "reference_dtype": report.reference_dtype, "verdict_rows": record.verdict_rows,
+            "layer_errors": record.layer_errors}
 
 
 def append_record(report, root: Path) -> Path:
@@ -102,9 +76,5 @@ def append_record(report, root: Path) -> Path:
     from teswap.store.runs import open_run
 
     writer = open_run(root, capture_provenance())
-    writer.append("parity", report.record_fields())
+    writer.write(report.record())
     return writer.path
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}" if math.isfinite(value) else str(value)

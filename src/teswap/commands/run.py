@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from teswap.cli import int_list, name_list
+from teswap.commands.args import int_list, name_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from teswap.run import plan_run
-    from teswap.run_job import run_job
+    from teswap.job import plan_run, run_job
 
     started = time.perf_counter()
     plan = plan_run(model=args.model, backend=args.backend, precisions=args.precision, seq_lens=args.seq_lens,

@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from teswap.benchmark.errors import NvmlError
-from teswap.hardware.nvml import nvml_call, nvml_handle, nvml_session, probe_nvml, torch_device_uuid
+from teswap.hardware.nvml import NvmlError, nvml_call, nvml_handle, nvml_session, probe_nvml, torch_device_uuid
 from teswap.hardware.probe import te_version
 
 GPU_FIELDS = (

@@ -1,8 +1,10 @@
 """GPU power, energy, temperature and clocks behind a small interface; NVML (nvidia-ml-py) behind it.
 
 `pynvml` is imported only inside the functions that call it, so importing this module touches no
-driver. NVML failures become `NvmlError` naming the call. `probe_nvml` answers "can we read power
-here" once, with the reason when we cannot (no pynvml, no driver, no GPU).
+driver. NVML failures become typed errors naming the call (as zeus maps NVML's error codes): the
+ones a caller acts on have their own class (not supported, NVML unavailable, GPU lost, no
+permission), every other code is a plain `NvmlError`. `probe_nvml` answers "can we read power here"
+once, with the reason when we cannot (no pynvml, no driver, no GPU).
 """
 
 from __future__ import annotations
@@ -16,10 +18,53 @@ from typing import Any, TypeVar
 
 import torch
 
-from teswap.benchmark.errors import NvmlError
+from teswap.errors import TeswapError
 from teswap.hardware.probe import Availability
 
 T = TypeVar("T")
+
+
+class NvmlError(TeswapError, RuntimeError):
+    """An NVML call failed; the message names the call and NVML's own error string."""
+
+
+class NvmlNotSupportedError(NvmlError):
+    """This GPU or driver does not support the query (e.g. the energy counter before Volta)."""
+
+
+class NvmlUnavailableError(NvmlError):
+    """NVML cannot be used here: no library, no driver loaded, or not initialised."""
+
+
+class NvmlGpuLostError(NvmlError):
+    """The GPU fell off the bus or stopped answering; nothing more can be read from it."""
+
+
+class NvmlPermissionError(NvmlError):
+    """The query needs privileges this process lacks."""
+
+
+# NVML return codes (nvml.h) -> the typed error raised for them.
+_ERROR_CLASSES: dict[str, type[NvmlError]] = {
+    "NVML_ERROR_NOT_SUPPORTED": NvmlNotSupportedError,
+    "NVML_ERROR_LIBRARY_NOT_FOUND": NvmlUnavailableError,
+    "NVML_ERROR_DRIVER_NOT_LOADED": NvmlUnavailableError,
+    "NVML_ERROR_UNINITIALIZED": NvmlUnavailableError,
+    "NVML_ERROR_GPU_IS_LOST": NvmlGpuLostError,
+    "NVML_ERROR_NO_PERMISSION": NvmlPermissionError,
+}
+
+
+def typed_error(call: str, err: Exception) -> NvmlError:
+    """NVML's exception `err` from `call` as the matching NvmlError subclass."""
+    import pynvml
+
+    code = getattr(err, "value", None)
+    cls = next((klass for name, klass in _ERROR_CLASSES.items() if getattr(pynvml, name, object()) == code),
+               NvmlError)
+    error = cls(f"{call} failed: {err}")
+    error.__cause__ = err
+    return error
 
 
 class PowerMeter(ABC):
@@ -53,7 +98,7 @@ def nvml_call(function: Callable[..., T], *args: Any) -> T:
     try:
         return function(*args)
     except pynvml.NVMLError as err:
-        raise NvmlError(f"{getattr(function, '__name__', function)} failed: {err}") from err
+        raise typed_error(getattr(function, "__name__", str(function)), err) from err
 
 
 class NvmlPowerMeter(PowerMeter):
@@ -74,7 +119,7 @@ class NvmlPowerMeter(PowerMeter):
             self._has_energy_counter = False
             return None
         except pynvml.NVMLError as err:
-            raise NvmlError(f"nvmlDeviceGetTotalEnergyConsumption failed: {err}") from err
+            raise typed_error("nvmlDeviceGetTotalEnergyConsumption", err) from err
         self._has_energy_counter = True
         return int(value)
 
@@ -127,6 +172,20 @@ def probe_nvml() -> Availability:
     if count == 0:
         return Availability(False, "NVML sees no GPU")
     return Availability(True)
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version as NVML reports it, or None where NVML cannot be read."""
+    if not probe_nvml():
+        return None
+    import pynvml
+
+    try:
+        with nvml_session():
+            driver = nvml_call(pynvml.nvmlSystemGetDriverVersion)
+    except NvmlError:
+        return None
+    return driver.decode() if isinstance(driver, bytes) else str(driver)
 
 
 def clear_nvml_probe() -> None:

@@ -19,6 +19,11 @@ class Availability:
         return self.available
 
 
+def default_device() -> str:
+    """Where teswap runs unless told otherwise: "cuda" when torch sees a CUDA device, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @functools.cache
 def probe_te() -> Availability:
     """Can the `te` backend run: transformer_engine.pytorch imports and a CUDA device is present."""

@@ -1,10 +1,12 @@
-"""What both TE-layout decoder layers share: config validation, TE kwargs, HF's call signature.
+"""What both TE-layout decoder layers share: config validation, TE kwargs, and the ONE HF-facing forward.
 
 HF's LlamaModel calls its decoder layers as
     layer(hidden_states, attention_mask=..., position_embeddings=(cos, sin), position_ids=...,
           cache=..., use_cache=..., **kwargs)          (transformers 5.24; 5.17 says past_key_values=)
-and expects a tensor back. `check_decoder_call` refuses what a TE-layout layer cannot honour, so a
-swapped model never silently computes something else than the stock one.
+and expects a tensor back. `HFDecoderCall.forward` is that call for both backends: it refuses what a
+TE-layout layer cannot honour (`check_decoder_call`), so a swapped model never silently computes
+something else than the stock one, takes the RoPE table for the positions, and hands the backend's
+`te_forward` TE's arguments.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from transformers import PretrainedConfig
 
 from teswap.errors import UnsupportedConfigError, UnsupportedInputError
+from teswap.layers.rope import RopeTable
 
 # Packed-sequence (varlen) arguments of flash-attention paths: TE would need cu_seqlens and a
 # "padding_causal"/"thd" setup that these layers do not build.
@@ -95,3 +98,29 @@ def is_plain_causal_mask(mask: torch.Tensor, seq_len: int) -> bool:
     causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=mask.device).tril()
     attend = mask if mask.dtype == torch.bool else mask == 0
     return bool((attend == causal).all())
+
+
+class HFDecoderCall:
+    """HF's decoder-layer call over a TE-layout layer; a backend's class puts this first in its bases."""
+
+    rope: RopeTable  # the model's shared table (`bind_rope`)
+
+    def te_forward(self, hidden_states: torch.Tensor, rotary_pos_emb: torch.Tensor) -> torch.Tensor:
+        """The backend's TransformerLayer forward on bshd input with TE's fp32 [s, 1, 1, d] freqs."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Any = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        seq_len = hidden_states.shape[1]
+        check_decoder_call(attention_mask=attention_mask, cache=cache, past_key_values=past_key_values,
+                           use_cache=use_cache, seq_len=seq_len, kwargs=kwargs)
+        return self.te_forward(hidden_states, self.rope.freqs(position_ids, seq_len, hidden_states.device))

@@ -15,7 +15,7 @@ import torch
 from transformers import PretrainedConfig
 
 from teswap.errors import UnsupportedConfigError
-from teswap.layers.hf_adapter import check_decoder_call, te_layer_kwargs
+from teswap.layers.hf_adapter import HFDecoderCall, te_layer_kwargs
 from teswap.layers.rope import attention_softmax_scale, shared_table_for
 
 # TE's DotProductAttention keeps its softmax scale on itself and on each attention backend; TE's
@@ -57,7 +57,7 @@ def te_decoder_class(*, fuse_qkv: bool = False) -> type:
     """Build the TE decoder-layer class (imports transformer_engine.pytorch now)."""
     import transformer_engine.pytorch as te
 
-    class TELlamaDecoderLayer(te.TransformerLayer):
+    class TELlamaDecoderLayer(HFDecoderCall, te.TransformerLayer):
         """A drop-in for LlamaDecoderLayer on TE's TransformerLayer."""
 
         backend = "te"
@@ -71,23 +71,9 @@ def te_decoder_class(*, fuse_qkv: bool = False) -> type:
             if self.rope.attention_scaling != 1.0:
                 set_softmax_scale(self, attention_softmax_scale(self.rope, kwargs["kv_channels"]))
 
-        def forward(  # type: ignore[override]
-            self,
-            hidden_states: torch.Tensor,
-            attention_mask: torch.Tensor | None = None,
-            position_ids: torch.Tensor | None = None,
-            cache: Any = None,
-            use_cache: bool | None = False,
-            position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-            past_key_values: Any = None,
-            **kwargs: Any,
-        ) -> torch.Tensor:
-            seq_len = hidden_states.shape[1]
-            check_decoder_call(attention_mask=attention_mask, cache=cache, past_key_values=past_key_values,
-                               use_cache=use_cache, seq_len=seq_len, kwargs=kwargs)
-            freqs = self.rope.freqs(position_ids, seq_len, hidden_states.device)
-            # Mask type "causal": TE builds the causal mask itself; a padded mask was refused above.
-            return super().forward(hidden_states, attention_mask=None, rotary_pos_emb=freqs)
+        def te_forward(self, hidden_states: torch.Tensor, rotary_pos_emb: torch.Tensor) -> torch.Tensor:
+            # Mask type "causal": TE builds the causal mask itself; a padded mask was refused by forward.
+            return te.TransformerLayer.forward(self, hidden_states, attention_mask=None, rotary_pos_emb=rotary_pos_emb)
 
     if fuse_qkv:
         TELlamaDecoderLayer.__name__ = TELlamaDecoderLayer.__qualname__ = "TELlamaDecoderLayerFusedQKV"

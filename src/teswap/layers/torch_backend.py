@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from transformers import PretrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from teswap.layers.hf_adapter import check_decoder_call, te_layer_kwargs
-from teswap.layers.torch_layer import TransformerLayer
+from teswap.layers.hf_adapter import HFDecoderCall, te_layer_kwargs
 from teswap.layers.rope import RopeTable, attention_softmax_scale, shared_table_for
+from teswap.layers.torch_layer import TransformerLayer
 
 
-class TorchLlamaDecoderLayer(TransformerLayer, GradientCheckpointingLayer):
+class TorchLlamaDecoderLayer(HFDecoderCall, TransformerLayer, GradientCheckpointingLayer):
     """A drop-in for LlamaDecoderLayer with TE's parameter layout and math, in pure PyTorch."""
 
     backend = "torch"
@@ -27,21 +25,8 @@ class TorchLlamaDecoderLayer(TransformerLayer, GradientCheckpointingLayer):
         self.layer_idx = layer_idx
         self.rope: RopeTable = rope
 
-    def forward(  # type: ignore[override]
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        cache: Any = None,
-        use_cache: bool | None = False,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Any = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        seq_len = hidden_states.shape[1]
-        check_decoder_call(attention_mask=attention_mask, cache=cache, past_key_values=past_key_values,
-                           use_cache=use_cache, seq_len=seq_len, kwargs=kwargs)
-        return super().forward(hidden_states, self.rope.freqs(position_ids, seq_len, hidden_states.device))
+    def te_forward(self, hidden_states: torch.Tensor, rotary_pos_emb: torch.Tensor) -> torch.Tensor:
+        return TransformerLayer.forward(self, hidden_states, rotary_pos_emb)
 
 
 class TorchLlamaDecoderLayerFusedQKV(TorchLlamaDecoderLayer):

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from teswap.precision import fp8
 from teswap.parity.capture import layer_outputs
-from teswap.swap.mapping import te_to_hf_state_dict
 from teswap.parity.metrics import (
     first_divergent_layer,
     grad_metrics,
@@ -32,10 +30,14 @@ from teswap.parity.metrics import (
     token_match_rate,
     worst_grad,
 )
+from teswap.parity.policy_files import get_policy
+from teswap.parity.rule import Policy, Verdict, evaluate
+from teswap.precision.runtime import calibrate, require_precision, swapped_autocast
+from teswap.precision.stock import stock_autocast
+from teswap.precision.table import Precision
+from teswap.store.records import ParityRecord
+from teswap.swap.mapping import te_to_hf_state_dict
 from teswap.swap.pair import Pair, build_pair
-from teswap.parity.policies import Policy, Verdict, evaluate, get_policy
-from teswap.precision.runtime import Precision, calibrate, require_precision, swapped_autocast
-from teswap.precision.stock import stock_linears_as_gemm_sites
 
 # A swapped layer "diverges" when its hidden-state error exceeds 4x the stock model's error at the same
 # layer and precision (metrics.first_divergent_layer), and this floor (so exact-zero stock errors in fp32
@@ -97,34 +99,23 @@ class ParityReport:
     def passed(self) -> bool:
         return self.verdict.passed and self.first_divergent_layer is None
 
-    def record_fields(self) -> dict:
-        """The fields of this case's `parity` record in the results store."""
-        return {
-            "case": self.case.as_dict(),
-            "policy": {"name": self.policy.name, "version": self.policy.version},
-            "passed": self.passed,
-            "status": "passed" if self.passed else "failed",
-            "reason": None if self.passed else self.failure_summary(),
-            "reference_dtype": self.reference_dtype,
-            "metrics": {"swapped": self.swapped, "stock": self.stock},
-            "layer_errors": {"swapped": self.swapped_layer_errors, "stock": self.stock_layer_errors},
-            "first_divergent_layer": self.first_divergent_layer,
-            "worst_grad": self.worst_grad,
-            "verdict_rows": [asdict(row) for row in self.verdict.rows],
-            "skipped_bounds": list(self.verdict.skipped),
-        }
+    def record(self) -> ParityRecord:
+        """This case's parity record for the results store."""
+        return ParityRecord(
+            case=self.case.as_dict(), policy={"name": self.policy.name, "version": self.policy.version},
+            passed=self.passed, status="passed" if self.passed else "failed",
+            reason=None if self.passed else self.failure_summary(), reference_dtype=self.reference_dtype,
+            metrics={"swapped": self.swapped, "stock": self.stock},
+            layer_errors={"swapped": self.swapped_layer_errors, "stock": self.stock_layer_errors},
+            first_divergent_layer=self.first_divergent_layer, worst_grad=self.worst_grad,
+            verdict_rows=[asdict(row) for row in self.verdict.rows], skipped_bounds=list(self.verdict.skipped),
+        )
 
     def failure_summary(self) -> str:
         parts = [f"{row.bound}={row.value:.4g} (limit {row.limit:.4g})" for row in self.verdict.failures]
         if self.first_divergent_layer is not None:
             parts.append(f"first diverging layer {self.first_divergent_layer}")
         return "; ".join(parts) or "no bound was checked"
-
-
-def skipped_record_fields(case: ParityCase, reason: str) -> dict:
-    """The parity record of a case this backend or hardware cannot run: status skipped, with the reason."""
-    return {"case": case.as_dict(), "passed": False, "status": "skipped", "reason": reason, "policy": None,
-            "metrics": None, "first_divergent_layer": None}
 
 
 def reference_dtype_for(device: torch.device) -> torch.dtype:
@@ -141,7 +132,8 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityRep
     ref_dtype = reference_dtype_for(pair.device)
     reference = copy.deepcopy(pair.stock).to(dtype=ref_dtype)  # type: ignore[call-arg]  # transformers wraps .to
     ids = _input_ids(pair, case)
-    contexts = {"stock": _stock_context(pair.stock, precision), "swapped": _swapped_context(precision, case.backend)}
+    contexts = {"stock": stock_autocast(pair.stock, precision.name),
+                "swapped": _swapped_context(precision, case.backend)}
     models = {"stock": pair.stock, "swapped": pair.swapped}
     for name, model in models.items():
         calibrate(model, ids, precision.name, contexts[name], steps=case.calibration_steps, backward=case.grads)
@@ -154,7 +146,7 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityRep
     verdict = evaluate(policy, metrics["swapped"], metrics["stock"], missing="skip")
     floor = LAYER_FLOOR.get(precision.name, LAYER_FLOOR_FP8)
     divergent = first_divergent_layer(layers["swapped"], layers["stock"], floor=floor)
-    if divergent is None and precision.fp8_recipe is not None:
+    if divergent is None and precision.is_fp8:
         divergent = _localise_without_fp8(models, ids, ref_layers)
     ref_name = str(ref_dtype).removeprefix("torch.")
     return ParityReport(case=case, policy=policy, verdict=verdict, reference_dtype=ref_name,
@@ -176,20 +168,6 @@ def _localise_without_fp8(models: Mapping[str, nn.Module], ids: torch.Tensor,
     errors = {name: [e.rel_error for e in layer_errors(_forward(model, ids, nullcontext)[1], ref_layers)]
               for name, model in models.items()}
     return first_divergent_layer(errors["swapped"], errors["stock"], floor=LAYER_FLOOR["bf16"])
-
-
-def _stock_context(stock: nn.Module, precision: Precision) -> Context:
-    recipe = precision.fp8_recipe
-    if recipe is None:
-        return nullcontext
-
-    def context() -> AbstractContextManager:
-        stack = ExitStack()
-        stack.enter_context(stock_linears_as_gemm_sites(stock))
-        stack.enter_context(fp8.fp8_autocast(fp8.RECIPES[recipe]()))
-        return stack
-
-    return context
 
 
 def _swapped_context(precision: Precision, backend: str) -> Context:

@@ -2,7 +2,7 @@
 
 Every function takes (test, ref) in that order, computes in float64 on the tensors' own device, and
 returns Python floats (or frozen dataclasses of them). Nothing here knows about models or policies;
-`teswap.parity.policies` names the same metrics (see each dataclass's `as_dict`) and judges them.
+`teswap.parity.rule` names the same metrics (see each dataclass's `as_dict`) and judges them.
 """
 
 from __future__ import annotations

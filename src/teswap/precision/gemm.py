@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from teswap.precision.fp8 import SiteScaling, active_recipe, fp8_linear, site_scaling
+from teswap.precision.emulation import SiteScaling, active_recipe, fp8_linear, site_scaling
 
 
 class GemmSite:

@@ -1,7 +1,8 @@
-"""Precisions as the CLI spells them, what each needs, and how to run the swapped model at one.
+"""Running a model at a precision: whether a backend can here (with the reason), the context the swapped
+model runs in, and the warm-up that gives DelayedScaling its scales.
 
 fp32 and bf16 are model dtypes. The FP8 precisions keep bf16 weights and activations and run the
-four GEMMs of every swapped layer in FP8 under a recipe, as TE does: through teswap.precision.fp8 on the
+four GEMMs of every swapped layer in FP8 under a recipe, as TE does: through teswap.precision.emulation on the
 `torch` backend, through `te.pytorch.autocast(recipe=...)` on the `te` backend. A precision a backend
 or GPU cannot run is refused with the reason, never run at another precision.
 """
@@ -11,37 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 
-from teswap.precision import fp8
 from teswap.errors import BackendUnavailableError
 from teswap.hardware.probe import Availability, probe_te, probe_te_fp8
-
-
-@dataclass(frozen=True)
-class Precision:
-    name: str
-    model_dtype: torch.dtype
-    fp8_recipe: str | None  # name in teswap.precision.fp8.RECIPES / te_fp8.TE_RECIPES; None: no FP8
-
-
-PRECISIONS: dict[str, Precision] = {
-    "fp32": Precision("fp32", torch.float32, None),
-    "bf16": Precision("bf16", torch.bfloat16, None),
-    "fp8-delayed": Precision("fp8-delayed", torch.bfloat16, "fp8-delayed"),
-    "fp8-current": Precision("fp8-current", torch.bfloat16, "fp8-current"),
-    "fp8-block": Precision("fp8-block", torch.bfloat16, "fp8-block"),
-    "mxfp8": Precision("mxfp8", torch.bfloat16, "mxfp8"),
-}
-
-
-def get_precision(name: str) -> Precision:
-    try:
-        return PRECISIONS[name]
-    except KeyError:
-        raise BackendUnavailableError(f"unknown precision {name!r}; choose one of: {', '.join(PRECISIONS)}") from None
+from teswap.precision.emulation import fp8_autocast
+from teswap.precision.recipes import RECIPES, unsupported_reason
+from teswap.precision.table import Precision, get_precision
 
 
 def precision_availability(name: str, backend: str, device: torch.device | str) -> Availability:
@@ -53,13 +31,13 @@ def precision_availability(name: str, backend: str, device: torch.device | str) 
             return probe_te()
         return Availability(True)
     if backend == "torch":
-        reason = fp8.unsupported_reason(precision.fp8_recipe)
+        reason = unsupported_reason(name)
         return Availability(reason is None, reason or "")
     if backend == "te":
         from teswap.precision.te_glue import te_recipe_availability
 
         te = probe_te_fp8()
-        return te if not te else te_recipe_availability(precision.fp8_recipe)
+        return te if not te else te_recipe_availability(name)
     return Availability(False, f"unknown backend {backend!r}")
 
 
@@ -75,14 +53,13 @@ def require_precision(name: str, backend: str, device: torch.device | str) -> Pr
 
 def swapped_autocast(name: str, backend: str) -> ContextManager[None]:
     """The context the swapped model runs in at precision `name` (a no-op without FP8)."""
-    recipe = get_precision(name).fp8_recipe
-    if recipe is None:
+    if not get_precision(name).is_fp8:
         return nullcontext()
     if backend == "te":
         from teswap.precision.te_glue import te_autocast
 
-        return te_autocast(recipe)
-    return fp8.fp8_autocast(fp8.RECIPES[recipe]())
+        return te_autocast(name)
+    return fp8_autocast(RECIPES[name]())
 
 
 def calibrate(model: torch.nn.Module, inputs: torch.Tensor, name: str,
@@ -94,7 +71,7 @@ def calibrate(model: torch.nn.Module, inputs: torch.Tensor, name: str,
     initial scale 1.0, which flushes small gradients to zero in E5M2. With `backward` each step also
     runs the causal-LM loss backward (its gradients set the E5M2 scales). Gradients are dropped after.
     """
-    if get_precision(name).fp8_recipe is None:
+    if not get_precision(name).is_fp8:
         return
     with torch.enable_grad():
         for _ in range(steps):

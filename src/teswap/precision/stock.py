@@ -9,13 +9,16 @@ would get by quantizing HF's linears per tensor; it is the fair baseline for TE'
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 
 import torch
 from torch import nn
 
+from teswap.precision.emulation import fp8_autocast
 from teswap.precision.gemm import GemmSite
+from teswap.precision.recipes import RECIPES
+from teswap.precision.table import get_precision
 
 _SITE_ATTR = "_teswap_fp8_site"  # the GemmSite lives on the module so delayed-scaling state persists
 
@@ -47,3 +50,18 @@ def _site_forward(linear: nn.Linear, site: GemmSite):
         return out if linear.bias is None else out + linear.bias
 
     return forward
+
+
+def stock_autocast(model: nn.Module, name: str) -> Callable[[], AbstractContextManager]:
+    """A factory of the context `model` (stock) runs in at precision `name`: a no-op without FP8; with
+    FP8 its decoder-layer linears as GemmSites under the same recipe emulation the torch backend uses."""
+    if not get_precision(name).is_fp8:
+        return nullcontext
+
+    def context() -> AbstractContextManager:
+        stack = ExitStack()
+        stack.enter_context(stock_linears_as_gemm_sites(model))
+        stack.enter_context(fp8_autocast(RECIPES[name]()))
+        return stack
+
+    return context

@@ -6,12 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from teswap.store.ranks import aggregate_ranks
+from teswap.precision.table import baseline_precision
 from teswap.reporting.frame import CELL_COLUMNS
+from teswap.store.ranks import aggregate_ranks
 
-# The stock model's precision that a swapped precision is compared against: its model dtype. FP8
-# recipes keep bf16 weights and activations, so their baseline is stock bf16 (teswap.precision.runtime).
-_STOCK_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 # Parity verdicts, worst first: the verdict of a group of cases is its worst member's.
 PARITY_ORDER = ("failed", "error", "passed", "skipped")
 FLAGGED_PARITY = ("failed", "error")
@@ -27,11 +25,6 @@ _METRICS = {"metrics.tokens_per_s": "tokens_per_s", "metrics.peak_allocated_byte
             "metrics.energy_per_token_j": "energy_per_token_j", "metrics.mfu_vs_precision_peak":
             "mfu_vs_precision_peak", "metrics.mfu_vs_bf16_peak": "mfu_vs_bf16_peak"}
 _JOIN = ["machine", "sha", "model", "workload", "seq_len", "batch", "device"]
-
-
-def baseline_precision(precision: str) -> str:
-    """The stock precision a swapped cell at `precision` is compared with (bf16 for every FP8 recipe)."""
-    return _STOCK_PRECISION.get(precision, "bf16")
 
 
 def latest_cells(bench: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from teswap.hardware.nvml import driver_version
 from teswap.hardware.probe import te_version
 
 
@@ -54,6 +55,12 @@ class Provenance:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Provenance:
+        """A Provenance from its `to_dict()` form (a stored record's "provenance")."""
+        return cls(git=GitInfo(**data["git"]), machine=MachineInfo(**data["machine"]),
+                   libraries=LibraryVersions(**data["libraries"]), utc_time=data["utc_time"])
+
 
 def _git(*args: str, cwd: Path) -> str | None:
     try:
@@ -82,20 +89,6 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _driver_version() -> str | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            driver = pynvml.nvmlSystemGetDriverVersion()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound on CPU machines, ImportError without it
-        return None
-    return driver.decode() if isinstance(driver, bytes) else str(driver)
-
-
 def machine_info() -> MachineInfo:
     """CPU and, where CUDA is present, GPU facts of this machine."""
     cuda = torch.cuda.is_available()
@@ -110,7 +103,7 @@ def machine_info() -> MachineInfo:
         gpu_count=torch.cuda.device_count() if cuda else 0,
         compute_capability=capability,
         cuda_runtime=torch.version.cuda,
-        driver_version=_driver_version() if cuda else None,
+        driver_version=driver_version() if cuda else None,
     )
 
 

@@ -21,13 +21,14 @@ import re
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from teswap.store.ranks import RankInfo, rank_info
 from teswap.errors import TeswapError
 from teswap.store.provenance import Provenance
+from teswap.store.ranks import RankInfo, rank_info
+from teswap.store.records import Record
 
 SCHEMA_VERSION = 1
 RECORD_KINDS = ("parity", "bench")
@@ -37,11 +38,15 @@ class StoreError(TeswapError):
     """A results file cannot be read; the message names the file and line."""
 
 
-def machine_slug(provenance: Provenance) -> str:
-    """A folder name for the machine: GPU (or CPU) model and hostname, filesystem-safe."""
-    machine = provenance.machine
-    device = machine.gpu_name or machine.cpu_model or "unknown"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{device}_{machine.hostname}").strip("-").lower()
+def machine_slug(provenance: Provenance | dict[str, Any]) -> str:
+    """A folder name for the machine: GPU (or CPU) model and hostname, filesystem-safe.
+
+    Takes a Provenance or a stored record's "provenance" dict, so a record names its machine the way
+    the store's folder does.
+    """
+    machine = asdict(provenance.machine) if isinstance(provenance, Provenance) else provenance.get("machine", {})
+    device = machine.get("gpu_name") or machine.get("cpu_model") or "unknown"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{device}_{machine.get('hostname')}").strip("-").lower()
 
 
 def run_file_name(provenance: Provenance, run_id: str) -> str:
@@ -75,6 +80,10 @@ class RunWriter:
         line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
         append_line(self.path, line)
         return record
+
+    def write(self, record: Record) -> dict[str, Any]:
+        """Write a typed record (teswap.store.records); returns what was stored."""
+        return self.append(record.kind, record.fields())
 
 
 def append_line(path: Path, line: str) -> None:

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from teswap.layers.backends import get_backend
-from teswap.swap.checksum import tensor_checksum
 from teswap.errors import MappingError, TeswapError
-from teswap.swap.families import Family, family_for_config
+from teswap.layers.backends import get_backend
 from teswap.layers.hf_adapter import validate_config
-from teswap.swap.mapping import hf_to_te_state_dict, te_to_hf_state_dict
 from teswap.layers.rope import bind_rope
-from teswap.swap.sources import ResolvedSource, Source, resolve_source
+from teswap.swap.checksum import tensor_checksum
+from teswap.swap.families import Family, family_for_config
+from teswap.swap.mapping import hf_to_te_state_dict, te_to_hf_state_dict
 from teswap.swap.replace import no_swap_active, replace_decoder
+from teswap.swap.sources import ResolvedSource, Source, resolve_source
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,130 @@
+"""TE's FP8 recipes as teswap's own frozen dataclasses: formats, DelayedScaling, Float8CurrentScaling.
+
+Field names and defaults are TE's (transformer_engine.common.recipe), so one settings object drives
+both the torch emulation (teswap.precision.emulation) and TE itself (teswap.precision.te_glue).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+import torch
+
+from teswap.precision.table import PRECISIONS
+
+AMAX_COMPUTE_ALGOS = ("max", "most_recent")
+
+
+def fp8_max(fp8_dtype: torch.dtype) -> float:
+    """Largest finite value of an FP8 dtype: 448 for E4M3, 57344 for E5M2."""
+    return float(torch.finfo(fp8_dtype).max)
+
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """The FP8 dtypes a format uses for forward tensors (input, weight) and for gradients."""
+
+    forward: torch.dtype
+    backward: torch.dtype
+
+
+class Format(Enum):
+    """TE's `recipe.Format`: E4M3 (max 448), E5M2 (max 57344), HYBRID (E4M3 forward, E5M2 backward)."""
+
+    E4M3 = FormatSpec(torch.float8_e4m3fn, torch.float8_e4m3fn)
+    E5M2 = FormatSpec(torch.float8_e5m2, torch.float8_e5m2)
+    HYBRID = FormatSpec(torch.float8_e4m3fn, torch.float8_e5m2)
+
+    @property
+    def max_fwd(self) -> float:
+        """Largest finite value of the forward dtype."""
+        return fp8_max(self.value.forward)
+
+    @property
+    def max_bwd(self) -> float:
+        """Largest finite value of the gradient dtype."""
+        return fp8_max(self.value.backward)
+
+
+def _check_format(fp8_format: object, recipe: str) -> None:
+    if not isinstance(fp8_format, Format):
+        raise TypeError(f"{recipe}.fp8_format must be a teswap.precision.recipes.Format, got {fp8_format!r}")
+    if fp8_format is Format.E5M2:
+        # E5M2's 2 mantissa bits are too coarse for weights and activations; TE asserts the same.
+        raise ValueError(f"{recipe}: pure E5M2 training is not supported; use Format.HYBRID or Format.E4M3")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DelayedScaling:
+    """TE's DelayedScaling: scales from the amax history of previous steps (names and defaults as TE)."""
+
+    margin: int = 0
+    fp8_format: Format = Format.HYBRID
+    amax_history_len: int = 1024
+    amax_compute_algo: Literal["max", "most_recent"] = "max"
+
+    def __post_init__(self) -> None:
+        _check_format(self.fp8_format, "DelayedScaling")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0:
+            raise ValueError(f"DelayedScaling.margin must be an int >= 0, got {self.margin!r}")
+        length = self.amax_history_len
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"DelayedScaling.amax_history_len must be an int >= 1, got {length!r}")
+        if self.amax_compute_algo not in AMAX_COMPUTE_ALGOS:
+            raise ValueError(f"DelayedScaling.amax_compute_algo must be one of {AMAX_COMPUTE_ALGOS}, "
+                             f"got {self.amax_compute_algo!r} (callables are not emulated)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Float8CurrentScaling:
+    """TE's Float8CurrentScaling: every tensor is scaled by its own amax when it is quantized."""
+
+    fp8_format: Format = Format.HYBRID
+    use_power_2_scales: bool = False
+    amax_epsilon: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_format(self.fp8_format, "Float8CurrentScaling")
+        if not isinstance(self.use_power_2_scales, bool):
+            raise TypeError(f"Float8CurrentScaling.use_power_2_scales must be a bool, "
+                            f"got {self.use_power_2_scales!r}")
+        epsilon = self.amax_epsilon
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 <= epsilon < math.inf:
+            raise ValueError(f"Float8CurrentScaling.amax_epsilon must be a finite float >= 0, "
+                             f"got {epsilon!r}")
+
+
+Recipe = DelayedScaling | Float8CurrentScaling
+
+# The recipes the torch backend emulates, by TE's class name (teswap.precision.table names each one).
+EMULATED: dict[str, Callable[[], Recipe]] = {
+    "DelayedScaling": DelayedScaling,
+    "Float8CurrentScaling": Float8CurrentScaling,
+}
+# Why the others are not emulated yet, and where they run.
+_NOT_EMULATED = {
+    "Float8BlockScaling": "Float8BlockScaling (1x128 activation/gradient tiles, 128x128 weight blocks, one fp32 "
+                          "scale each) is not emulated by the torch backend yet; use the te backend "
+                          "(SM >= 9.0, CUDA >= 12.9)",
+    "MXFP8BlockScaling": "MXFP8BlockScaling (blocks of 32 values sharing an E8M0 power-of-2 scale) is not emulated "
+                         "by the torch backend yet; use the te backend (SM 10.x)",
+}
+# Precision name -> our recipe factory, for every FP8 precision the torch backend emulates.
+RECIPES: dict[str, Callable[[], Recipe]] = {
+    name: EMULATED[p.fp8_recipe] for name, p in PRECISIONS.items() if p.fp8_recipe in EMULATED
+}
+
+
+def unsupported_reason(name: str) -> str | None:
+    """Why the torch backend cannot run FP8 precision `name`, or None when it can."""
+    if name in RECIPES:
+        return None
+    precision = PRECISIONS.get(name)
+    if precision is not None and precision.fp8_recipe in _NOT_EMULATED:
+        return _NOT_EMULATED[precision.fp8_recipe]
+    return f"unknown FP8 recipe {name!r}; the torch backend emulates {', '.join(RECIPES)}"
