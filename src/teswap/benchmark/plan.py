@@ -119,8 +119,8 @@ class SweepSpec:
 
     def overriding(self, **given: Any) -> SweepSpec:
         """This spec with the fields in `given` replaced; a None value keeps this spec's (an unset flag)."""
-        changes = {name: tuple(value) if isinstance(value, list) else value
-                   for name, value in given.items() if value is not None}
+        changes: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
+                                   for name, value in given.items() if value is not None}
         return replace(self, **changes)
 
     def settings(self) -> dict[str, Any]:

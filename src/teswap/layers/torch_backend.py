@@ -11,7 +11,7 @@ from teswap.layers.rope import RopeTable, attention_softmax_scale, shared_table_
 from teswap.layers.torch_layer import TransformerLayer
 
 
-class TorchLlamaDecoderLayer(HFDecoderCall, TransformerLayer, GradientCheckpointingLayer):
+class TorchLlamaDecoderLayer(HFDecoderCall, TransformerLayer, GradientCheckpointingLayer):  # type: ignore[misc]
     """A drop-in for LlamaDecoderLayer with TE's parameter layout and math, in pure PyTorch."""
 
     backend = "torch"

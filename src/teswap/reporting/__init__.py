@@ -1,6 +1,22 @@
 """Reporting over the results store: DataFrames, published tables, charts, regression detection,
 the static HTML site and github-action-benchmark JSON. `teswap report` and `teswap compare` are thin
-wrappers over these functions, and notebooks/analysis.ipynb uses nothing else."""
+wrappers over these functions, and notebooks/analysis.ipynb uses nothing else.
+
+    frame.py        store records as flat DataFrames; selecting machines and commits
+    tables.py       each swapped cell beside its stock baseline, with the parity verdict
+    display.py      what the published tables show, as display cells
+    formats.py      Markdown, HTML, LaTeX and plain-text rendering of those cells
+    footer.py       the provenance lines under every table
+    publish.py      the report: one section per machine, tables and charts written out
+    charts.py       throughput, speedup, memory/energy and per-commit history charts
+    commits.py      revisions and commit order from git
+    history.py      one configuration across commits
+    regression.py   did a commit regress? (Mann-Whitney U plus a minimum effect)
+    mannwhitney.py  the rank test itself
+    html.py         the static HTML site
+    github_action_benchmark.py  JSON for github-action-benchmark dashboards
+    errors.py       ReportError and CrossMachineError
+"""
 
 from teswap.reporting.charts import (
     chart_groups,

@@ -1,0 +1,10 @@
+"""The swap: which HF class is replaced, with what, and how the stock weights get into the new layers.
+
+    families.py  model families whose decoder class can be swapped (Llama now), a plain registry
+    presets.py   named model configs as Python functions (tiny ones for CPU, real shapes for GPUs)
+    sources.py   a preset name, a config object or a local directory -> a config (and its weights)
+    replace.py   `replace_decoder`, the scoped, locked class swap (TE's te_llama pattern)
+    mapping.py   HF <-> TE state-dict mapping (split or fused QKV), raising on any key it cannot place
+    pair.py      `build_pair`: stock and swapped models with identical weights, from one seed
+    checksum.py  exact per-tensor checksums that prove the weights equal
+"""
