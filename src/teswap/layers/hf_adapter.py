@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig
 
-from teswap.errors import UnsupportedConfigError, UnsupportedInputError
+from teswap.errors import MappingError, UnsupportedConfigError, UnsupportedInputError
 from teswap.layers.rope import RopeTable
 
+# Set on a swapped layer by a checkpoint load under the swap (teswap.swap.loading); checked when it ends.
+FROM_CHECKPOINT = "_teswap_from_checkpoint"
 # Packed-sequence (varlen) arguments of flash-attention paths: TE would need cu_seqlens and a
 # "padding_causal"/"thd" setup that these layers do not build.
 _PACKED_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -100,10 +102,32 @@ def is_plain_causal_mask(mask: torch.Tensor, seq_len: int) -> bool:
     return bool((attend == causal).all())
 
 
+def check_loaded(layer: torch.nn.Module) -> None:
+    """After a checkpoint load marked `layer`: raise MappingError if any of its weights was not loaded.
+
+    transformers flags every parameter it loads (`_is_hf_initialized`); one it had to initialise
+    instead was missing from the checkpoint, and a swapped layer must never run on random weights.
+    """
+    if not getattr(layer, FROM_CHECKPOINT, False):
+        return
+    setattr(layer, FROM_CHECKPOINT, False)  # checked once
+    missing = [name for name, param in layer.named_parameters() if not getattr(param, "_is_hf_initialized", False)]
+    if missing:
+        index = getattr(layer, "layer_idx", "?")
+        raise MappingError(f"the checkpoint did not provide these weights of swapped layer {index}: "
+                           f"{', '.join(missing)}; they would run uninitialised (TE layout names; see "
+                           "teswap.swap.mapping for the HF keys they come from)")
+
+
 class HFDecoderCall:
     """HF's decoder-layer call over a TE-layout layer; a backend's class puts this first in its bases."""
 
     rope: RopeTable  # the model's shared table (`bind_rope`)
+
+    def train(self, mode: bool = True):  # type: ignore[no-untyped-def]
+        """nn.Module.train, after checking a checkpoint load (from_pretrained ends with model.eval())."""
+        check_loaded(self)  # type: ignore[arg-type]
+        return super().train(mode)  # type: ignore[misc]
 
     def te_forward(self, hidden_states: torch.Tensor, rotary_pos_emb: torch.Tensor) -> torch.Tensor:
         """The backend's TransformerLayer forward on bshd input with TE's fp32 [s, 1, 1, d] freqs."""

@@ -11,6 +11,7 @@ and k by c equals scaling the softmax by c^2, which is how the layers honour it
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -76,7 +77,11 @@ def shared_table_for(config) -> RopeTable:
     if table is None:
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-        table = RopeTable(LlamaRotaryEmbedding(config=config))
+        # transformers builds models for from_pretrained on the meta device; a meta inv_freq could never
+        # be read, so a table made then lives on the CPU until `bind_rope` replaces it.
+        on_meta = torch.get_default_device().type == "meta"
+        with torch.device("cpu") if on_meta else contextlib.nullcontext():
+            table = RopeTable(LlamaRotaryEmbedding(config=config))
         _TABLES_BY_CONFIG[key] = table
         weakref.finalize(config, _TABLES_BY_CONFIG.pop, key, None)
     return table

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from teswap.swap.families import get_family
+from teswap.swap.loading import conversions_registered
 
 # The patch is process-global (a module attribute), so one lock serialises every patch and every
 # stock build that must not see one. Re-entrant: nested swaps in one thread are allowed and each
@@ -19,11 +20,14 @@ def replace_decoder(te_decoder_cls: type, family: str = "llama") -> Iterator[Non
     """Make models of `family` built inside the block use `te_decoder_cls`; always restore."""
     fam = get_family(family)
     module = fam.module()
+    fused = bool(getattr(te_decoder_cls, "fuse_qkv_params", False))
     with SWAP_LOCK:
         original = getattr(module, fam.decoder_class_name)
         setattr(module, fam.decoder_class_name, te_decoder_cls)
         try:
-            yield
+            # from_pretrained inside the block maps the checkpoint's keys to the TE layout (swap.loading)
+            with conversions_registered(fam.model_types[0], fuse_qkv=fused):
+                yield
         finally:  # also on KeyboardInterrupt and GeneratorExit
             setattr(module, fam.decoder_class_name, original)
 
