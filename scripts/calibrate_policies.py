@@ -1,78 +1,111 @@
-"""Measure parity metrics of clean swaps over a spread of configs, seeds and shapes, per precision.
+"""Calibrate and check the tolerance policies: clean swaps must pass with margin, mutations must fail.
 
-The model-level bounds in teswap.parity.policies are set from what this prints: the worst value of each
-metric for the swapped model (a clean swap must pass with margin) and the worst ratio of the swapped
-model's shortfall to the stock model's (for the relative-to-stock bounds). Run on CPU:
+For every precision the torch backend emulates it runs clean swaps of random-init presets (random ids)
+and of the trained SmolLM2-135M (real text), and prints per swap bound the worst clean ratio of
+swapped to stock shortfall with its 95% interval, and per precision bound where stock lands (the
+precision verdict). With --mutations it runs each deliberate fault of teswap.parity.mutations on the
+real model and prints whether the swap verdict caught it. The policy slacks and floors in
+teswap.parity.policies cite what this prints. CPU:
 
-    .venv/bin/python scripts/calibrate_policies.py [--quick]
+    .venv/bin/python scripts/calibrate_policies.py [--quick] [--mutations] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
-from collections import defaultdict
-
-from transformers import LlamaConfig
 
 from teswap.parity.case import ParityCase, run_parity_case
-from teswap.parity.rule import METRICS
+from teswap.parity.mutations import MUTATIONS, mutation
+
+PRECISIONS = ("fp32", "bf16", "fp8-delayed", "fp8-current")
+REAL = "smollm2-135m"
 
 
-def spread() -> dict[str, object]:
-    def llama(**overrides) -> LlamaConfig:
-        base = dict(vocab_size=1024, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-        return LlamaConfig(**(base | overrides))
+def clean_cases(quick: bool) -> list[ParityCase]:
+    """Random-init presets at two shapes and seeds, and the real model at two shapes."""
+    cases = []
+    for precision in PRECISIONS:
+        for source in ("tiny", "tiny-llama3"):
+            for seed in (0,) if quick else (0, 1):
+                for batch, seq_len in ((2, 128),) if quick else ((2, 64), (2, 128)):
+                    cases.append(ParityCase(source=source, precision=precision, seed=seed, batch=batch,
+                                            seq_len=seq_len))
+        for batch, seq_len in ((2, 64),) if quick else ((2, 64), (2, 128)):
+            cases.append(ParityCase(source=REAL, precision=precision, batch=batch, seq_len=seq_len))
+    return cases
 
-    return {
-        "tiny": "tiny",
-        "tiny-llama3": "tiny-llama3",
-        "mha-6layers": llama(num_key_value_heads=4, num_hidden_layers=6),
-        "mqa-headdim48": llama(num_key_value_heads=1, head_dim=48),
-        "wide-ffn": llama(hidden_size=192, num_attention_heads=6, num_key_value_heads=2, intermediate_size=768),
-        "yarn": llama(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                       "original_max_position_embeddings": 128}),
-    }
+
+def mutation_cases() -> list[tuple[str, ParityCase]]:
+    """Every mutation at every precision it applies to, on the real model at a short shape."""
+    out = []
+    for name in MUTATIONS:
+        for precision in PRECISIONS:
+            if name == "fp8-skipped" and not precision.startswith("fp8"):
+                continue  # nothing to skip
+            out.append((name, ParityCase(source=REAL, precision=precision, batch=2, seq_len=64, batches=1,
+                                         gen_prompts=16, gen_tokens=12)))
+    return out
+
+
+def summarise(report) -> dict:
+    case = report.case
+    return {"model": case.source_name, "precision": case.precision, "shape": f"{case.batch}x{case.seq_len}",
+            "seed": case.seed, "passed": report.passed, "precision_verdict": report.precision_verdict,
+            "failure": None if report.passed else report.failure_summary(),
+            "swap": {row.bound: {"ratio": row.ratio, "ci": row.ratio_ci, "passed": row.passed}
+                     for row in report.verdict.rows},
+            "absolute": {row.bound: {"swapped": row.value, "stock": row.stock_value, "stock_passed": row.stock_passed}
+                         for row in report.verdict.precision_rows},
+            "perplexity": report.perplexity, "generation": report.generation}
+
+
+def print_clean(rows: list[dict]) -> None:
+    print(f"\n{'precision':12} {'bound':30} {'worst clean ratio':>18} {'its CI high':>12} {'fails':>6}")
+    for precision in PRECISIONS:
+        subset = [r for r in rows if r["precision"] == precision]
+        for bound in subset[0]["swap"] if subset else ():
+            ratios = [(r["swap"][bound]["ratio"], (r["swap"][bound]["ci"] or (math.nan, math.nan))[1])
+                      for r in subset if r["swap"][bound]["ratio"] is not None]
+            worst = max(ratios, default=(math.nan, math.nan))
+            fails = sum(not r["swap"][bound]["passed"] for r in subset)
+            print(f"{precision:12} {bound:30} {worst[0]:18.3g} {worst[1]:12.3g} {fails:6d}")
+    print(f"\n{'precision':12} {'model':14} {'bound':22} {'stock':>11} {'swapped':>11} {'stock fit':>9}")
+    for row in rows:
+        if row["seed"] == 0:
+            for bound, values in row["absolute"].items():
+                print(f"{row['precision']:12} {row['model']:14} {bound:22} {values['stock']:11.4g} "
+                      f"{values['swapped']:11.4g} {str(values['stock_passed']):>9}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, one shape")
+    parser.add_argument("--mutations", action="store_true", help="also run every mutation on the real model")
+    parser.add_argument("--json", help="write every case's summary here")
     args = parser.parse_args()
-    shapes = [(2, 128)] if args.quick else [(1, 64), (2, 128), (1, 512)]
-    seeds = [0] if args.quick else [0, 1, 2]
-    worst: dict[str, dict[str, float]] = defaultdict(dict)
-    ratio: dict[str, dict[str, float]] = defaultdict(dict)
-    started, cases = time.perf_counter(), 0
-    for precision in ("fp32", "bf16", "fp8-delayed", "fp8-current"):
-        for name, source in spread().items():
-            for seed in seeds:
-                for batch, seq_len in shapes:
-                    report = run_parity_case(ParityCase(source=source, precision=precision, seed=seed,
-                                                        batch=batch, seq_len=seq_len))
-                    cases += 1
-                    if not report.passed:
-                        print(f"  FAIL {precision} {name} seed={seed} {batch}x{seq_len}: {report.failure_summary()}")
-                    _accumulate(worst[precision], ratio[precision], report.swapped, report.stock)
-    print(f"{cases} clean cases in {time.perf_counter() - started:.0f} s\n")
-    print(f"{'precision':12} {'metric':22} {'worst swapped':>14} {'worst ratio vs stock':>22}")
-    for precision, values in worst.items():
-        for metric, value in sorted(values.items()):
-            print(f"{precision:12} {metric:22} {value:14.4g} {ratio[precision].get(metric, math.nan):22.3g}")
-
-
-def _accumulate(worst: dict, ratio: dict, swapped: dict, stock: dict) -> None:
-    for metric, value in swapped.items():
-        kind, perfect = METRICS.get(metric, ("max", 0.0))
-        pick = max if kind == "max" else min
-        worst[metric] = pick(worst.get(metric, value), value)
-        if math.isfinite(perfect) and metric in stock:
-            ours, theirs = abs(value - perfect), abs(stock[metric] - perfect)
-            if theirs > 0:
-                ratio[metric] = max(ratio.get(metric, 0.0), ours / theirs)
+    started, rows = time.perf_counter(), []
+    for case in clean_cases(args.quick):
+        report = run_parity_case(case)
+        rows.append(summarise(report))
+        verdict = "PASS" if report.passed else "FAIL " + report.failure_summary()
+        print(f"clean {case.source_name:12} {case.precision:12} {case.batch}x{case.seq_len} seed {case.seed}: "
+              f"{verdict} (precision {report.precision_verdict})")
+    print_clean(rows)
+    caught = []
+    if args.mutations:
+        for name, case in mutation_cases():
+            with mutation(name):
+                report = run_parity_case(case)
+            caught.append({"mutation": name, **summarise(report)})
+            outcome = "NOT CAUGHT" if report.passed else "caught: " + report.failure_summary()
+            print(f"mutation {name:16} {case.precision:12}: {outcome}")
+    print(f"\n{len(rows)} clean cases, {len(caught)} mutations in {time.perf_counter() - started:.0f} s")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"clean": rows, "mutations": caught}, handle, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
-from teswap.commands.args import positive_int
+from teswap.commands.args import non_negative_int, positive_int
 from teswap.precision.table import PRECISIONS
 
 # --json names the logits metrics as the issue tracker and dashboards expect them.
@@ -16,7 +17,8 @@ _JSON_NAMES = {"max_abs": "logits_max_abs", "mean_abs": "logits_mean_abs", "robu
 
 def register(sub: argparse._SubParsersAction) -> None:
     check = sub.add_parser("check", help="parity of the swapped model vs stock at one precision")
-    check.add_argument("--model", default="tiny", help="preset name or local directory with config.json")
+    check.add_argument("--model", default="tiny",
+                       help="preset, named checkpoint (smollm2-135m), local HF/hub-cache directory or .gguf file")
     check.add_argument("--backend", choices=("torch", "te"), default="torch")
     check.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
     check.add_argument("--seq-len", type=positive_int, default=128)
@@ -27,8 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--policy", help="policy name or JSON file (default: the precision's own policy)")
     check.add_argument("--tol", action="append", default=[], metavar="BOUND=VALUE",
                        help="override one bound, e.g. --tol kl_div=1e-3 (repeatable)")
-    check.add_argument("--gen-tokens", type=int, default=8, help="greedy tokens to compare (0: skip)")
+    check.add_argument("--batches", type=positive_int, default=2,
+                       help="distinct input batches (more text: tighter intervals on the swap verdict)")
+    check.add_argument("--gen-prompts", type=non_negative_int, default=16, help="prompts to decode greedily (0: skip)")
+    check.add_argument("--gen-tokens", type=non_negative_int, default=24, help="greedy tokens per prompt (0: skip)")
     check.add_argument("--no-grads", action="store_true", help="skip the loss/gradient comparison")
+    check.add_argument("--mutate", metavar="NAME",
+                       help="run with a deliberate fault in the swap (gate-up-swapped, layer-at-init, rope-base-10000, "
+                            "fp8-skipped) to see the check catch it: expect exit 1; nothing is recorded")
     check.add_argument("--json", type=Path, help="also write the report as JSON here")
     check.add_argument("--results", type=Path, default=Path("results"), help="results store to append the record to")
     check.add_argument("--no-record", action="store_true", help="do not append a record to the results store")
@@ -37,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from teswap.hardware.probe import default_device
     from teswap.parity.case import ParityCase, run_parity_case
+    from teswap.parity.mutations import mutation
     from teswap.parity.policy_files import get_policy, override, parse_overrides
     from teswap.parity.text import report_text
 
@@ -45,20 +54,21 @@ def main(args: argparse.Namespace) -> int:
         policy = override(policy, parse_overrides(args.tol))
     device = args.device or default_device()
     case = ParityCase(source=args.model, backend=args.backend, precision=args.precision, seq_len=args.seq_len,
-                      batch=args.batch, seed=args.seed, device=device, fuse_qkv=args.fuse_qkv,
-                      gen_tokens=max(args.gen_tokens, 0), grads=not args.no_grads)
-    report = run_parity_case(case, policy)
-    print(report_text(report))
+                      batch=args.batch, batches=args.batches, seed=args.seed, device=device, fuse_qkv=args.fuse_qkv,
+                      gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, grads=not args.no_grads)
+    with mutation(args.mutate) if args.mutate else nullcontext():
+        report = run_parity_case(case, policy)
+    print(report_text(report) + (f"\n(mutation {args.mutate}: a FAIL is the expected outcome)" if args.mutate else ""))
     if args.json:
         args.json.write_text(json.dumps(to_json(report), indent=2, allow_nan=True))
-    if not args.no_record:
+    if not args.no_record and not args.mutate:
         record_path = append_record(report, args.results)
         print(f"record: {record_path}")
     return 0 if report.passed else 1
 
 
 def to_json(report) -> dict:
-    """--json: passed, precision, backend, policy, metrics (swapped) and stock_metrics (reference errors of stock)."""
+    """--json: passed (the swap verdict), precision_verdict, metrics of swapped and of stock, every row."""
     def rename(metrics: dict) -> dict:
         return {_JSON_NAMES.get(k, k): v for k, v in metrics.items()}
 
@@ -67,7 +77,9 @@ def to_json(report) -> dict:
             "policy": report.verdict.policy, "metrics": rename(report.swapped), "stock_metrics": rename(report.stock),
             "first_divergent_layer": report.first_divergent_layer, "case": record.case,
             "reference_dtype": report.reference_dtype, "verdict_rows": record.verdict_rows,
-            "layer_errors": record.layer_errors}
+            "layer_errors": record.layer_errors, "precision_verdict": record.precision_verdict,
+            "precision_rows": record.precision_rows, "perplexity": record.perplexity,
+            "generation": record.generation, "inputs": record.inputs}
 
 
 def append_record(report, root: Path) -> Path:

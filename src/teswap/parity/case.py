@@ -1,18 +1,21 @@
 """One parity case: the stock and the swapped model at a precision, both against a reference run.
 
 The reference is the stock model with the same (already low-precision-cast) weights run in fp64 on
-CPU, fp32 on a GPU, as TE's maintainers advise (REFERENCE.md §5): error(stock@P vs ref) and
-error(swapped@P vs ref) are measured side by side and the policy asks the swapped model to be no
-worse than stock at P by more than it allows, plus absolute bounds. For the FP8 precisions "stock
-at P" is the HF model with every decoder-layer linear run through the same per-tensor FP8 recipe
-emulation (teswap.precision.stock), since HF has no FP8 path of its own.
+CPU, fp32 on a GPU, as TE's maintainers advise (REFERENCE.md §5). Both models see the same inputs
+(real text when the model has a tokenizer, teswap.parity.inputs): `batches` batches for logits,
+per-layer hidden states and perplexity, the first one for loss and gradients, and `gen_prompts`
+prompts for greedy decoding. The policy's relative bounds judge the swap against stock on paired
+per-position samples (teswap.parity.rule); its absolute bounds judge the precision on this model.
+For the FP8 precisions "stock at P" is the HF model with every decoder-layer linear run through the
+same per-tensor FP8 recipe emulation (teswap.precision.stock), since HF has no FP8 path of its own.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+import math
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,31 +23,34 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from teswap.parity.capture import layer_outputs
+from teswap.parity.generation import Context, matched_tokens
+from teswap.parity.inputs import CaseInputs, case_inputs
 from teswap.parity.metrics import (
+    TokenErrors,
     first_divergent_layer,
-    grad_metrics,
-    grad_summary,
-    layer_errors,
-    logits_metrics,
+    grad_comparison,
     loss_difference,
-    token_match_rate,
-    worst_grad,
+    perplexity,
+    robust_scale,
+    token_errors,
+    token_nll,
 )
+from teswap.parity.paired import PairedSamples, position_blocks
 from teswap.parity.policy_files import get_policy
 from teswap.parity.rule import Policy, Verdict, evaluate
 from teswap.precision.runtime import calibrate, require_precision, swapped_autocast
 from teswap.precision.stock import stock_autocast
-from teswap.precision.table import Precision
 from teswap.store.records import ParityRecord
 from teswap.swap.mapping import te_to_hf_state_dict
 from teswap.swap.pair import Pair, build_pair
+from teswap.swap.sources import resolve_source
 
 # A swapped layer "diverges" when its hidden-state error exceeds 4x the stock model's error at the same
 # layer and precision (metrics.first_divergent_layer), and this floor (so exact-zero stock errors in fp32
 # do not trip it).
 LAYER_FLOOR = {"fp32": 1e-5, "bf16": 1e-2}
 LAYER_FLOOR_FP8 = 5e-2
-ROW_MULTIPLE = 16  # greedy decoding right-pads to this so FP8 GEMMs keep TE's dimension rules
+MODELS = ("stock", "swapped")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,19 +62,21 @@ class ParityCase:
     precision: str = "fp32"
     seq_len: int = 128
     batch: int = 2
+    batches: int = 2  # distinct input batches: more text, tighter intervals
     seed: int = 0
     device: str = "cpu"
     fuse_qkv: bool = False
-    gen_tokens: int = 8
+    gen_prompts: int = 16
+    gen_tokens: int = 24
     grads: bool = True
     calibration_steps: int = 2  # grad-enabled FP8 forwards before measuring (DelayedScaling scales)
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "batch"):
+        for name in ("seq_len", "batch", "batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.gen_tokens < 0 or self.calibration_steps < 0:
-            raise ValueError("gen_tokens and calibration_steps must be >= 0")
+        if min(self.gen_tokens, self.gen_prompts, self.calibration_steps) < 0:
+            raise ValueError("gen_tokens, gen_prompts and calibration_steps must be >= 0")
 
     @property
     def source_name(self) -> str:
@@ -81,7 +89,7 @@ class ParityCase:
 
 @dataclass(frozen=True, kw_only=True)
 class ParityReport:
-    """Metrics of both models against the reference, per-layer errors, and the verdict."""
+    """Metrics of both models against the reference, per-layer errors, and the two verdicts."""
 
     case: ParityCase
     policy: Policy
@@ -93,11 +101,19 @@ class ParityReport:
     stock_layer_errors: list[float]
     first_divergent_layer: int | None
     worst_grad: str | None = None
-    generation: dict[str, dict[str, float]] = field(default_factory=dict)
+    perplexity: dict[str, float] = field(default_factory=dict)  # reference, stock, swapped
+    generation: dict[str, float] = field(default_factory=dict)  # mean matched tokens, prompts, new tokens
+    inputs: str = ""
 
     @property
     def passed(self) -> bool:
+        """The swap verdict: no relative bound confidently violated and no diverging layer."""
         return self.verdict.passed and self.first_divergent_layer is None
+
+    @property
+    def precision_verdict(self) -> str:
+        """"fit" when stock meets every absolute bound of the precision; "lossy" when it does not."""
+        return "fit" if self.verdict.precision_passed else "lossy"
 
     def record(self) -> ParityRecord:
         """This case's parity record for the results store."""
@@ -109,18 +125,25 @@ class ParityReport:
             layer_errors={"swapped": self.swapped_layer_errors, "stock": self.stock_layer_errors},
             first_divergent_layer=self.first_divergent_layer, worst_grad=self.worst_grad,
             verdict_rows=[asdict(row) for row in self.verdict.rows], skipped_bounds=list(self.verdict.skipped),
+            precision_verdict=self.precision_verdict,
+            precision_rows=[asdict(row) for row in self.verdict.precision_rows],
+            perplexity=self.perplexity, generation=self.generation, inputs=self.inputs,
         )
 
     def failure_summary(self) -> str:
-        parts = [f"{row.bound}={row.value:.4g} (limit {row.limit:.4g})" for row in self.verdict.failures]
+        parts = [f"{row.bound}={row.value:.4g} {row.failure} (limit {row.limit:.4g})" for row in self.verdict.failures]
         if self.first_divergent_layer is not None:
             parts.append(f"first diverging layer {self.first_divergent_layer}")
         return "; ".join(parts) or "no bound was checked"
 
 
-def reference_dtype_for(device: torch.device) -> torch.dtype:
-    """fp64 where affordable (CPU), fp32 on a GPU."""
-    return torch.float64 if device.type == "cpu" else torch.float32
+def reference_dtype_for(device: torch.device, precision: str = "fp32") -> torch.dtype:
+    """fp64 for an fp32 case on the CPU (fp32 rounding is what it measures); fp32 otherwise.
+
+    bf16 and FP8 errors (1e-3 .. 1e-1) are four orders of magnitude above fp32's rounding, so an fp32
+    reference measures them as exactly as fp64 would, at a third of the CPU time.
+    """
+    return torch.float64 if device.type == "cpu" and precision == "fp32" else torch.float32
 
 
 def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityReport:
@@ -129,61 +152,112 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityRep
     policy = policy or get_policy(case.precision)
     pair = build_pair(case.source, seed=case.seed, backend=case.backend, dtype=precision.model_dtype,
                       device=case.device, fuse_qkv=case.fuse_qkv)
-    ref_dtype = reference_dtype_for(pair.device)
+    ref_dtype = reference_dtype_for(pair.device, precision.name)
     reference = copy.deepcopy(pair.stock).to(dtype=ref_dtype)  # type: ignore[call-arg]  # transformers wraps .to
-    ids = _input_ids(pair, case)
-    contexts = {"stock": stock_autocast(pair.stock, precision.name),
-                "swapped": _swapped_context(precision, case.backend)}
+    inputs = _inputs(case, pair)
     models = {"stock": pair.stock, "swapped": pair.swapped}
+    contexts = {"stock": stock_autocast(pair.stock, precision.name),
+                "swapped": lambda: swapped_autocast(precision.name, case.backend)}
     for name, model in models.items():
-        calibrate(model, ids, precision.name, contexts[name], steps=case.calibration_steps, backward=case.grads)
-    ref_logits, ref_layers = _forward(reference, ids, nullcontext)
-    results = {name: _forward(model, ids, contexts[name]) for name, model in models.items()}
-    metrics = {name: logits_metrics(logits, ref_logits).as_dict() for name, (logits, _) in results.items()}
-    layers = {name: [e.rel_error for e in layer_errors(hidden, ref_layers)] for name, (_, hidden) in results.items()}
-    worst = _add_loss_and_grads(case, pair, reference, ids, contexts, metrics) if case.grads else None
-    generation = _add_generation(case, reference, models, ids, contexts, metrics)
-    verdict = evaluate(policy, metrics["swapped"], metrics["stock"], missing="skip")
-    floor = LAYER_FLOOR.get(precision.name, LAYER_FLOOR_FP8)
-    divergent = first_divergent_layer(layers["swapped"], layers["stock"], floor=floor)
+        calibrate(model, inputs.batches[0], precision.name, contexts[name], steps=case.calibration_steps,
+                  backward=case.grads)
+    forward = _compare_forwards(reference, models, contexts, inputs)
+    metrics = {name: forward.errors[name].summary(forward.scale) for name in MODELS}
+    samples = _samples(forward, case)
+    worst = _add_loss_and_grads(pair, reference, inputs.batches[0], contexts, metrics) if case.grads else None
+    generation = _add_generation(case, reference, models, contexts, inputs, metrics, samples)
+    verdict = evaluate(policy, metrics["swapped"], metrics["stock"], samples=samples, missing="skip")
+    divergent = first_divergent_layer(forward.layers["swapped"], forward.layers["stock"],
+                                      floor=LAYER_FLOOR.get(precision.name, LAYER_FLOOR_FP8))
     if divergent is None and precision.is_fp8:
-        divergent = _localise_without_fp8(models, ids, ref_layers)
-    ref_name = str(ref_dtype).removeprefix("torch.")
-    return ParityReport(case=case, policy=policy, verdict=verdict, reference_dtype=ref_name,
-                        swapped=metrics["swapped"], stock=metrics["stock"], swapped_layer_errors=layers["swapped"],
-                        stock_layer_errors=layers["stock"], first_divergent_layer=divergent, worst_grad=worst,
-                        generation=generation)
+        divergent = _localise_without_fp8(models, inputs.batches[0], reference)
+    return ParityReport(case=case, policy=policy, verdict=verdict,
+                        reference_dtype=str(ref_dtype).removeprefix("torch."), swapped=metrics["swapped"],
+                        stock=metrics["stock"], swapped_layer_errors=forward.layers["swapped"],
+                        stock_layer_errors=forward.layers["stock"], first_divergent_layer=divergent, worst_grad=worst,
+                        perplexity=forward.perplexity, generation=generation, inputs=inputs.description)
 
 
-Context = Callable[[], AbstractContextManager]
+def _inputs(case: ParityCase, pair: Pair) -> CaseInputs:
+    resolved = resolve_source(case.source)
+    return case_inputs(resolved.load_tokenizer(), vocab_size=pair.config.vocab_size, batches=case.batches,
+                       batch=case.batch, seq_len=case.seq_len, gen_prompts=case.gen_prompts if case.gen_tokens else 0,
+                       seed=case.seed, device=pair.device)
 
 
-def _localise_without_fp8(models: Mapping[str, nn.Module], ids: torch.Tensor,
-                          ref_layers: list[torch.Tensor]) -> int | None:
+@dataclass(frozen=True, kw_only=True)
+class _Forwards:
+    """What the forward passes over all batches give: per-position errors, layer errors, perplexities."""
+
+    errors: dict[str, TokenErrors]
+    layers: dict[str, list[float]]
+    perplexity: dict[str, float]
+    scale: float  # robust_rel's scale: the 99.9th percentile of |reference logits| (first batch)
+    blocks: torch.Tensor
+
+
+@torch.no_grad()
+def _compare_forwards(reference: nn.Module, models: Mapping[str, nn.Module], contexts: Mapping[str, Context],
+                      inputs: CaseInputs) -> _Forwards:
+    errors: dict[str, list[TokenErrors]] = {name: [] for name in MODELS}
+    layer_sums = {name: torch.zeros(0) for name in MODELS}
+    nll: dict[str, list[torch.Tensor]] = {name: [] for name in ("reference", *MODELS)}
+    scale, blocks = 0.0, []
+    for index, ids in enumerate(inputs.batches):
+        ref_logits, ref_hidden = _forward(reference, ids, nullcontext)
+        scale = scale or robust_scale(ref_logits)
+        nll["reference"].append(token_nll(ref_logits, ids))
+        blocks.append(position_blocks(*ids.shape, offset=index * _blocks_per_batch(ids)))
+        for name, model in models.items():
+            logits, hidden = _forward(model, ids, contexts[name])
+            errors[name].append(token_errors(logits, ref_logits))
+            nll[name].append(token_nll(logits, ids))
+            layer_sums[name] = _layer_sums(layer_sums[name], hidden, ref_hidden)
+    layers = {name: [math.sqrt(e / r) if r else 0.0 for e, r in sums.tolist()] for name, sums in layer_sums.items()}
+    return _Forwards(errors={name: TokenErrors.concat(parts) for name, parts in errors.items()}, layers=layers,
+                     perplexity={name: perplexity(torch.cat(values)) for name, values in nll.items()}, scale=scale,
+                     blocks=torch.cat(blocks))
+
+
+def _blocks_per_batch(ids: torch.Tensor) -> int:
+    return int(position_blocks(*ids.shape).max()) + 1
+
+
+def _layer_sums(sums: torch.Tensor, hidden: list[torch.Tensor], ref_hidden: list[torch.Tensor]) -> torch.Tensor:
+    """Running [layers, 2] sums of ‖h − r‖² and ‖r‖² per decoder layer."""
+    batch = torch.tensor([[(h.double() - r.double()).pow(2).sum().item(), r.double().pow(2).sum().item()]
+                          for h, r in zip(hidden, ref_hidden, strict=True)], dtype=torch.float64)
+    return batch if sums.numel() == 0 else sums + batch
+
+
+def _samples(forward: _Forwards, case: ParityCase) -> dict[str, PairedSamples]:
+    """Paired per-position samples of the metrics the relative bounds judge by bootstrap."""
+    swapped, stock = forward.errors["swapped"], forward.errors["stock"]
+    return {
+        "rel_rms": PairedSamples(swapped=swapped.sq_error, stock=stock.sq_error, blocks=forward.blocks,
+                                 denominator=stock.ref_sq, finish=torch.sqrt),
+        "kl_div": PairedSamples(swapped=swapped.kl, stock=stock.kl, blocks=forward.blocks),
+        "top1_agreement": PairedSamples(swapped=swapped.top1_agree, stock=stock.top1_agree, blocks=forward.blocks),
+    }
+
+
+def _localise_without_fp8(models: Mapping[str, nn.Module], ids: torch.Tensor, reference: nn.Module) -> int | None:
     """Look for the diverging layer again with FP8 off (bf16 weights as built).
 
     FP8 noise (~4e-2 per layer) can hide a wrong RoPE or a half-swapped MLP in the hidden states
     while the loss and gradients still show it; without the quantization the same fault stands out.
     """
-    errors = {name: [e.rel_error for e in layer_errors(_forward(model, ids, nullcontext)[1], ref_layers)]
-              for name, model in models.items()}
+    _, ref_hidden = _forward(reference, ids, nullcontext)
+    sums = {name: _layer_sums(torch.zeros(0), _forward(model, ids, nullcontext)[1], ref_hidden)
+            for name, model in models.items()}
+    errors = {name: [math.sqrt(e / r) if r else 0.0 for e, r in s.tolist()] for name, s in sums.items()}
     return first_divergent_layer(errors["swapped"], errors["stock"], floor=LAYER_FLOOR["bf16"])
-
-
-def _swapped_context(precision: Precision, backend: str) -> Context:
-    return lambda: swapped_autocast(precision.name, backend)
-
-
-def _input_ids(pair: Pair, case: ParityCase) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(case.seed + 1)
-    ids = torch.randint(0, pair.config.vocab_size, (case.batch, case.seq_len), generator=generator)
-    return ids.to(pair.device)
 
 
 @torch.no_grad()
 def _forward(model: nn.Module, ids: torch.Tensor, context: Context) -> tuple[torch.Tensor, list[torch.Tensor]]:
     with layer_outputs(model) as hidden, context():
-        logits = model(ids).logits
+        logits = model(ids, use_cache=False).logits
     return logits, hidden
 
 
@@ -192,7 +266,7 @@ def _loss_and_grads(model: nn.Module, ids: torch.Tensor, context: Context) -> tu
     try:
         model.zero_grad(set_to_none=True)
         with context():
-            loss = model(ids, labels=ids).loss
+            loss = model(ids, labels=ids, use_cache=False).loss
         loss.backward()  # outside the autocast, as TE's users do; FP8 state was saved in forward
         grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
@@ -201,45 +275,34 @@ def _loss_and_grads(model: nn.Module, ids: torch.Tensor, context: Context) -> tu
         model.eval()
 
 
-def _add_loss_and_grads(case, pair, reference, ids, contexts, metrics) -> str | None:
+def _add_loss_and_grads(pair: Pair, reference: nn.Module, ids: torch.Tensor, contexts: Mapping[str, Context],
+                        metrics: dict[str, dict[str, float]]) -> str:
+    """Loss difference and global gradient error of both models; the swapped model's worst parameter."""
     ref_loss, ref_grads = _loss_and_grads(reference, ids, nullcontext)
-    worst_name = None
+    worst_name = ""
     for name, model in (("stock", pair.stock), ("swapped", pair.swapped)):
         loss, grads = _loss_and_grads(model, ids, contexts[name])
         if name == "swapped":
             grads = te_to_hf_state_dict(grads, pair.config)
-        per_param = grad_metrics(grads, ref_grads)
-        metrics[name] |= {"loss_diff": loss_difference(loss, ref_loss), **grad_summary(per_param)}
+        summary, worst = grad_comparison(grads, ref_grads)
         if name == "swapped":
-            worst_name = worst_grad(per_param).parameter
+            worst_name = worst.parameter  # a diagnosis, not a bound
+        metrics[name] |= {"loss_diff": loss_difference(loss, ref_loss), **summary}
     return worst_name
 
 
-def _add_generation(case, reference, models, ids, contexts, metrics) -> dict[str, dict[str, float]]:
-    if case.gen_tokens == 0:
+def _add_generation(case: ParityCase, reference: nn.Module, models: Mapping[str, nn.Module],
+                    contexts: Mapping[str, Context], inputs: CaseInputs, metrics: dict[str, dict[str, float]],
+                    samples: dict[str, PairedSamples]) -> dict[str, float]:
+    """Greedy continuations of the prompts: matched prefix per prompt for stock and swapped."""
+    if not case.gen_tokens or not case.gen_prompts:
         return {}
-    prompt = ids[:1, : min(16, case.seq_len)]
-    ref_tokens = greedy_tokens(reference, prompt, case.gen_tokens, nullcontext)
-    generation = {}
-    for name, model in models.items():
-        match = token_match_rate(greedy_tokens(model, prompt, case.gen_tokens, contexts[name]), ref_tokens)
-        generation[name] = match.as_dict()
-        metrics[name] |= {"prefix_match_rate": match.prefix_match_rate, "overall_match_rate": match.overall_match_rate}
-    return generation
-
-
-@torch.no_grad()
-def greedy_tokens(model: nn.Module, prompt: torch.Tensor, new_tokens: int, context: Context) -> torch.Tensor:
-    """Greedy decoding without a KV cache, right-padding each step to a multiple of 16 rows.
-
-    Right padding cannot change a causal model's logits at earlier positions; it keeps every step's
-    GEMMs on TE's FP8 dimension rules (batch x seq divisible by 8/16).
-    """
-    tokens = prompt
-    for _ in range(new_tokens):
-        length = tokens.shape[1]
-        padded = torch.nn.functional.pad(tokens, (0, -length % ROW_MULTIPLE), value=0)
-        with context():
-            logits = model(padded).logits
-        tokens = torch.cat([tokens, logits[:, length - 1].argmax(-1, keepdim=True)], dim=1)
-    return tokens[:, prompt.shape[1]:]
+    matched = matched_tokens(dict(models), dict(contexts), reference, inputs.prompts, case.gen_tokens)
+    for name in MODELS:
+        metrics[name]["prefix_match_rate"] = matched[name].mean().item() / case.gen_tokens
+    samples["prefix_match_rate"] = PairedSamples(
+        swapped=matched["swapped"] / case.gen_tokens, stock=matched["stock"] / case.gen_tokens,
+        blocks=torch.arange(matched["stock"].numel()))
+    return {"prompts": inputs.prompts.shape[0], "new_tokens": case.gen_tokens,
+            "stock_matched_tokens": matched["stock"].mean().item(),
+            "swapped_matched_tokens": matched["swapped"].mean().item()}

@@ -271,3 +271,135 @@ def _grad_metric(name: str, test: torch.Tensor, ref: torch.Tensor) -> GradMetric
     max_abs = (test64 - ref64).abs().max().item() if test64.numel() else 0.0
     return GradMetric(parameter=name, rel_norm_error=_rel_norm_error(test64, ref64),
                       cosine=_cosine(test64, ref64), max_abs=max_abs)
+
+
+# ---- per-position errors: what the statistical verdict resamples ---------------------------------
+
+
+_TOKEN_FIELDS = ("sq_error", "ref_sq", "test_sq", "dot", "abs_max", "abs_sum", "kl", "top1_agree", "top5_agree")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenErrors:
+    """Per-position errors of test logits against reference logits, flattened to [positions] (float64, CPU).
+
+    Sums over positions give the global metrics (`summary`), so a bootstrap over blocks of positions
+    can resample them: rel_rms = sqrt(Σ sq_error / Σ ref_sq), kl_div = mean(kl), top1 = mean(top1_agree).
+    """
+
+    sq_error: torch.Tensor  # ‖test − ref‖² over the vocab
+    ref_sq: torch.Tensor  # ‖ref‖²
+    test_sq: torch.Tensor  # ‖test‖²
+    dot: torch.Tensor  # test · ref
+    abs_max: torch.Tensor  # max |test − ref|
+    abs_sum: torch.Tensor  # Σ |test − ref|
+    kl: torch.Tensor  # KL(softmax(ref) ‖ softmax(test)), nats
+    top1_agree: torch.Tensor  # 1.0 where argmax(test) == argmax(ref)
+    top5_agree: torch.Tensor  # 1.0 where argmax(test) is among ref's TOP_K_AGREEMENT most likely
+    vocab: int
+
+    @staticmethod
+    def concat(parts: Sequence[TokenErrors]) -> TokenErrors:
+        """One TokenErrors over the positions of all `parts`, in order."""
+        return TokenErrors(vocab=parts[0].vocab,
+                           **{name: torch.cat([getattr(p, name) for p in parts]) for name in _TOKEN_FIELDS})
+
+    def rel_rms(self) -> float:
+        """sqrt(Σ‖test − ref‖² / Σ‖ref‖²) over all positions: the logits' relative RMS error."""
+        return math.sqrt(_ratio(self.sq_error.sum().item(), self.ref_sq.sum().item()))
+
+    def summary(self, robust_scale: float) -> dict[str, float]:
+        """The LogitsMetrics figures over all positions (robust_rel against `robust_scale`), plus rel_rms."""
+        max_abs = self.abs_max.max().item()
+        noise, signal = self.sq_error.sum().item(), self.ref_sq.sum().item()
+        norms = math.sqrt(self.test_sq.sum().item() * signal)
+        cosine = (1.0 if self.test_sq.sum().item() == signal else 0.0) if norms == 0 else \
+            max(-1.0, min(1.0, self.dot.sum().item() / norms))
+        sqnr = math.inf if noise == 0 else (-math.inf if signal == 0 else 10 * math.log10(signal / noise))
+        return {"max_abs": max_abs, "mean_abs": self.abs_sum.sum().item() / (self.abs_sum.numel() * self.vocab),
+                "robust_rel": _ratio(max_abs, robust_scale), "rel_rms": self.rel_rms(), "cosine": cosine,
+                "sqnr_db": sqnr, "kl_div": self.kl.mean().item(), "top1_agreement": self.top1_agree.mean().item(),
+                "top5_agreement": self.top5_agree.mean().item()}
+
+
+def robust_scale(ref: torch.Tensor) -> float:
+    """The scale robust_rel divides by: the 99.9th percentile of |ref| (max |ref| when that is 0)."""
+    return _robust_scale(_f64(ref))
+
+
+def token_errors(test: torch.Tensor, ref: torch.Tensor) -> TokenErrors:
+    """Per-position errors of `test` against `ref` logits ([..., vocab], same shape)."""
+    _check_same_shape("logits", test, ref)
+    test64 = _f64(test).reshape(-1, test.shape[-1])
+    ref64 = _f64(ref).reshape(-1, ref.shape[-1])
+    delta = test64 - ref64
+    log_p, log_q = torch.log_softmax(ref64, dim=-1), torch.log_softmax(test64, dim=-1)
+    p = log_p.exp()
+    kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1).clamp(min=0.0)
+    top1 = test64.argmax(-1, keepdim=True)
+    top5 = (ref64.topk(min(TOP_K_AGREEMENT, ref64.shape[-1]), dim=-1).indices == top1).any(-1)
+    return TokenErrors(sq_error=delta.pow(2).sum(-1).cpu(), ref_sq=ref64.pow(2).sum(-1).cpu(),
+                       test_sq=test64.pow(2).sum(-1).cpu(), dot=(test64 * ref64).sum(-1).cpu(),
+                       abs_max=delta.abs().amax(-1).cpu(), abs_sum=delta.abs().sum(-1).cpu(), kl=kl.cpu(),
+                       top1_agree=(top1.squeeze(-1) == ref64.argmax(-1)).double().cpu(),
+                       top5_agree=top5.double().cpu(), vocab=test.shape[-1])
+
+
+def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood (nats) of each next token: [batch, seq-1] from [batch, seq, vocab] logits."""
+    log_probs = torch.log_softmax(_f64(logits[:, :-1]), dim=-1)
+    return -log_probs.gather(-1, ids[:, 1:, None].to(log_probs.device)).squeeze(-1).cpu()
+
+
+def perplexity(nll: torch.Tensor) -> float:
+    """exp(mean NLL): the model's perplexity on the text the NLLs came from."""
+    if nll.numel() == 0:
+        raise MetricInputError("perplexity needs at least one predicted token")
+    return math.exp(nll.mean().item())
+
+
+def grad_comparison(test_grads: Mapping[str, torch.Tensor], ref_grads: Mapping[str, torch.Tensor]
+                    ) -> tuple[dict[str, float], GradMetric]:
+    """Gradient error over ALL parameters at once, and the worst single parameter (a diagnosis).
+
+    Global: ‖g − r‖/‖r‖ and the cosine of the concatenated gradients. One parameter with a tiny
+    reference gradient can have a large relative error by itself without the model's update being any
+    different; the global figures weigh each parameter by its gradient. One pass over the tensors.
+    """
+    if test_grads.keys() != ref_grads.keys():
+        grad_metrics(test_grads, ref_grads)  # raises GradKeysMismatchError naming the keys
+    if not ref_grads:
+        raise MetricInputError("no gradients to compare")
+    sums = torch.zeros(4, dtype=torch.float64)  # Σ‖g − r‖², Σ‖r‖², Σ‖g‖², Σ g·r
+    worst: GradMetric | None = None
+    for name, ref in ref_grads.items():
+        _check_same_shape(f"gradient {name!r}", test_grads[name], ref)
+        t64, r64 = _f64(test_grads[name]).flatten(), _f64(ref).flatten()
+        diff = t64 - r64
+        part = torch.stack([diff.dot(diff), r64.dot(r64), t64.dot(t64), t64.dot(r64)]).cpu()
+        sums += part
+        metric = GradMetric(parameter=name, rel_norm_error=math.sqrt(_ratio(part[0].item(), part[1].item())),
+                            cosine=_cosine_of(part[3].item(), part[2].item(), part[1].item()),
+                            max_abs=diff.abs().max().item() if diff.numel() else 0.0)
+        if worst is None or not metric.rel_norm_error <= worst.rel_norm_error:  # NaN counts as worst
+            worst = metric
+    diff_sq, ref_sq, test_sq, dot = sums.tolist()
+    assert worst is not None
+    return {"grad_rel_norm_error": math.sqrt(_ratio(diff_sq, ref_sq)),
+            "grad_cosine": _cosine_of(dot, test_sq, ref_sq)}, worst
+
+
+def _cosine_of(dot: float, test_sq: float, ref_sq: float) -> float:
+    """dot / (‖test‖‖ref‖); 1 when both are zero, 0 when exactly one is."""
+    norms = math.sqrt(test_sq * ref_sq)
+    if norms == 0:
+        return 1.0 if test_sq == ref_sq else 0.0
+    cosine = dot / norms
+    return cosine if math.isnan(cosine) else max(-1.0, min(1.0, cosine))
+
+
+def matched_prefix_lengths(test_tokens: torch.Tensor, ref_tokens: torch.Tensor) -> torch.Tensor:
+    """Per sequence ([batch, new_tokens]), how many generated tokens match the reference before the first miss."""
+    _check_same_shape("token ids", test_tokens, ref_tokens)
+    equal = (test_tokens == ref_tokens).cpu()
+    return equal.int().cumprod(dim=-1).sum(dim=-1).double()

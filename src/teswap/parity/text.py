@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 
 from teswap.parity.case import ParityReport
+from teswap.parity.rule import BoundCheck
 
 
-def number(value: float, pattern: str = "{:.4g}") -> str:
-    """`value` formatted with `pattern`; inf and nan spelled out."""
+def number(value: float | None, pattern: str = "{:.4g}") -> str:
+    """`value` formatted with `pattern`; inf and nan spelled out, None as "-"."""
+    if value is None:
+        return "-"
     return pattern.format(value) if math.isfinite(value) else str(value)
 
 
@@ -16,42 +19,83 @@ def verdict_word(report: ParityReport) -> str:
     return "PASS" if report.passed else "FAIL"
 
 
+def _ratio(row: BoundCheck) -> str:
+    if row.ratio is None:
+        return "-"
+    interval = f" [{row.ratio_ci[0]:.2f}, {row.ratio_ci[1]:.2f}]" if row.ratio_ci else ""
+    return f"{row.ratio:.2f}{interval}"
+
+
 def report_text(report: ParityReport) -> str:
-    """The readable parity table: metric, swapped, stock, limit, pass/fail; then diagnostics."""
+    """The readable parity report: the swap verdict's rows, the precision verdict's, then diagnostics."""
     case = report.case
     lines = [f"teswap check: model={case.source_name} backend={case.backend} precision={case.precision} "
-             f"seq_len={case.seq_len} batch={case.batch} device={case.device} reference={report.reference_dtype} "
-             f"policy={report.verdict.policy}",
-             f"{'bound':28} {'swapped':>12} {'stock':>12} {'limit':>12}  ok"]
-    for row in report.verdict.rows:
-        stock = "" if row.stock_value is None else number(row.stock_value)
-        lines.append(f"{row.bound:28} {number(row.value):>12} {stock:>12} {number(row.limit):>12}  "
-                     f"{'pass' if row.passed else 'FAIL'}")
-    for bound in report.verdict.skipped:
-        lines.append(f"{bound:28} {'-':>12} {'-':>12} {'-':>12}  skipped (metric not measured)")
+             f"seq_len={case.seq_len} batch={case.batch} batches={case.batches} device={case.device} "
+             f"reference={report.reference_dtype} policy={report.verdict.policy}",
+             f"inputs: {report.inputs}",
+             "swap verdict: is the swapped model the same model as stock at this precision? "
+             "(ratio = swapped/stock shortfall, 95% interval from a paired block bootstrap)",
+             f"  {'bound':30} {'swapped':>11} {'stock':>11} {'ratio [95% CI]':>20}  rule",
+             *(_swap_row(row) for row in report.verdict.rows),
+             "precision verdict: does this precision keep the model fit? (absolute bounds, stock and swapped)",
+             f"  {'bound':30} {'swapped':>11} {'stock':>11} {'limit':>11}  stock",
+             *(_precision_row(row) for row in report.verdict.precision_rows),
+             *(f"  {bound:30} skipped (metric not measured)" for bound in report.verdict.skipped)]
+    lines += _diagnostics(report)
+    lines.append(f"precision verdict: {report.precision_verdict.upper()}"
+                 + ("" if report.verdict.precision_passed else " (stock fails "
+                    + ", ".join(row.bound for row in report.verdict.precision_failures)
+                    + " too: the precision is lossy on this model, not the swap)"))
+    lines.append(f"swap verdict: {verdict_word(report)}" + ("" if report.passed else f" ({report.failure_summary()})"))
+    return "\n".join(lines)
+
+
+def _swap_row(row: BoundCheck) -> str:
+    status = "pass" if row.passed else f"FAIL ({row.failure})"
+    return (f"  {row.bound:30} {number(row.value):>11} {number(row.stock_value):>11} {_ratio(row):>20}  "
+            f"{row.rule}  {status}")
+
+
+def _precision_row(row: BoundCheck) -> str:
+    stock = "-" if row.stock_passed is None else ("pass" if row.stock_passed else "fails")
+    return f"  {row.bound:30} {number(row.value):>11} {number(row.stock_value):>11} {number(row.limit):>11}  {stock}"
+
+
+def _diagnostics(report: ParityReport) -> list[str]:
     layers = " ".join(f"{i}:{s:.2e}/{k:.2e}" for i, (s, k) in
                       enumerate(zip(report.swapped_layer_errors, report.stock_layer_errors, strict=True)))
-    lines.append(f"per-layer hidden-state error vs reference (swapped/stock): {layers}")
-    lines.append(f"first diverging layer: {_layer(report)}")
+    lines = [f"per-layer hidden-state error vs reference (swapped/stock): {layers}",
+             f"first diverging layer: {_layer(report)}"]
+    if report.perplexity:
+        ppl = report.perplexity
+        lines.append(f"perplexity: reference {ppl['reference']:.3f}, stock {ppl['stock']:.3f}, "
+                     f"swapped {ppl['swapped']:.3f}")
+    if report.generation:
+        gen = report.generation
+        lines.append(f"greedy decoding, {gen['prompts']:.0f} prompts x {gen['new_tokens']:.0f} tokens: matched prefix "
+                     f"of the reference's continuation: stock {gen['stock_matched_tokens']:.1f}, "
+                     f"swapped {gen['swapped_matched_tokens']:.1f} tokens")
     if report.worst_grad:
-        lines.append(f"worst gradient: {report.worst_grad}")
-    lines.append(f"verdict: {verdict_word(report)}" + ("" if report.passed else f" ({report.failure_summary()})"))
-    return "\n".join(lines)
+        lines.append(f"worst single gradient (diagnosis): {report.worst_grad}")
+    return lines
 
 
 def summary_header() -> str:
     """The column heads of `summary_row`."""
-    return (f"  {'backend':8} {'precision':12} {'verdict':8} {'rel err swapped/stock':>22} {'SQNR dB':>8} "
-            f"{'KL':>9} {'top-1':>6} {'grad err':>9}  first diverging layer")
+    return (f"  {'backend':8} {'precision':12} {'swap':6} {'precision':9} {'rel err swapped/stock':>22} "
+            f"{'SQNR dB':>8} {'KL':>9} {'top-1':>6} {'ppl':>8} {'greedy':>9}  first diverging layer")
 
 
 def summary_row(report: ParityReport) -> str:
-    """One line per case: verdict, robust error of swapped and stock, SQNR, KL, top-1, gradient error."""
+    """One line per case: both verdicts, errors of swapped and stock, SQNR, KL, top-1, perplexity, greedy match."""
     s, k = report.swapped, report.stock
-    return (f"  {report.case.backend:8} {report.case.precision:12} {verdict_word(report):8} "
-            f"{s['robust_rel']:>10.2e} /{k['robust_rel']:>10.2e} {number(s['sqnr_db'], '{:.1f}'):>8} "
-            f"{s['kl_div']:>9.1e} {s['top1_agreement']:>6.3f} {s.get('grad_rel_norm_error', math.nan):>9.2e}  "
-            f"{_layer(report)}")
+    gen = report.generation
+    greedy = f"{gen['swapped_matched_tokens']:.1f}/{gen['stock_matched_tokens']:.1f}" if gen else "-"
+    ppl = f"{report.perplexity['swapped']:.2f}" if report.perplexity else "-"
+    return (f"  {report.case.backend:8} {report.case.precision:12} {verdict_word(report):6} "
+            f"{report.precision_verdict:9} {s['rel_rms']:>10.2e} /{k['rel_rms']:>10.2e} "
+            f"{number(s['sqnr_db'], '{:.1f}'):>8} {s['kl_div']:>9.1e} {s['top1_agreement']:>6.3f} {ppl:>8} "
+            f"{greedy:>9}  {_layer(report)}")
 
 
 def _layer(report: ParityReport) -> str:

@@ -67,8 +67,13 @@ class ParityRecord:
     reference_dtype: str | None = None
     layer_errors: dict[str, list[float]] | None = None
     worst_grad: str | None = None
-    verdict_rows: list[dict[str, Any]] | None = None
+    verdict_rows: list[dict[str, Any]] | None = None  # the swap verdict's rows (bounds relative to stock)
     skipped_bounds: list[str] | None = None
+    precision_verdict: str | None = None  # "fit": stock meets the precision's absolute bounds; "lossy": it does not
+    precision_rows: list[dict[str, Any]] | None = None
+    perplexity: dict[str, float] | None = None  # reference, stock, swapped
+    generation: dict[str, float] | None = None  # prompts, new tokens, mean matched tokens of stock and swapped
+    inputs: str | None = None  # what the models were fed (real text and its corpus digest, or random ids)
 
     def __post_init__(self) -> None:
         if self.status not in PARITY_STATUSES:
@@ -83,7 +88,8 @@ class ParityRecord:
     def fields(self) -> dict[str, Any]:
         """The record's own fields, as the store writes them (optional ones only when set)."""
         data = asdict(self)
-        optional = ("reference_dtype", "layer_errors", "worst_grad", "verdict_rows", "skipped_bounds")
+        optional = ("reference_dtype", "layer_errors", "worst_grad", "verdict_rows", "skipped_bounds",
+                    "precision_verdict", "precision_rows", "perplexity", "generation", "inputs")
         return {key: value for key, value in data.items() if key not in optional or value is not None}
 
     @classmethod

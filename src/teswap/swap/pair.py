@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
@@ -31,8 +32,6 @@ class Pair:
     dtype: torch.dtype
     device: torch.device
     fuse_qkv: bool
-    # HF key -> (checksum of the stock tensor, checksum of the swapped tensor mapped back to HF)
-    checksums: dict[str, tuple[str, str]] = field(repr=False)
 
     @property
     def config(self) -> PretrainedConfig:
@@ -40,7 +39,14 @@ class Pair:
 
     @property
     def weights_equal(self) -> bool:
-        return all(a == b for a, b in self.checksums.values())
+        """Every stock tensor equals the swapped model's tensor mapped back to HF names, bit for bit, now."""
+        stock_sd, back = _mapped_back(self.stock, self.swapped)
+        return all(torch.equal(stock_sd[key], back[key]) for key in stock_sd)
+
+    @functools.cached_property
+    def checksums(self) -> dict[str, tuple[str, str]]:
+        """HF key -> (checksum of the stock tensor, of the swapped tensor mapped back): a printable proof."""
+        return weight_checksums(self.stock, self.swapped)
 
 
 def build_pair(
@@ -65,7 +71,7 @@ def build_pair(
     bind_rope(swapped)
     return Pair(
         stock=stock.eval(), swapped=swapped.eval(), source=resolved.name, backend=backend, seed=seed,
-        dtype=dtype, device=device, fuse_qkv=fuse_qkv, checksums=weight_checksums(stock, swapped),
+        dtype=dtype, device=device, fuse_qkv=fuse_qkv,
     )
 
 
@@ -111,10 +117,16 @@ def _copy_weights(stock: PreTrainedModel, swapped: PreTrainedModel, *, fuse_qkv:
         swapped.tie_weights()
 
 
-def weight_checksums(stock: PreTrainedModel, swapped: PreTrainedModel) -> dict[str, tuple[str, str]]:
-    """Per HF key, the checksum of the stock tensor and of the swapped model's tensor mapped back."""
+def _mapped_back(stock: PreTrainedModel, swapped: PreTrainedModel) -> tuple[dict, dict]:
+    """The stock state dict, and the swapped one mapped back to HF names; the key sets must agree."""
     stock_sd = stock.state_dict()
     back = te_to_hf_state_dict(swapped.state_dict(), swapped.config)
     if back.keys() != stock_sd.keys():
         raise MappingError(f"swapped weights map back to different keys: {sorted(back.keys() ^ stock_sd.keys())}")
+    return stock_sd, back
+
+
+def weight_checksums(stock: PreTrainedModel, swapped: PreTrainedModel) -> dict[str, tuple[str, str]]:
+    """Per HF key, the checksum of the stock tensor and of the swapped model's tensor mapped back."""
+    stock_sd, back = _mapped_back(stock, swapped)
     return {key: (tensor_checksum(stock_sd[key]), tensor_checksum(back[key])) for key in stock_sd}
