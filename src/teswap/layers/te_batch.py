@@ -24,7 +24,7 @@ import torch
 from teswap.errors import UnsupportedInputError
 from teswap.layers.hf_inputs import DecoderInputs
 from teswap.layers.rope import RopeTable
-from teswap.layers.te_cache import TEKVState, te_cache_for
+from teswap.layers.te_cache import TEKVState, mark_unfilled, te_cache_for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +57,11 @@ def te_batch(te_module: Any, rope: RopeTable, config: Any, hidden_states: torch.
     key = (id(inputs.attention_mask), id(inputs.position_ids), id(inputs.cache))
     real = _real_tokens(inputs.attention_mask, seq_len)
     positions = _positions(inputs.position_ids, batch, seq_len, device)
-    state = te_cache_for(inputs.cache, config) if inputs.cache is not None else None
+    state = None
+    if inputs.cache is not None and torch.is_grad_enabled():  # TE's KV cache is inference-only
+        mark_unfilled(inputs.cache)
+    elif inputs.cache is not None:
+        state = te_cache_for(inputs.cache, config)
     if state is None and real is None:  # TE's plain causal forward
         _require(positions == positions[:1], "rows of position_ids differ in an unpadded batch; TE's RoPE "
                                              "takes one table for all rows")

@@ -64,7 +64,7 @@ class TEKVState:
                 raise UnsupportedInputError(
                     f"a row would hold {max(held) + 1} tokens but TE's KV cache was allocated for "
                     f"{self.capacity}: pass cache=TEKVCache(config, max_sequence_length=N) "
-                    "(past_key_values= on transformers < 5.20) to generate()")
+                    "(past_key_values= on older transformers, e.g. 5.17) to generate()")
         if max(new_lengths) > self.capacity:
             raise UnsupportedInputError(f"the prompt has {max(new_lengths)} tokens but TE's KV cache was "
                                         f"allocated for {self.capacity}: pass TEKVCache(config, max_sequence_length=N)")
@@ -155,15 +155,32 @@ class TEKVCache(Cache):
 
     def __init__(self, config: PretrainedConfig, max_sequence_length: int | None = None) -> None:
         self.state = TEKVState(config, max_sequence_length)
-        super().__init__(layers=te_cache_layers(self.state, config.num_hidden_layers))
+        layers: list[Any] = te_cache_layers(self.state, config.num_hidden_layers)
+        super().__init__(layers=layers)
 
 
 def te_cache_layers(state: TEKVState, num_layers: int) -> list[TECacheLayer]:
     return [TECacheLayer(state, index + 1) for index in range(num_layers)]
 
 
+def mark_unfilled(cache: Any) -> None:
+    """A forward with gradients enabled (training) runs TE without its KV cache; the HF cache stays empty.
+
+    LlamaModel makes a cache whenever config.use_cache is on, training included. The cache is marked
+    so that decoding from it later is refused instead of starting from nothing.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers and isinstance(layers[0], TECacheLayer):
+        raise UnsupportedInputError("TE's KV cache is inference-only (its K/V copies carry no gradient): run "
+                                    "cached generation under torch.no_grad()")
+    cache._teswap_unfilled = True
+
+
 def te_cache_for(cache: Any, config: PretrainedConfig) -> TEKVState:
     """The TE state behind an HF cache handed to the te layers, adopting a fresh DynamicCache."""
+    if getattr(cache, "_teswap_unfilled", False):
+        raise UnsupportedInputError("this cache went through a te forward with gradients enabled, which runs "
+                                    "without TE's KV cache and leaves it empty; decode with a fresh cache")
     layers = getattr(cache, "layers", None)
     if layers and isinstance(layers[0], TECacheLayer):
         return layers[0].state

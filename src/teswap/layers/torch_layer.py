@@ -27,7 +27,6 @@ from torch import nn
 
 from teswap.precision.gemm import GemmSite, NoopCat, fuse_in_place, is_view_chain
 
-
 InitMethod = Callable[[torch.Tensor], object]
 # (new keys, new values) as [b, heads, s, d] -> every cached key and value, same layout (HF's Cache.update)
 KVUpdate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

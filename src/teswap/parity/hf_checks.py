@@ -28,14 +28,14 @@ def cache_kwarg(model: nn.Module) -> str:
 @torch.no_grad()
 def greedy_sequence(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """Prompt plus `new_tokens` greedy tokens from generate() with its default (dynamic) KV cache."""
-    return model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                          use_cache=True, pad_token_id=0)
+    return model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,  # type: ignore[operator]
+                          do_sample=False, use_cache=True, pad_token_id=0)
 
 
 @torch.no_grad()
 def cached_step_logits(model: nn.Module, sequence: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """[b, n, vocab]: logits predicting tokens prompt_len.. of `sequence`, prefill then one token per step."""
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config)  # type: ignore[arg-type]  # a PreTrainedModel's config
     name = cache_kwarg(model)
     logits = [model(sequence[:, :prompt_len], use_cache=True, **{name: cache}).logits[:, -1]]
     for position in range(prompt_len, sequence.shape[1] - 1):

@@ -48,7 +48,7 @@ def swapped_model_class(base: type, decoder_cls: type) -> type:
 
 def prepare_swapped_config(config: PretrainedConfig) -> None:
     """Drop the tensor-parallel plan from a config a swapped model is about to be built from."""
-    config.base_model_tp_plan = None
+    config.base_model_tp_plan = None  # type: ignore[misc]  # an instance value shadows the class plan
 
 
 def finish_swapped_model(model: PreTrainedModel, decoder_cls: type) -> None:
@@ -56,7 +56,7 @@ def finish_swapped_model(model: PreTrainedModel, decoder_cls: type) -> None:
     model._no_split_modules = {decoder_cls.__name__}  # post_init merged the stock "LlamaDecoderLayer" in
     for module in (model, model.base_model):
         if getattr(module, "_tp_plan", None):
-            module._tp_plan = {}
+            module._tp_plan = {}  # type: ignore[assignment]
 
 
 def refuse_tensor_parallel(tp_plan: Any) -> None:
