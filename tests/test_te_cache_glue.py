@@ -132,3 +132,13 @@ def test_a_training_forward_runs_without_tes_inference_only_cache(pair):
     with pytest.raises(UnsupportedInputError, match="gradients enabled"), torch.no_grad():
         pair.swapped(ids[:, :1], **{cache_kwarg(pair.swapped): out.cache if hasattr(out, "cache") else
                                     out.past_key_values})
+
+
+def test_hidden_states_are_recorded_from_the_te_layers(pair):
+    ids = random_ids(pair.config.vocab_size, batch=2, seq=8)
+    with torch.no_grad():
+        swapped = pair.swapped(ids, output_hidden_states=True, use_cache=False).hidden_states
+        stock = pair.stock(ids, output_hidden_states=True).hidden_states
+    assert len(swapped) == pair.config.num_hidden_layers + 1
+    assert all(rel_max_err(ours, theirs) <= 1e-5 for ours, theirs in zip(swapped, stock, strict=True))
+    assert pair.swapped._no_split_modules == {"TELlamaDecoderLayer"}
