@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import sys
 import types
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -109,6 +110,7 @@ class TransformerLayer(torch_layer.TransformerLayer):
                     num_gqa_groups=args["num_gqa_groups"] or num_attention_heads, kv_channels=kv_channels,
                     layernorm_epsilon=args["layernorm_epsilon"], layer_number=args["layer_number"] or 1,
                     fuse_qkv_params=args["fuse_qkv_params"], attention_dropout=args["attention_dropout"],
+                    init_method=args.get("init_method"), output_layer_init_method=args.get("output_layer_init_method"),
                 )
             finally:
                 torch.set_default_dtype(previous)
@@ -210,7 +212,9 @@ def install(monkeypatch) -> types.ModuleType:
     recipe.Format = Format
     for name in RECIPE_FIELDS:
         setattr(recipe, name, _recipe_class(name))
-    pytorch.TransformerLayer = TransformerLayer
+    pytorch.TransformerLayer = TransformerLayerWithInference
+    pytorch.InferenceParams = InferenceParams
+    INFERENCE_PARAMS_MADE.clear()
     pytorch.autocast = autocast
     pytorch.is_fp8_available = is_fp8_available
     pytorch.__teswap_standin__ = True
@@ -220,3 +224,163 @@ def install(monkeypatch) -> types.ModuleType:
                          ("transformer_engine.common", common), ("transformer_engine.common.recipe", recipe)):
         monkeypatch.setitem(sys.modules, name, module)
     return pytorch
+
+
+# --- TE's KV cache and padding mask types (transformer_engine/pytorch/attention/inference.py and
+# dot_product_attention/, 2.20.0.dev0, commit d0067d0). Emulated on CPU to test OUR bridge to
+# generate(); the attention math is still the twin's.
+
+INFERENCE_PARAMS_INIT_PARAMS = (
+    "max_batch_size", "max_sequence_length", "num_heads_kv", "head_dim_k", "dtype", "head_dim_v", "is_paged",
+    "total_num_pages", "page_size", "max_ctx_len", "qkv_format", "custom_cache_manager",
+)
+INFERENCE_PARAMS_MADE: list = []
+
+
+class NonPagedKVCacheManager:
+    """TE's non-paged manager: cache[layer_number] = (k, v) as [max_batch, max_seqlen, heads, dim]."""
+
+    def __init__(self, max_batch_size, max_seqlen, num_heads, head_dim_k, dtype, head_dim_v=None):
+        self.max_batch_size, self.max_seqlen, self.num_heads = max_batch_size, max_seqlen, num_heads
+        self.head_dim_k, self.head_dim_v, self.dtype = head_dim_k, head_dim_v or head_dim_k, dtype
+        self.sequences: OrderedDict = OrderedDict()
+        self.cache: dict = {}
+
+    def allocate_memory(self, layer_number):
+        shape = (self.max_batch_size, self.max_seqlen, self.num_heads)
+        self.cache[layer_number] = (torch.zeros(*shape, self.head_dim_k, dtype=self.dtype),
+                                    torch.zeros(*shape, self.head_dim_v, dtype=self.dtype))
+
+    def pre_step(self, step_dict):
+        """As TE's: sequences it holds advance by ONE token, new ones start at their step length."""
+        finished = self.sequences.keys() - step_dict.keys()
+        if finished:
+            raise NotImplementedError("the stand-in does not emulate TE's re-indexing of finished sequences")
+        for seq in self.sequences:
+            self.sequences[seq] += 1
+        for seq in step_dict.keys() - self.sequences.keys():
+            self.sequences[seq] = step_dict[seq]
+        return self.sequences
+
+    def step(self, layer_number, new_k, new_v, cu_new_seqlens, cu_cached_seqlens, qkv_format):
+        """copy_to_kv_cache for bshd: row b's first new_len tokens land at [total - new_len, total)."""
+        assert qkv_format == "bshd", "the stand-in emulates bshd only"
+        k_cache, v_cache = self.cache[layer_number]
+        for row in range(new_k.shape[0]):
+            new_len = int(cu_new_seqlens[row + 1] - cu_new_seqlens[row])
+            total = int(cu_cached_seqlens[row + 1] - cu_cached_seqlens[row])
+            k_cache[row, total - new_len:total] = new_k[row, :new_len]
+            v_cache[row, total - new_len:total] = new_v[row, :new_len]
+        return k_cache[: new_k.shape[0]], v_cache[: new_k.shape[0]]
+
+
+class InferenceParams:
+    """TE >= 2.2's InferenceParams (non-paged, bshd), its constructor checked against TE's signature."""
+
+    def __init__(self, max_batch_size, max_sequence_length, **kwargs):
+        unknown = sorted(set(kwargs) - set(INFERENCE_PARAMS_INIT_PARAMS))
+        if unknown:
+            raise TypeError(f"InferenceParams.__init__() got unexpected keyword arguments {unknown}")
+        assert all(kwargs.get(x) is not None for x in ("num_heads_kv", "head_dim_k", "dtype")), \
+            "num_heads_kv, head_dim_k, and dtype are required for InferenceParams since Transformer Engine 2.2."
+        if kwargs.get("is_paged") or kwargs.get("qkv_format", "bshd") != "bshd":
+            raise NotImplementedError("the stand-in emulates TE's non-paged bshd cache only")
+        self.max_batch_size, self.max_sequence_length = max_batch_size, max_sequence_length
+        self.init_kwargs = {"max_batch_size": max_batch_size, "max_sequence_length": max_sequence_length, **kwargs}
+        self.cache_manager = NonPagedKVCacheManager(max_batch_size, max_sequence_length, kwargs["num_heads_kv"],
+                                                    kwargs["head_dim_k"], kwargs["dtype"], kwargs.get("head_dim_v"))
+        self.sequences: OrderedDict = OrderedDict()
+        self.cu_seqlens_q = torch.zeros(max_batch_size + 1, dtype=torch.int32)
+        self.cu_seqlens_kv = torch.zeros(max_batch_size + 1, dtype=torch.int32)
+        self.pre_step_seqlens = torch.zeros(max_batch_size, dtype=torch.int32)
+        self.steps: list[dict] = []
+        INFERENCE_PARAMS_MADE.append(self)
+
+    def allocate_memory(self, layer_number):
+        self.cache_manager.allocate_memory(layer_number)
+
+    def reset(self):
+        self.sequences = OrderedDict()
+        self.cache_manager.sequences = OrderedDict()
+
+    def pre_step(self, step_dict):
+        self.steps.append(dict(step_dict))
+        self.sequences = self.cache_manager.pre_step(step_dict)
+        before = [held - step_dict[seq] for seq, held in self.sequences.items()]
+        self.pre_step_seqlens[: len(before)] = torch.tensor(before, dtype=torch.int32)
+        self.cu_seqlens_q = _cumulative(list(step_dict.values()), self.max_batch_size)
+        self.cu_seqlens_kv = _cumulative(list(self.sequences.values()), self.max_batch_size)
+
+    def get_seqlens_pre_step(self):
+        return self.pre_step_seqlens
+
+    def step(self, layer_number, new_k, new_v, qkv_format):
+        k_cache, v_cache = self.cache_manager.step(layer_number, new_k, new_v, self.cu_seqlens_q,
+                                                   self.cu_seqlens_kv, qkv_format)
+        return k_cache, v_cache, self.cu_seqlens_q, self.cu_seqlens_kv, self.max_sequence_length, qkv_format
+
+
+def _cumulative(lengths, max_batch):
+    cumulative = [0]
+    for length in lengths:
+        cumulative.append(cumulative[-1] + length)
+    cumulative += [cumulative[-1]] * (max_batch - len(lengths))
+    return torch.tensor(cumulative, dtype=torch.int32)
+
+
+class TransformerLayerWithInference(TransformerLayer):
+    """Adds TE's per-call padding mask types and KV cache (inference_params) to the stand-in layer.
+
+    TE semantics emulated: bshd padding masks are read only as row LENGTHS (get_cu_seqlens counts the
+    unmasked tokens; each row's first L tokens are taken as real); under inference_params TE appends
+    K/V through InferenceParams.step, offsets RoPE per row by get_seqlens_pre_step(), and turns
+    padding_causal into padding_causal_bottom_right.
+    """
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        mask_type = kwargs.get("self_attn_mask_type") or "causal"
+        params = kwargs.get("inference_params")
+        if mask_type == "causal" and params is None:
+            return super().forward(hidden_states, **kwargs)
+        unknown = sorted(set(kwargs) - set(TRANSFORMER_LAYER_FORWARD_PARAMS))
+        if unknown:
+            raise TypeError(f"TransformerLayer.forward() got unexpected keyword arguments {unknown}")
+        assert mask_type in ("padding", "padding_causal"), f"stand-in emulates no mask type {mask_type!r}"
+        self.forward_calls.append(kwargs)
+        self.self_attention.softmax_scale = self.self_attention.core_attention.effective_scale()
+        freqs, batch, seq_len = kwargs["rotary_pos_emb"], hidden_states.shape[0], hidden_states.shape[1]
+        if params is None:
+            mask = kwargs["attention_mask"]
+            assert mask is not None and mask.dtype == torch.bool, "Attention mask must be in boolean type!"
+            assert mask.shape == (batch, 1, 1, seq_len), "a self-attention padding mask is [b, 1, 1, s]"
+            lengths = (~mask[:, 0, 0, :]).sum(-1)  # TE's get_cu_seqlens
+            attend = _te_attend(lengths, lengths, seq_len, seq_len, "causal" in mask_type, bottom_right=False)
+            return torch_layer.TransformerLayer.forward(self, hidden_states, freqs[:seq_len], attend)
+        if self.layer_number not in params.cache_manager.cache:
+            params.allocate_memory(self.layer_number)
+        starts = params.get_seqlens_pre_step()[:batch].long()
+        per_row = freqs[starts[:, None] + torch.arange(seq_len)]  # [b, s, 1, 1, d]: TE's start_positions
+        lengths_q = (params.cu_seqlens_q[1:] - params.cu_seqlens_q[:-1])[:batch]
+        lengths_kv = (params.cu_seqlens_kv[1:] - params.cu_seqlens_kv[:-1])[:batch]
+        attend = _te_attend(lengths_q, lengths_kv, seq_len, params.max_sequence_length, True, bottom_right=True)
+
+        def kv_update(keys, values):
+            k_cache, v_cache, *_ = params.step(self.layer_number, keys.transpose(1, 2).contiguous(),
+                                               values.transpose(1, 2).contiguous(), "bshd")
+            return k_cache.transpose(1, 2), v_cache.transpose(1, 2)
+
+        return torch_layer.TransformerLayer.forward(self, hidden_states, per_row[:, :, 0].transpose(0, 1),
+                                                    attend, kv_update)
+
+
+def _te_attend(lengths_q, lengths_kv, s_q, s_kv, causal, *, bottom_right):
+    """[b, 1, s_q, s_kv] True = attend: row b's first lengths_q queries over its first lengths_kv keys."""
+    q = torch.arange(s_q)[None, :, None]
+    k = torch.arange(s_kv)[None, None, :]
+    attend = k < lengths_kv[:, None, None]
+    if causal:
+        offset = (lengths_kv - lengths_q)[:, None, None] if bottom_right else 0
+        attend = attend & (k <= q + offset)
+    padded_query = q >= lengths_q[:, None, None]
+    attend = attend | (padded_query & (k == 0))  # TE zero-fills padded query rows; any finite value will do
+    return attend[:, None]

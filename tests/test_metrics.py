@@ -208,3 +208,19 @@ def test_token_match_rates_up_to_first_divergence_and_overall():
 def test_token_shapes_must_agree():
     with pytest.raises(MetricInputError, match="token ids shapes differ"):
         token_match_rate(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_a_position_mask_leaves_pad_positions_out():
+    ref = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(0))
+    test = ref.clone()
+    test[0, :2] += 100.0  # garbage at two "pad" positions
+    real = torch.ones(2, 5, dtype=torch.bool)
+    real[0, :2] = False
+    assert logits_metrics(test, ref, mask=real).max_abs == 0.0
+    assert logits_metrics(test, ref).max_abs == pytest.approx(100.0)
+    hidden = [test[..., :4]], [ref[..., :4]]
+    assert layer_errors(*hidden, mask=real)[0].rel_error == 0.0 < layer_errors(*hidden)[0].rel_error
+    with pytest.raises(MetricInputError, match="bool of shape"):
+        logits_metrics(test, ref, mask=real.long())
+    with pytest.raises(MetricInputError, match="no position"):
+        logits_metrics(test, ref, mask=torch.zeros_like(real))

@@ -40,10 +40,10 @@ def test_swapped_model_gets_no_per_layer_rope_tables_or_extra_tensors():
     assert [n for n, _ in pair.swapped.named_buffers() if ".layers." in n] == []
 
 
-def test_swapped_config_disables_cache_without_touching_stock():
+def test_swapped_config_keeps_stocks_cache_setting_and_sdpa():
     pair = build_pair("tiny")
-    assert pair.swapped.config.use_cache is False
-    assert pair.stock.config.use_cache is True
+    assert pair.swapped.config.use_cache is pair.stock.config.use_cache is True
+    assert pair.swapped.config._attn_implementation == "sdpa"
 
 
 def test_config_source_is_not_mutated():

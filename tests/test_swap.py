@@ -18,6 +18,7 @@ from teswap.swap.mapping import hf_to_te_state_dict
 from teswap.swap.presets import tiny
 
 ORIGINAL = modeling_llama.LlamaDecoderLayer
+ORIGINAL_MODEL = modeling_llama.LlamaModel
 
 
 class Marker(TorchLlamaDecoderLayer):
@@ -27,7 +28,10 @@ class Marker(TorchLlamaDecoderLayer):
 def test_patch_active_inside_and_restored_after():
     with replace_decoder(Marker):
         assert modeling_llama.LlamaDecoderLayer is Marker
+        assert issubclass(modeling_llama.LlamaModel, ORIGINAL_MODEL)  # its HF metadata names Marker
+        assert modeling_llama.LlamaModel._can_record_outputs == {"hidden_states": Marker}
     assert modeling_llama.LlamaDecoderLayer is ORIGINAL
+    assert modeling_llama.LlamaModel is ORIGINAL_MODEL
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
@@ -41,8 +45,9 @@ def test_nested_swaps_restore_level_by_level():
     with replace_decoder(Marker):
         with replace_decoder(TorchLlamaDecoderLayerFusedQKV):
             assert modeling_llama.LlamaDecoderLayer is TorchLlamaDecoderLayerFusedQKV
+            assert modeling_llama.LlamaModel.__bases__ == (ORIGINAL_MODEL,)  # not a subclass of a subclass
         assert modeling_llama.LlamaDecoderLayer is Marker
-    assert modeling_llama.LlamaDecoderLayer is ORIGINAL
+    assert modeling_llama.LlamaDecoderLayer is ORIGINAL and modeling_llama.LlamaModel is ORIGINAL_MODEL
 
 
 def test_unknown_family_is_a_clear_error():

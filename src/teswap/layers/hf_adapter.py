@@ -3,10 +3,11 @@
 HF's LlamaModel calls its decoder layers as
     layer(hidden_states, attention_mask=..., position_embeddings=(cos, sin), position_ids=...,
           cache=..., use_cache=..., **kwargs)          (transformers 5.24; 5.17 says past_key_values=)
-and expects a tensor back. `HFDecoderCall.forward` is that call for both backends: it refuses what a
-TE-layout layer cannot honour (`check_decoder_call`), so a swapped model never silently computes
-something else than the stock one, takes the RoPE table for the positions, and hands the backend's
-`te_forward` TE's arguments.
+and expects a tensor back. `HFDecoderCall.forward` is that call for both backends: it sorts the
+arguments into `DecoderInputs` and refuses what a TE-layout layer cannot honour (hf_inputs.py), so a
+swapped model never silently computes something else than the stock one, then hands them to the
+backend's `te_forward`, which turns them into its attention's terms (the twin: HF's mask, Cache and
+per-row RoPE; te: TE's padding mask, InferenceParams and RoPE table).
 """
 
 from __future__ import annotations
@@ -16,16 +17,13 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig
 
-from teswap.errors import MappingError, UnsupportedConfigError, UnsupportedInputError
+from teswap.errors import MappingError, UnsupportedConfigError
+from teswap.layers.hf_inputs import DecoderInputs, decoder_inputs
 from teswap.layers.rope import RopeTable
+from teswap.layers.torch_layer import normal_init
 
 # Set on a swapped layer by a checkpoint load under the swap (teswap.swap.loading); checked when it ends.
 FROM_CHECKPOINT = "_teswap_from_checkpoint"
-# Packed-sequence (varlen) arguments of flash-attention paths: TE would need cu_seqlens and a
-# "padding_causal"/"thd" setup that these layers do not build.
-_PACKED_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-# Passed by some transformers versions and harmless: positions come from position_ids.
-_IGNORED_KWARGS = ("cache_position", "output_attentions", "position_embeddings_local")
 
 
 def head_dim_of(config: PretrainedConfig) -> int:
@@ -62,44 +60,20 @@ def te_layer_kwargs(config: PretrainedConfig, layer_idx: int) -> dict[str, Any]:
         "layernorm_epsilon": config.rms_norm_eps,
         "layer_number": layer_idx + 1,  # TE keys its KV cache by layer_number
         "attention_dropout": float(getattr(config, "attention_dropout", 0.0) or 0.0),
+        # Fresh weights as HF initialises its linears (TE's own default std is 0.023).
+        "init_method": normal_init(config.initializer_range),
+        "output_layer_init_method": normal_init(config.initializer_range),
     }
 
 
-def check_decoder_call(
-    *,
-    attention_mask: torch.Tensor | None,
-    cache: Any,
-    past_key_values: Any,
-    use_cache: bool | None,
-    seq_len: int,
-    kwargs: dict[str, Any],
-) -> None:
-    """Raise UnsupportedInputError for anything in an HF decoder call the swapped layer cannot honour."""
-    if use_cache or cache is not None or past_key_values is not None:
-        raise UnsupportedInputError(
-            "the swapped decoder layers have no KV cache yet: pass use_cache=False "
-            "(generate(..., use_cache=False)); a cache would be created that these layers never update"
-        )
-    if attention_mask is not None and not is_plain_causal_mask(attention_mask, seq_len):
-        raise UnsupportedInputError(
-            "padding attention masks are not supported by the swapped layers (TE's causal mask type "
-            "ignores the mask); run unpadded batches of equal length"
-        )
-    for name, value in kwargs.items():
-        if name in _IGNORED_KWARGS or value is None or value is False:
-            continue
-        if name in _PACKED_KWARGS:
-            raise UnsupportedInputError(f"packed sequences ({name}) are not supported by the swapped layers")
-        raise UnsupportedInputError(f"the swapped decoder layer does not honour the argument {name}={value!r}")
+def keep_fresh_weights(layer: torch.nn.Module) -> None:
+    """Mark a new layer's parameters initialised, so HF's post_init leaves them as the layer made them.
 
-
-def is_plain_causal_mask(mask: torch.Tensor, seq_len: int) -> bool:
-    """True when a 4D HF mask (bool True=attend, or additive float) is exactly lower-triangular causal."""
-    if mask.dim() != 4 or mask.shape[-2:] != (seq_len, seq_len):
-        return False
-    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=mask.device).tril()
-    attend = mask if mask.dtype == torch.bool else mask == 0
-    return bool((attend == causal).all())
+    HF's _init_weights sets `.weight = 1` on any module whose class name contains "LayerNorm":
+    that would hit a fused QKV `LayerNormLinear.weight`.
+    """
+    for param in layer.parameters():
+        param._is_hf_initialized = True  # type: ignore[attr-defined]
 
 
 def check_loaded(layer: torch.nn.Module) -> None:
@@ -123,14 +97,15 @@ class HFDecoderCall:
     """HF's decoder-layer call over a TE-layout layer; a backend's class puts this first in its bases."""
 
     rope: RopeTable  # the model's shared table (`bind_rope`)
+    hf_config: PretrainedConfig  # read at call time: output_attentions may be set on the config
 
     def train(self, mode: bool = True):  # type: ignore[no-untyped-def]
         """nn.Module.train, after checking a checkpoint load (from_pretrained ends with model.eval())."""
         check_loaded(self)  # type: ignore[arg-type]
         return super().train(mode)  # type: ignore[misc]
 
-    def te_forward(self, hidden_states: torch.Tensor, rotary_pos_emb: torch.Tensor) -> torch.Tensor:
-        """The backend's TransformerLayer forward on bshd input with TE's fp32 [s, 1, 1, d] freqs."""
+    def te_forward(self, hidden_states: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
+        """The backend's TransformerLayer forward on bshd input, honouring `inputs` or refusing them."""
         raise NotImplementedError
 
     def forward(
@@ -144,7 +119,9 @@ class HFDecoderCall:
         past_key_values: Any = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        seq_len = hidden_states.shape[1]
-        check_decoder_call(attention_mask=attention_mask, cache=cache, past_key_values=past_key_values,
-                           use_cache=use_cache, seq_len=seq_len, kwargs=kwargs)
-        return self.te_forward(hidden_states, self.rope.freqs(position_ids, seq_len, hidden_states.device))
+        # use_cache needs nothing here: LlamaModel makes the cache; position_embeddings (HF's cos/sin)
+        # are replaced by TE-layout freqs from the same inv_freq.
+        inputs = decoder_inputs(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+                                cache=cache, past_key_values=past_key_values, kwargs=kwargs,
+                                output_attentions_config=bool(getattr(self.hf_config, "output_attentions", False)))
+        return self.te_forward(hidden_states, inputs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,41 +27,54 @@ class RopeTable:
     def __init__(self, rotary_emb: nn.Module) -> None:
         self.rotary_emb = rotary_emb  # the HF model's module (not registered: no state-dict entry)
         self._cached: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        # What one forward's first layer works out for all layers of the model (the te backend's TEBatch).
+        self.per_forward: dict[str, Any] = {}
 
     @property
     def attention_scaling(self) -> float:
         return float(getattr(self.rotary_emb, "attention_scaling", 1.0))
 
     def freqs(self, position_ids: torch.Tensor | None, seq_len: int, device: torch.device) -> torch.Tensor:
-        """fp32 [s, 1, 1, d] = cat(f, f) at `position_ids` ([1, s], or [b, s] with equal rows) or 0..s-1."""
+        """fp32 cat(f, f) at `position_ids`: [s, 1, 1, d] for [s] or [1, s] (TE's layout), [s, b, 1, d] for [b, s].
+
+        No position_ids means 0..s-1. Rows are never compared (that would be a host sync): a [b, s]
+        tensor gets per-row freqs, which equal the shared table when the rows are equal.
+        """
         inv_freq = self.rotary_emb.get_buffer("inv_freq")
+        if torch.compiler.is_compiling():  # no Python-side cache in a traced graph
+            return self._angles(self._positions(position_ids, seq_len, device), inv_freq)
         version = inv_freq._version  # dynamic rope rewrites inv_freq in place
         cached = self._cached
         if cached is not None and cached[0] is position_ids and cached[1] == version and position_ids is not None:
             return cached[2]
-        positions = self._positions(position_ids, seq_len, device)
-        angles = torch.outer(positions, inv_freq.to(device=device, dtype=torch.float32))
-        result = torch.cat((angles, angles), dim=-1).reshape(seq_len, 1, 1, -1)
+        result = self._angles(self._positions(position_ids, seq_len, device), inv_freq)
         if position_ids is not None:  # holding the tensor keeps its id from being reused
             self._cached = (position_ids, version, result)
         return result
 
+    def table(self, length: int, device: torch.device) -> torch.Tensor:
+        """fp32 [length, 1, 1, d] at positions 0..length-1: TE's table, which TE indexes per row itself."""
+        inv_freq = self.rotary_emb.get_buffer("inv_freq")
+        return self._angles(torch.arange(length, device=device, dtype=torch.float32)[:, None], inv_freq)
+
+    @staticmethod
+    def _angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+        """[s, rows] positions -> [s, rows, 1, d] angles."""
+        angles = positions[..., None] * inv_freq.to(device=positions.device, dtype=torch.float32)
+        return torch.cat((angles, angles), dim=-1).unsqueeze(2)
+
     @staticmethod
     def _positions(position_ids: torch.Tensor | None, seq_len: int, device: torch.device) -> torch.Tensor:
+        """Positions as fp32 [s, rows] (rows = 1 when shared by the batch)."""
         if position_ids is None:
-            return torch.arange(seq_len, device=device, dtype=torch.float32)
+            return torch.arange(seq_len, device=device, dtype=torch.float32)[:, None]
         if position_ids.dim() == 1:
             position_ids = position_ids.unsqueeze(0)
         if position_ids.shape[-1] != seq_len:
             raise UnsupportedInputError(
                 f"position_ids cover {position_ids.shape[-1]} positions but the input has {seq_len}"
             )
-        if position_ids.shape[0] > 1 and not bool((position_ids == position_ids[:1]).all()):
-            raise UnsupportedInputError(
-                "per-row position_ids (left padding, packed sequences) are not supported by the swapped "
-                "layers: TE's rotary_pos_emb is one [s, 1, 1, d] table for the whole batch"
-            )
-        return position_ids[0].to(device=device, dtype=torch.float32)
+        return position_ids.to(device=device, dtype=torch.float32).transpose(0, 1)
 
 
 _TABLES_BY_CONFIG: dict[int, RopeTable] = {}

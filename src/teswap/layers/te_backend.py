@@ -4,7 +4,10 @@ The class is made on demand because importing TE needs a CUDA build of its PyTor
 module itself imports nothing from TE. Differences from TE's te_llama example, on purpose:
 RoPE from the HF model's own inv_freq (one shared table), attention_scaling honoured through the
 softmax scale, kv_channels = config head_dim, layer_number = layer_idx + 1, a tensor returned,
-cache / padding / packed inputs refused instead of silently ignored.
+fresh weights from config.initializer_range. HF's padding masks, per-row positions and KV cache go
+through TE's own means: the padding_causal mask type on rows whose real tokens come first, and
+InferenceParams behind HF's Cache interface (te_batch.py, te_cache.py); what TE cannot express is
+refused, never ignored.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import torch
 from transformers import PretrainedConfig
 
 from teswap.errors import UnsupportedConfigError
-from teswap.layers.hf_adapter import HFDecoderCall, te_layer_kwargs
+from teswap.layers.hf_adapter import HFDecoderCall, keep_fresh_weights, te_layer_kwargs
+from teswap.layers.hf_inputs import DecoderInputs
 from teswap.layers.rope import attention_softmax_scale, shared_table_for
+from teswap.layers.te_batch import TEBatch, te_batch
 
 # TE's DotProductAttention keeps its softmax scale on itself and on each attention backend; TE's
 # TransformerLayer has no softmax_scale argument (always 1/sqrt(kv_channels)).
@@ -66,14 +71,29 @@ def te_decoder_class(*, fuse_qkv: bool = False) -> type:
         def __init__(self, config: PretrainedConfig, layer_idx: int) -> None:
             kwargs = te_transformer_layer_kwargs(config, layer_idx, fuse_qkv=fuse_qkv)
             super().__init__(**kwargs)
+            keep_fresh_weights(self)
             self.layer_idx = layer_idx
+            self.hf_config = config
             self.rope = shared_table_for(config)  # `bind_rope` re-points it at the model's own
             if self.rope.attention_scaling != 1.0:
                 set_softmax_scale(self, attention_softmax_scale(self.rope, kwargs["kv_channels"]))
 
-        def te_forward(self, hidden_states: torch.Tensor, rotary_pos_emb: torch.Tensor) -> torch.Tensor:
-            # Mask type "causal": TE builds the causal mask itself; a padded mask was refused by forward.
-            return te.TransformerLayer.forward(self, hidden_states, attention_mask=None, rotary_pos_emb=rotary_pos_emb)
+        def te_forward(self, hidden_states: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
+            batch = self._batch(hidden_states, inputs)
+            out = te.TransformerLayer.forward(
+                self, batch.to_te(hidden_states), attention_mask=batch.attention_mask,
+                self_attn_mask_type=batch.mask_type, rotary_pos_emb=batch.freqs,
+                inference_params=batch.inference_params,
+            )
+            return batch.from_te(out)
+
+        def _batch(self, hidden_states: torch.Tensor, inputs: DecoderInputs) -> TEBatch:
+            """The first layer works out TE's view of the forward (and steps the KV cache); the others reuse it."""
+            shared = self.rope.per_forward
+            key = (id(inputs.attention_mask), id(inputs.position_ids), id(inputs.cache))
+            if self.layer_idx == 0 or shared.get("te_batch") is None or shared["te_batch"].key != key:
+                shared["te_batch"] = te_batch(te, self.rope, self.hf_config, hidden_states, inputs)
+            return shared["te_batch"]
 
     if fuse_qkv:
         TELlamaDecoderLayer.__name__ = TELlamaDecoderLayer.__qualname__ = "TELlamaDecoderLayerFusedQKV"

@@ -85,9 +85,14 @@ class TokenMatch:
         return {"prefix_match_rate": self.prefix_match_rate, "overall_match_rate": self.overall_match_rate}
 
 
-def logits_metrics(test: torch.Tensor, ref: torch.Tensor) -> LogitsMetrics:
-    """All logits metrics of `test` against `ref` (same shape, vocab last)."""
+def logits_metrics(test: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None) -> LogitsMetrics:
+    """All logits metrics of `test` against `ref` (same shape, vocab last).
+
+    `mask`: optional bool over the positions (the shape without the vocab dim), True = include; pad
+    positions of a padded batch are left out this way.
+    """
     _check_same_shape("logits", test, ref)
+    test, ref = _included(test, mask, "logits"), _included(ref, mask, "logits")
     if test.dim() == 0 or test.numel() == 0:
         raise MetricInputError(
             f"logits must have a vocab dimension and be non-empty; got shape {tuple(test.shape)}")
@@ -136,14 +141,19 @@ def grad_summary(metrics: Mapping[str, GradMetric]) -> dict[str, float]:
     return {"grad_rel_norm_error": worst_grad(metrics).rel_norm_error, "grad_cosine": lowest_cosine}
 
 
-def layer_errors(test_hidden: Sequence[torch.Tensor], ref_hidden: Sequence[torch.Tensor]) -> list[LayerError]:
-    """Per layer (index i = the i-th tensor given), the relative and max abs error of its output."""
+def layer_errors(test_hidden: Sequence[torch.Tensor], ref_hidden: Sequence[torch.Tensor],
+                 mask: torch.Tensor | None = None) -> list[LayerError]:
+    """Per layer (index i = the i-th tensor given), the relative and max abs error of its output.
+
+    `mask`: optional bool over the positions ([batch, seq] for [batch, seq, hidden]), True = include.
+    """
     if len(test_hidden) != len(ref_hidden):
         raise MetricInputError(f"layer counts differ: test has {len(test_hidden)}, ref has {len(ref_hidden)}")
     errors = []
     for layer, (test, ref) in enumerate(zip(test_hidden, ref_hidden, strict=True)):
         _check_same_shape(f"layer {layer} hidden states", test, ref)
-        test64, ref64 = _f64(test), _f64(ref)
+        what = f"layer {layer} hidden states"
+        test64, ref64 = _f64(_included(test, mask, what)), _f64(_included(ref, mask, what))
         max_abs = (test64 - ref64).abs().max().item() if test64.numel() else 0.0
         errors.append(LayerError(layer=layer, rel_error=_rel_norm_error(test64, ref64), max_abs=max_abs))
     return errors
@@ -194,6 +204,18 @@ def token_match_rate(test_tokens: torch.Tensor, ref_tokens: torch.Tensor) -> Tok
         overall_match_rate=equal.double().mean().item(),
         first_mismatch=first_mismatch,
     )
+
+
+def _included(tensor: torch.Tensor, mask: torch.Tensor | None, what: str) -> torch.Tensor:
+    """The [n, last] rows of `tensor` at the positions `mask` includes (all of them when mask is None)."""
+    if mask is None:
+        return tensor
+    if mask.dtype != torch.bool or tuple(mask.shape) != tuple(tensor.shape[:-1]):
+        raise MetricInputError(f"{what}: the mask must be bool of shape {tuple(tensor.shape[:-1])} (the positions); "
+                               f"got {mask.dtype} {tuple(mask.shape)}")
+    if not bool(mask.any()):
+        raise MetricInputError(f"{what}: the mask includes no position")
+    return tensor[mask.to(tensor.device)]
 
 
 def _f64(tensor: torch.Tensor) -> torch.Tensor:

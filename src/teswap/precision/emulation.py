@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from teswap.errors import UnsupportedConfigError
 from teswap.precision.recipes import DelayedScaling, Float8CurrentScaling, Recipe, fp8_max
 
 FP32_MAX = torch.finfo(torch.float32).max
@@ -55,8 +56,18 @@ class _Region:
 _REGION: ContextVar[_Region | None] = ContextVar("teswap_fp8_region", default=None)
 
 
+# How many fp8_autocast regions are open in any thread: a traced graph (torch.compile) cannot read
+# the ContextVar, but can read this, and refuses to trace FP8 emulation rather than skip it.
+_OPEN_REGIONS = 0
+
+
 def active_recipe() -> Recipe | None:
     """The recipe GemmSites use right now, or None outside any enabled fp8_autocast."""
+    if torch.compiler.is_compiling():
+        if _OPEN_REGIONS:
+            raise UnsupportedConfigError("the torch backend's FP8 emulation cannot run under torch.compile; "
+                                         "compile outside fp8_autocast (bf16/fp32)")
+        return None
     region = _REGION.get()
     return None if region is None else region.recipe
 
@@ -74,10 +85,13 @@ def fp8_autocast(recipe: Recipe, enabled: bool = True, *,
     outer = _REGION.get()
     region = _Region(recipe if enabled else None, outer.pending if outer is not None else set())
     token = _REGION.set(region)
+    global _OPEN_REGIONS
+    _OPEN_REGIONS += 1
     try:
         yield
     finally:
         # TE updates in its autocast's __exit__, so an exception does not skip the update.
+        _OPEN_REGIONS -= 1
         _REGION.reset(token)
         if outer is None:
             update = torch.is_grad_enabled() if update_forward_scales is None else update_forward_scales

@@ -4,6 +4,7 @@
     presets.py   named model configs as Python functions (tiny ones for CPU, real shapes for GPUs)
     sources.py   a preset name, a config object or a local directory -> a config (and its weights)
     replace.py   `replace_decoder`, the scoped, locked class swap (TE's te_llama pattern)
+    metadata.py  HF's model-level metadata made to follow the swap (output recording, no-split, TP)
     mapping.py   HF <-> TE state-dict mapping (split or fused QKV), raising on any key it cannot place
     pair.py      `build_pair`: stock and swapped models with identical weights, from one seed
     checksum.py  exact per-tensor checksums that prove the weights equal

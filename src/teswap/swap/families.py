@@ -24,6 +24,7 @@ class Family:
     name: str
     load_module: Callable[[], ModuleType]  # the modeling module whose global we patch
     decoder_class_name: str  # looked up as a module global by the model's __init__
+    model_class_name: str  # the base model, looked up as a module global by the causal LM's __init__
     causal_lm_class_name: str
     model_types: tuple[str, ...]  # config.model_type values of this family
 
@@ -41,6 +42,7 @@ FAMILIES: dict[str, Family] = {
         name="llama",
         load_module=_llama_module,
         decoder_class_name="LlamaDecoderLayer",
+        model_class_name="LlamaModel",
         causal_lm_class_name="LlamaForCausalLM",
         model_types=("llama",),
     ),

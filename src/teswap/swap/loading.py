@@ -38,6 +38,7 @@ from teswap.errors import MappingError
 from teswap.layers.hf_adapter import FROM_CHECKPOINT, head_dim_of
 from teswap.layers.rope import bind_rope
 from teswap.swap import mapping
+from teswap.swap.metadata import finish_swapped_model
 
 # Keys of stock layers that old checkpoints carry and transformers itself ignores.
 _IGNORED_LAYER_KEYS = r"rotary_emb\.inv_freq"
@@ -63,9 +64,11 @@ def _mark_layers(model: Any) -> None:
         return
     model._teswap_marked = True
     base = getattr(model, "model", model)
-    for layer in base.get_submodule("layers"):
+    layers = base.get_submodule("layers")
+    for layer in layers:
         setattr(layer, FROM_CHECKPOINT, True)
     bind_rope(model)
+    finish_swapped_model(model, type(layers[0]))  # the same HF metadata a built pair gets
     unmapped = unmapped_layer_keys(checkpoint_keys(getattr(model.config, "_name_or_path", "")))
     if unmapped:
         raise MappingError(f"checkpoint keys with no place in the TE layout of the swapped layers: "
@@ -88,11 +91,14 @@ def checkpoint_keys(directory: str | Path) -> list[str]:
 
 
 def unmapped_layer_keys(keys: list[str]) -> list[str]:
-    """Decoder-layer keys that are neither mapped to the TE layout nor ignored by transformers itself."""
+    """Decoder-layer keys that are neither HF keys the mapping converts, TE-layout keys (a swapped model
+    saved outside the swap) that load as they are, nor keys transformers itself ignores."""
+    known = mapping.HF_LAYER_KEYS | mapping.te_layer_keys(fuse_qkv=False) | mapping.te_layer_keys(fuse_qkv=True)
     out = []
     for key in keys:
         match = mapping._LAYER_KEY.match(key)
-        if match and match["rest"] not in mapping.HF_LAYER_KEYS and not re.search(_IGNORED_LAYER_KEYS, key):
+        rest = match["rest"] if match else ""
+        if match and rest not in known and not rest.endswith("_extra_state") and not re.search(_IGNORED_LAYER_KEYS, key):
             out.append(key)
     return out
 

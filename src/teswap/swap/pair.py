@@ -16,6 +16,7 @@ from teswap.layers.rope import bind_rope
 from teswap.swap.checksum import tensor_checksum
 from teswap.swap.families import Family, family_for_config
 from teswap.swap.mapping import hf_to_te_state_dict, te_to_hf_state_dict
+from teswap.swap.metadata import finish_swapped_model, prepare_swapped_config
 from teswap.swap.replace import no_swap_active, replace_decoder
 from teswap.swap.sources import ResolvedSource, Source, resolve_source
 
@@ -99,10 +100,12 @@ def _build_stock(resolved: ResolvedSource, family: Family, *, seed: int, dtype: 
 def _build_swapped(stock: PreTrainedModel, family: Family, decoder_cls: type, *, dtype: torch.dtype,
                    device: torch.device) -> PreTrainedModel:
     config = copy.deepcopy(stock.config)
-    config.use_cache = False  # the swapped layers have no KV cache; HF would build one they never fill
     config._attn_implementation = "sdpa"  # plain causal batches then pass attention_mask=None
+    prepare_swapped_config(config)
     with replace_decoder(decoder_cls, family=family.name), torch.device(device):
-        return family.causal_lm_class()._from_config(config, dtype=dtype)
+        model = family.causal_lm_class()._from_config(config, dtype=dtype)
+    finish_swapped_model(model, decoder_cls)
+    return model
 
 
 def _copy_weights(stock: PreTrainedModel, swapped: PreTrainedModel, *, fuse_qkv: bool) -> None:
