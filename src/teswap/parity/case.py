@@ -146,12 +146,17 @@ def reference_dtype_for(device: torch.device, precision: str = "fp32") -> torch.
     return torch.float64 if device.type == "cpu" and precision == "fp32" else torch.float32
 
 
-def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityReport:
-    """Build the pair at the case's precision and measure both models against the reference."""
+def run_parity_case(case: ParityCase, policy: Policy | None = None, pair: Pair | None = None) -> ParityReport:
+    """Measure both models of the case's pair against the reference (the pair is built unless given).
+
+    A given pair must be the case's: same source, backend, model dtype and QKV layout (cases at bf16
+    and the FP8 recipes can share one; nothing here changes its weights).
+    """
     precision = require_precision(case.precision, case.backend, case.device)
     policy = policy or get_policy(case.precision)
-    pair = build_pair(case.source, seed=case.seed, backend=case.backend, dtype=precision.model_dtype,
-                      device=case.device, fuse_qkv=case.fuse_qkv)
+    pair = pair or build_pair(case.source, seed=case.seed, backend=case.backend, dtype=precision.model_dtype,
+                              device=case.device, fuse_qkv=case.fuse_qkv)
+    _check_pair(pair, case, precision.model_dtype)
     ref_dtype = reference_dtype_for(pair.device, precision.name)
     reference = copy.deepcopy(pair.stock).to(dtype=ref_dtype)  # type: ignore[call-arg]  # transformers wraps .to
     inputs = _inputs(case, pair)
@@ -176,6 +181,13 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None) -> ParityRep
                         stock=metrics["stock"], swapped_layer_errors=forward.layers["swapped"],
                         stock_layer_errors=forward.layers["stock"], first_divergent_layer=divergent, worst_grad=worst,
                         perplexity=forward.perplexity, generation=generation, inputs=inputs.description)
+
+
+def _check_pair(pair: Pair, case: ParityCase, dtype: torch.dtype) -> None:
+    given = (pair.backend, pair.dtype, pair.fuse_qkv, pair.device.type)
+    wanted = (case.backend, dtype, case.fuse_qkv, torch.device(case.device).type)
+    if given != wanted or (isinstance(case.source, str) and pair.source != resolve_source(case.source).name):
+        raise ValueError(f"the given pair ({pair.source}, {given}) is not this case's ({case.source_name}, {wanted})")
 
 
 def _inputs(case: ParityCase, pair: Pair) -> CaseInputs:

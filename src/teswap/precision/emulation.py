@@ -189,6 +189,30 @@ class SiteScaling:
     def __init__(self, recipe: Recipe, device: torch.device) -> None:
         self.recipe = recipe
         self.device = device
+        self._weight: tuple[torch.Tensor, tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def weight_epoch(self) -> int:
+        """Changes whenever the weight's scale may have changed without the weight changing."""
+        return 0
+
+    def quantized_weight(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(FP8 weight with rows padded to 16, its scale_inv), cached while the weight and its scale stand.
+
+        TE keeps a weight's FP8 copy between GEMMs of one step too (its weight workspace); without the
+        cache a one-token decode step would requantize every weight of the model. The key holds the
+        weight itself (so its address cannot be reused), its version (bumped by any in-place update,
+        an optimizer step included) and the recipe's weight epoch.
+        """
+        key = (weight._version, tuple(weight.shape), weight.dtype, self.weight_epoch())
+        cached = self._weight
+        if cached is not None and cached[0] is weight and cached[1] == key:
+            return cached[2], cached[3]
+        scale = self.scale_for(Role.WEIGHT, weight)
+        fp8 = quantize(_pad_rows(weight.detach()), scale, self.dtype_for(Role.WEIGHT))
+        if not has_fp8_matmul(weight.device):  # the GEMM runs on the FP8 values in fp32: convert them once
+            fp8 = fp8.float()
+        self._weight = (weight, key, fp8, scale.reciprocal())
+        return fp8, self._weight[3]
 
     def dtype_for(self, role: Role) -> torch.dtype:
         """The FP8 dtype of `role` under the recipe's format."""
@@ -231,6 +255,11 @@ class DelayedScalingState(SiteScaling):
         super().__init__(recipe, device)
         self.forward = ScalingMeta(recipe.amax_history_len, 2, device)  # columns: Role.INPUT, Role.WEIGHT
         self.backward = ScalingMeta(recipe.amax_history_len, 1, device)
+        self.forward_updates = 0
+
+    def weight_epoch(self) -> int:
+        """The forward scales' update count: a new scale (and an emptied amax slot) after each update."""
+        return self.forward_updates
 
     def scale_for(self, role: Role, x: torch.Tensor) -> torch.Tensor:
         """The scale stored at the last update; x's amax goes into the running step's slot."""
@@ -250,6 +279,7 @@ class DelayedScalingState(SiteScaling):
     def update_forward(self) -> None:
         """Roll the input/weight amax histories and recompute their scales (TE: at autocast exit)."""
         self.forward.update(self.recipe.fp8_format.max_fwd, self.recipe)
+        self.forward_updates += 1
 
     def update_backward(self) -> None:
         """Roll the grad_output amax history and recompute its scale (TE: after backward)."""
@@ -270,15 +300,21 @@ def site_scaling(current: SiteScaling | None, recipe: Recipe, device: torch.devi
 
 @functools.cache
 def has_fp8_matmul(device: torch.device) -> bool:
-    """False on CUDA GPUs below SM 8.9 (e.g. A100), whose torch._scaled_mm refuses FP8 operands."""
-    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
+    """Whether to run FP8 GEMMs through torch._scaled_mm here: CUDA GPUs of SM 8.9 and newer.
+
+    Below SM 8.9 (e.g. A100) _scaled_mm refuses FP8 operands. On the CPU it runs, but as a reference
+    kernel (~13 ms for a 64x96 GEMM, some 1000x slower than the same product in fp32); products of FP8
+    values are exact in fp32 and both accumulate in fp32, so the fp32 path gives the same result
+    (tests/test_fp8.py checks the two agree).
+    """
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def _scaled_mm(a: torch.Tensor, b: torch.Tensor, a_scale_inv: torch.Tensor, b_scale_inv: torch.Tensor,
                out_dtype: torch.dtype, fast_accum: bool) -> torch.Tensor:
     """a @ b on FP8 operands with per-tensor scale_invs; a row-major and b column-major, as CUDA needs."""
     if not has_fp8_matmul(a.device):
-        # No FP8 GEMM on this GPU: products of FP8 values (4-bit mantissas) are exact in fp32 and TF32,
+        # No (fast) FP8 GEMM here: products of FP8 values (4-bit mantissas) are exact in fp32 and TF32,
         # so multiplying the raw values and scaling afterwards is what _scaled_mm computes.
         return ((a.float() @ b.float()) * (a_scale_inv * b_scale_inv)).to(out_dtype)
     # The CPU kernel accepts any layout, cuBLASLt does not; make every call valid on both.
@@ -292,15 +328,15 @@ class _Fp8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inp: torch.Tensor, weight: torch.Tensor, scaling: SiteScaling) -> torch.Tensor:  # type: ignore[override]
         fwd_dtype = scaling.dtype_for(Role.INPUT)
-        x_scale, w_scale = scaling.scale_for(Role.INPUT, inp), scaling.scale_for(Role.WEIGHT, weight)
-        x_fp8, w_fp8 = quantize(inp, x_scale, fwd_dtype), quantize(weight, w_scale, fwd_dtype)
-        x_inv, w_inv = x_scale.reciprocal(), w_scale.reciprocal()
+        x_scale = scaling.scale_for(Role.INPUT, inp)
+        x_fp8, x_inv = quantize(inp, x_scale, fwd_dtype), x_scale.reciprocal()
+        w_fp8, w_inv = scaling.quantized_weight(weight)  # rows padded to 16
         # TE runs fprop without the split accumulator (fast accumulation), dgrad and wgrad with it.
         out = _scaled_mm(x_fp8, w_fp8.t(), x_inv, w_inv, inp.dtype, fast_accum=True)
         needs_dgrad, needs_wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # Keep only the FP8 copies backward will use, as TE does (no high-precision activations).
         ctx.save_for_backward(x_fp8 if needs_wgrad else None, x_inv, w_fp8 if needs_dgrad else None, w_inv)
-        ctx.scaling, ctx.dtypes = scaling, (inp.dtype, weight.dtype)
+        ctx.scaling, ctx.dtypes, ctx.out_rows = scaling, (inp.dtype, weight.dtype), weight.shape[0]
         scaling.forward_done()
         return out
 
@@ -314,8 +350,8 @@ class _Fp8Linear(torch.autograd.Function):
         dgrad = wgrad = None
         if ctx.needs_input_grad[0]:  # dX = dY @ W
             dgrad = _scaled_mm(g_fp8, w_fp8, g_inv, w_inv, ctx.dtypes[0], fast_accum=False)
-        if ctx.needs_input_grad[1]:  # dW = dY.T @ X
-            wgrad = _scaled_mm(g_fp8.t(), x_fp8, g_inv, x_inv, ctx.dtypes[1], fast_accum=False)
+        if ctx.needs_input_grad[1]:  # dW = dY.T @ X, without the padded rows
+            wgrad = _scaled_mm(g_fp8.t(), x_fp8, g_inv, x_inv, ctx.dtypes[1], fast_accum=False)[:ctx.out_rows]
         scaling.backward_done()
         return dgrad, wgrad, None
 
@@ -347,5 +383,5 @@ def fp8_linear(inp: torch.Tensor, weight: torch.Tensor, scaling: SiteScaling,
     check_fp8_dims(inp, weight, name)
     rows, out_features = inp.numel() // inp.shape[-1], weight.shape[0]
     # Weight rows are padded too: CUDA's _scaled_mm wants every dim divisible by 16, TE's rule only 8.
-    out = _Fp8Linear.apply(_pad_rows(inp.reshape(rows, inp.shape[-1])), _pad_rows(weight), scaling)
+    out = _Fp8Linear.apply(_pad_rows(inp.reshape(rows, inp.shape[-1])), weight, scaling)
     return out[:rows, :out_features].reshape(*inp.shape[:-1], out_features)

@@ -64,21 +64,43 @@ def results_table(table: pd.DataFrame) -> Table:
     return Table(headers=headers, rows=rows, legend=(FLAG_LEGEND if flagged else "") + RESULTS_LEGEND)
 
 
+PARITY_LEGEND = ("Each cell is swapped / stock, both against the same high-precision reference run of stock on "
+                 "the same weights and inputs. Swap: is the swapped model the same model as stock at this precision "
+                 "(bounds relative to stock, judged by a paired bootstrap)? Precision: does stock itself meet the "
+                 "precision's absolute bounds on this model (lossy: it does not, so neither can a swap)? Greedy: "
+                 "tokens of the reference's greedy continuation matched before the first difference.")
+
+
+def _pair(row: pd.Series, name: str, pattern: str) -> str:
+    return f"{number(row[f'swapped_{name}'], pattern)} / {number(row[f'stock_{name}'], pattern)}"
+
+
 def parity_cases_table(parity: pd.DataFrame) -> Table:
-    """Parity cases (see tables.parity_table): verdict, policy, first divergent layer."""
-    headers = ["model", "backend", "precision", "seq", "batch", "fused qkv", "policy", "verdict",
-               "first divergent layer", "reason"]
+    """Parity cases (see tables.parity_table): errors of swapped / stock, perplexity, greedy match, both verdicts."""
+    headers = ["model", "backend", "precision", "seq", "batch", "rel RMS err", "robust rel err", "SQNR dB", "KL",
+               "top-1", "perplexity (ref)", "greedy tokens", "swap", "precision", "first divergent layer", "policy",
+               "reason"]
     rows = []
     for _, row in parity.iterrows():
         failed = row["status"] in ("failed", "error")
         layer = row["first_divergent_layer"]
+        greedy = MISSING if _missing(row["greedy_new_tokens"]) else \
+            f"{_pair(row, 'greedy_tokens', '{:.1f}')} of {int(row['greedy_new_tokens'])}"
+        ppl = MISSING if _missing(row["swapped_perplexity"]) else \
+            f"{_pair(row, 'perplexity', '{:.2f}')} ({number(row['reference_perplexity'], '{:.2f}')})"
         rows.append([Cell(str(row["model"])), Cell(str(row["backend"])), Cell(str(row["precision"])),
                      Cell(str(row["seq_len"]), numeric=True), Cell(str(row["batch"]), numeric=True),
-                     Cell("yes" if row["fuse_qkv"] is True else "no"), Cell(str(row["policy"])),
+                     Cell(_pair(row, "rel_rms", "{:.2e}"), numeric=True),
+                     Cell(_pair(row, "robust_rel", "{:.2e}"), numeric=True),
+                     Cell(_pair(row, "sqnr_db", "{:.1f}"), numeric=True),
+                     Cell(_pair(row, "kl_div", "{:.1e}"), numeric=True),
+                     Cell(_pair(row, "top1", "{:.3f}"), numeric=True), Cell(ppl, numeric=True),
+                     Cell(greedy, numeric=True),
                      Cell((f"{FLAG} " if failed else "") + str(row["status"]), flag=failed),
+                     Cell(MISSING if _missing(row["precision_verdict"]) else str(row["precision_verdict"])),
                      Cell(MISSING if _missing(layer) else str(int(layer)), numeric=True),
-                     Cell(str(row["reason"] or ""))])
-    return Table(headers=headers, rows=rows, kind="parity")
+                     Cell(str(row["policy"])), Cell("" if _missing(row["reason"]) else str(row["reason"]))])
+    return Table(headers=headers, rows=rows, kind="parity", legend=PARITY_LEGEND)
 
 
 def comparison_display(compare: pd.DataFrame) -> Table:

@@ -17,7 +17,7 @@ from teswap.reporting.footer import provenance_lines
 from teswap.reporting.frame import ConfigKey, bench_frame, parity_frame, select
 from teswap.reporting.history import histories
 from teswap.reporting.regression import DEFAULT_THRESHOLDS, Thresholds
-from teswap.reporting.tables import comparison_table
+from teswap.reporting.tables import comparison_table, parity_table
 
 FORMATS = ("md", "html", "csv", "tex")
 
@@ -81,20 +81,28 @@ def render(parts: list[Section], fmt: str) -> str:
     chunks = []
     for part in parts:
         table = display.results_table(part.table)
+        parity = display.parity_cases_table(parity_table(part.parity))
         if fmt == "md":
             footer = "\n".join(f"<sub>{line}</sub><br>" for line in part.footer)
-            chunks.append(f"## {part.title}\n\n{formats.to_markdown(table)}\n{footer}\n")
+            chunks.append(f"## {part.title}\n\n{formats.to_markdown(table)}\n### Parity\n\n"
+                          f"{formats.to_markdown(parity)}\n{footer}\n")
         elif fmt == "html":
             footer = "".join(f"<p>{escape(line)}</p>" for line in part.footer)
-            chunks.append(f"<h2>{escape(part.title)}</h2>\n{formats.to_html(table)}"
-                          f'<footer class="provenance">{footer}</footer>\n')
+            chunks.append(f"<h2>{escape(part.title)}</h2>\n{formats.to_html(table)}<h3>Parity</h3>\n"
+                          f'{formats.to_html(parity)}<footer class="provenance">{footer}</footer>\n')
         else:
             chunks.append(formats.to_latex(table, caption=f"{part.title}. " + " ".join(part.footer)))
+            chunks.append(formats.to_latex(parity, caption=f"{part.title}: parity of swapped and stock."))
     return "\n".join(chunks)
 
 
+def render_parity_csv(parts: list[Section]) -> str:
+    """Every section's parity cases as one CSV (the figures behind the parity tables)."""
+    return pd.concat([parity_table(p.parity) for p in parts]).to_csv(index=False)
+
+
 def write_tables(parts: list[Section], directory: Path | str, stem: str = "results") -> list[Path]:
-    """`<stem>.md`, `.html`, `.csv` and `.tex` under `directory`."""
+    """`<stem>.md`, `.html`, `.csv` and `.tex` under `directory`, and the parity cases as `<stem>-parity.csv`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -102,7 +110,9 @@ def write_tables(parts: list[Section], directory: Path | str, stem: str = "resul
         path = directory / f"{stem}.{fmt}"
         path.write_text(render(parts, fmt), encoding="utf-8")
         paths.append(path)
-    return paths
+    path = directory / f"{stem}-parity.csv"
+    path.write_text(render_parity_csv(parts), encoding="utf-8")
+    return [*paths, path]
 
 
 CHARTS = {"throughput": charts.throughput_chart, "speedup": charts.speedup_chart,

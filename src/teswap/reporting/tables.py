@@ -131,16 +131,40 @@ def _device_type(device: object) -> str:
     return str(device).split(":", 1)[0]
 
 
+# Per-case figures of the published parity table: column -> the flat record column it comes from.
+PARITY_FIGURES = {
+    "swapped_rel_rms": "metrics.swapped.rel_rms", "stock_rel_rms": "metrics.stock.rel_rms",
+    "swapped_robust_rel": "metrics.swapped.robust_rel", "stock_robust_rel": "metrics.stock.robust_rel",
+    "swapped_sqnr_db": "metrics.swapped.sqnr_db", "stock_sqnr_db": "metrics.stock.sqnr_db",
+    "swapped_kl_div": "metrics.swapped.kl_div", "stock_kl_div": "metrics.stock.kl_div",
+    "swapped_top1": "metrics.swapped.top1_agreement", "stock_top1": "metrics.stock.top1_agreement",
+    "reference_perplexity": "perplexity.reference", "stock_perplexity": "perplexity.stock",
+    "swapped_perplexity": "perplexity.swapped", "swapped_greedy_tokens": "generation.swapped_matched_tokens",
+    "stock_greedy_tokens": "generation.stock_matched_tokens", "greedy_new_tokens": "generation.new_tokens",
+    "greedy_prompts": "generation.prompts",
+}
+PARITY_TABLE_COLUMNS = ["machine", "commit", "model", "backend", "precision", "seq_len", "batch", "device",
+                        "fuse_qkv", "seed", "policy", "status", "precision_verdict", *PARITY_FIGURES,
+                        "first_divergent_layer", "inputs", "reason"]
+
+
 def parity_table(parity: pd.DataFrame) -> pd.DataFrame:
-    """One row per parity case (newest per case and commit): verdict, policy and first divergent layer."""
-    columns = ["machine", "commit", "model", "backend", "precision", "seq_len", "batch", "device", "fuse_qkv",
-               "seed", "policy", "status", "reason", "first_divergent_layer"]
+    """One row per parity case (newest per case and commit): model x backend x precision x shape, both
+    models' errors to the reference, perplexity, greedy match, the swap verdict and the precision verdict."""
     if parity is None or parity.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=PARITY_TABLE_COLUMNS)
     case_columns = [c for c in parity.columns if c.startswith("case.")]
     newest = parity.sort_values("utc_time").drop_duplicates(subset=["machine", "sha", *case_columns], keep="last")
     table = newest.rename(columns={c: c.removeprefix("case.") for c in case_columns})
-    table["policy"] = [f"{name} v{_version_text(version)}" for name, version in
-                       zip(table["policy.name"], table["policy.version"], strict=True)]
+    table["policy"] = [MISSING_POLICY if pd.isna(name) else f"{name} v{_version_text(version)}"
+                       for name, version in zip(table["policy.name"], table["policy.version"], strict=True)]
+    for column, source in PARITY_FIGURES.items():
+        table[column] = pd.to_numeric(table[source], errors="coerce") if source in table else np.nan
+    for column in ("precision_verdict", "inputs"):
+        if column not in table:
+            table[column] = None
     table = table.sort_values(["machine", "model", "backend", "precision", "seq_len", "batch"])
-    return table.reindex(columns=columns).reset_index(drop=True)
+    return table.reindex(columns=PARITY_TABLE_COLUMNS).reset_index(drop=True)
+
+
+MISSING_POLICY = "—"

@@ -98,7 +98,8 @@ def unmapped_layer_keys(keys: list[str]) -> list[str]:
     for key in keys:
         match = mapping._LAYER_KEY.match(key)
         rest = match["rest"] if match else ""
-        if match and rest not in known and not rest.endswith("_extra_state") and not re.search(_IGNORED_LAYER_KEYS, key):
+        ignored = rest.endswith("_extra_state") or re.search(_IGNORED_LAYER_KEYS, key)
+        if match and rest not in known and not ignored:
             out.append(key)
     return out
 

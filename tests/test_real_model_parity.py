@@ -1,0 +1,62 @@
+"""The swap verdict on a trained model (SmolLM2-135M) and real text: clean swaps pass, every fault fails.
+
+Random-init models have flat logits and no outlier features, so a verdict that holds on them may not
+hold on the models people swap. Shapes are short to keep the suite quick; the closing figures at the
+default shape come from `teswap check --model smollm2-135m` (and scripts/calibrate_policies.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from teswap import build_pair
+from teswap.parity.case import ParityCase, run_parity_case
+from teswap.parity.mutations import mutation
+
+SHORT = dict(source="smollm2-135m", seq_len=48, batch=2, batches=1, gen_prompts=16, gen_tokens=6, grads=False)
+
+
+@pytest.fixture(scope="module")
+def pairs(smollm2):
+    """One fp32 and one bf16 pair, shared by the cases (bf16 and the FP8 recipes run on bf16 weights)."""
+    return {torch.float32: build_pair("smollm2-135m"), torch.bfloat16: build_pair("smollm2-135m", dtype=torch.bfloat16)}
+
+
+def _case(precision: str, **overrides) -> ParityCase:
+    return ParityCase(precision=precision, **(SHORT | overrides))
+
+
+def _pair_for(pairs, precision):
+    return pairs[torch.float32 if precision == "fp32" else torch.bfloat16]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp8-delayed", "fp8-current"])
+def test_a_clean_swap_of_the_trained_model_passes(pairs, precision):
+    report = run_parity_case(_case(precision, grads=precision == "fp32"), pair=_pair_for(pairs, precision))
+    assert report.passed, report.failure_summary()
+    assert "real text" in report.inputs
+    assert report.perplexity["swapped"] == pytest.approx(report.perplexity["stock"], rel=0.05)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8-current"])
+@pytest.mark.parametrize("name", ["gate-up-swapped", "layer-at-init"])
+def test_a_fault_in_the_built_weights_fails(name, precision):
+    with mutation(name):
+        report = run_parity_case(_case(precision))
+    assert not report.passed and report.first_divergent_layer is not None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8-current"])
+def test_rope_base_ignored_fails(pairs, precision):
+    with mutation("rope-base-10000"):  # SmolLM2's theta is 100000
+        report = run_parity_case(_case(precision), pair=_pair_for(pairs, precision))
+    assert not report.passed and report.first_divergent_layer == 0
+
+
+@pytest.mark.parametrize("precision", ["fp8-delayed", "fp8-current"])
+def test_fp8_skipped_in_the_swapped_model_fails(pairs, precision):
+    with mutation("fp8-skipped"):
+        report = run_parity_case(_case(precision), pair=_pair_for(pairs, precision))
+    assert not report.passed
+    assert any(row.failure == "better than stock" for row in report.verdict.failures)
