@@ -11,7 +11,7 @@ import pytest
 from teswap.benchmark.errors import BenchConfigError
 from teswap.benchmark.plan import SweepSpec, plan_cells
 from teswap.benchmark.records import CELL_FIELDS, METRIC_FIELDS, MODEL_CONFIG_FIELDS, STATS_FIELDS
-from teswap.benchmark.summary import COLUMNS, summary_rows, summary_table
+from teswap.benchmark.summary import COLUMNS, summary_legend, summary_rows, summary_table
 from teswap.benchmark.sweep import run_sweep
 from teswap.benchmark.timing import TimingPolicy
 from teswap.cli import main
@@ -116,18 +116,30 @@ def test_unavailable_backends_and_precisions_are_skipped_with_reasons_and_retrie
 
 
 def test_summary_compares_each_backend_with_its_stock_baseline(tmp_path, provenance):
-    result = run_sweep(spec(), results_root=tmp_path, provenance=provenance)
+    rounds = TimingPolicy(warmup=1, min_samples=3, max_samples=12, budget_s=0.02, min_rounds=4)  # enough for a CI
+    result = run_sweep(spec(policy=rounds), results_root=tmp_path, provenance=provenance)
     records = [result.records[k] for k in result.keys]
     stock, swapped = summary_rows(records)
     columns = dict(zip(COLUMNS, swapped, strict=True))
-    stock_metrics, swapped_metrics = (r["metrics"] for r in records)
-    assert columns["vs stock"] == f"{swapped_metrics['tokens_per_s'] / stock_metrics['tokens_per_s']:.3f}x"
-    ratio = swapped_metrics["peak_allocated_bytes"] / stock_metrics["peak_allocated_bytes"]
+    stock_record, swapped_record = records
+    paired = swapped_record["paired"]
+    assert columns["vs stock"] == (f"{paired['speedup']:.3f}x [{paired['speedup_ci_low']:.3f}, "
+                                   f"{paired['speedup_ci_high']:.3f}]")
+    ratio = swapped_record["metrics"]["peak_allocated_bytes"] / stock_record["metrics"]["peak_allocated_bytes"]
     assert columns["mem vs stock"] == f"{ratio:.3f}x"
     assert dict(zip(COLUMNS, stock, strict=True))["vs stock"] == "" and columns["J/token"] == "-"
+    assert columns["noise"] in ("steady", "noisy")
     assert summary_table(records).splitlines()[0].split() == [
-        "model", "workload", "seq", "batch", "backend", "precision", "status", "tokens/s", "vs", "stock", "peak",
-        "MiB", "mem", "vs", "stock", "J/token"]
+        "model", "workload", "seq", "batch", "backend", "precision", "status", "tokens/s", "vs", "stock", "noise",
+        "peak", "MiB", "mem", "vs", "stock", "J/token"]
+    legend = summary_legend(records)
+    assert legend.startswith("vs stock: stock step time / swapped step time with its 95% CI; paired")
+    # Unpaired (separate cells): the ratio of the two cells' throughputs, marked u, with the unpaired CI.
+    unpaired = {**swapped_record, "paired": None}
+    text = dict(zip(COLUMNS, summary_rows([stock_record, unpaired])[1], strict=True))["vs stock"]
+    tokens = unpaired["metrics"]["tokens_per_s"] / stock_record["metrics"]["tokens_per_s"]
+    assert text.startswith(f"{tokens:.3f}x [") and text.endswith("] u")
+    assert "u: separate cells" in summary_legend([stock_record, unpaired])
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -165,7 +177,8 @@ def test_cli_sweep_prints_a_summary_and_stores_records(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "--workloads", "prefill", "--seq-lens", "16", "--min-samples", "3",
                            "--budget-s", "0.02", "--results", str(tmp_path))
     assert code == 0
-    assert "teswap bench: 2 cells on cpu" in out and "vs stock" in out
+    assert out.startswith("teswap bench: 2 cells: tiny; prefill; stock vs torch; fp32; seq 16 x batch 2; cpu, 1 "
+                          "thread; each swapped cell paired with stock") and "vs stock" in out
     assert "2 cells measured, 0 already in the store, 0 missing" in out
     assert [json.loads(line)["kind"] for line in next(tmp_path.glob("*/*.jsonl")).read_text().splitlines()] == [
         "bench", "bench"]
@@ -188,14 +201,14 @@ def test_an_oom_cell_is_recorded_the_sweep_goes_on_and_a_rerun_keeps_it(tmp_path
 
     from teswap.benchmark import runner
 
-    real_sample = runner.sample
+    real_run_rounds = runner.run_rounds
 
-    def sample(step, policy, timer, *, clock):
-        if step.input_ids.shape[1] == 32:
+    def run_rounds(sides, policy, timer, **kwargs):
+        if sides[-1].step.input_ids.shape[1] == 32:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        return real_sample(step, policy, timer, clock=clock)
+        return real_run_rounds(sides, policy, timer, **kwargs)
 
-    monkeypatch.setattr(runner, "sample", sample)
+    monkeypatch.setattr(runner, "run_rounds", run_rounds)
     the_spec = spec(seq_lens=(16, 32, 48))
     result = run_sweep(the_spec, results_root=tmp_path, provenance=provenance)
     records = [result.records[key] for key in result.keys]

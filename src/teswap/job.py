@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from teswap.benchmark.plan import SweepSpec, default_spec, resolve_device
+from teswap.benchmark.plan import SweepSpec, default_spec, describe, resolve_device
 from teswap.errors import TeswapError
 from teswap.hardware.probe import Availability, default_device, probe_te
 from teswap.layers.backends import get_backend
@@ -62,7 +62,7 @@ class RunPlan:
 
 
 def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | None, seq_lens: list[int] | None,
-             batches: list[int] | None, device: str | None, out: Path) -> RunPlan:
+             batches: list[int] | None, device: str | None, results: Path) -> RunPlan:
     """Defaults by hardware, each with its reason; flags override. Bad names fail here, before any work."""
     reasons: list[str] = []
     device = device or default_device()
@@ -86,7 +86,7 @@ def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | 
         resolve_source(source)
     return RunPlan(device=device, parity_model=parity_model, backends=backends, precisions=tuple(precisions),
                    parity_shape=(1, 2048) if on_gpu else (2, 128), sweep=sweep, sweep_why=sweep_why,
-                   results=out, reasons=reasons)
+                   results=results, reasons=reasons)
 
 
 def _backends(backend: str | None, on_gpu: bool, reasons: list[str]) -> tuple[str, ...]:
@@ -156,15 +156,16 @@ def _run_parity(plan: RunPlan, writer: RunWriter) -> bool:
 
 def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str) -> int:
     from teswap.benchmark.progress import TqdmProgress
-    from teswap.benchmark.summary import summary_table
+    from teswap.benchmark.summary import summary_legend, summary_table
     from teswap.benchmark.sweep import run_sweep
 
     spec = plan.sweep
-    print(f"\nbenchmarks ({plan.sweep_why}; {', '.join(spec.backends)} x {', '.join(spec.precisions)})")
+    print(f"\nbenchmarks: {describe(spec)}")
     result = run_sweep(spec, results_root=plan.results, provenance=provenance, progress=TqdmProgress(),
                        run_id=f"{run_id}-bench")
     records = [result.records[key] for key in result.keys if key in result.records]
     print(summary_table(records))
+    print(summary_legend(records))
     if result.interrupted:
         print(f"teswap run: interrupted; rerun to measure the {result.missing} missing cells", file=sys.stderr)
         return 130

@@ -103,9 +103,14 @@ def prepare_step(workload: str, model: torch.nn.Module, input_ids: torch.Tensor,
     return PreparedStep(workload=workload, model=model, input_ids=input_ids, autocast=autocast)
 
 
-def release(step: PreparedStep) -> None:
-    """Drop gradients and optimizer state so the next cell starts from weights alone."""
+def drop_state(step: PreparedStep) -> None:
+    """Drop gradients and optimizer state (rebuilt by the next training step), keeping the model's mode."""
     step.model.zero_grad(set_to_none=True)
     if step.optimizer is not None:
         step.optimizer.state.clear()
+
+
+def release(step: PreparedStep) -> None:
+    """Drop gradients and optimizer state so the next cell starts from weights alone."""
+    drop_state(step)
     step.model.eval()
