@@ -19,7 +19,7 @@ RESULTS_LEGEND = ("Speedup is stock step time / swapped step time, against stock
                   f"rounds) unless marked {UNPAIRED}: then the two were separate cells, and the CI (each cell's "
                   "samples bootstrapped) does not cover drift between them. noise: the noise guard's verdict (spread "
                   "and drift of the step times, per-round spread of the speedup, GPU clocks and slowdown reasons); a "
-                  "noisy cell was measured again and stayed unsteady. Δ mem is against the same stock cell; MFU is "
+                  "noisy cell was measured again and stayed unsteady; — : not checked (recorded before schema 2). Δ mem is against the same stock cell; MFU is "
                   "against the GPU's peak at the cell's precision.")
 
 
@@ -46,11 +46,14 @@ def _status_text(row: pd.Series) -> str | None:
 
 def speedup_text(row: pd.Series) -> str:
     """e.g. `1.34× [1.31, 1.37]`, with ᵘ when the speedup is unpaired; — when there is none."""
-    text = number(row["speedup"], "{:.2f}×")
-    if text == MISSING:
-        return text
-    if not (_missing(row["speedup_ci_low"]) or _missing(row["speedup_ci_high"])):
-        text += f" [{float(row['speedup_ci_low']):.2f}, {float(row['speedup_ci_high']):.2f}]"
+    if _missing(row["speedup"]):
+        return MISSING
+    low, high = row["speedup_ci_low"], row["speedup_ci_high"]
+    bounded = not (_missing(low) or _missing(high))
+    digits = 3 if bounded and float(high) - float(low) < 0.02 else 2  # a tight interval keeps its width visible
+    text = f"{float(row['speedup']):.{digits}f}×"
+    if bounded:
+        text += f" [{float(low):.{digits}f}, {float(high):.{digits}f}]"
     return text + (f" {UNPAIRED}" if row["speedup_basis"] == "unpaired" else "")
 
 
