@@ -225,3 +225,50 @@ def test_throttle_reasons_reach_the_record_through_measure(pair):
     outcome = measure_cell(cell("stock"), pair.stock, shape, ctx)
     assert outcome.clocks["slowdown_reasons"] == ["sw_power_cap"] and outcome.clocks["snapshots"] == 8
     assert outcome.noise["noisy"] and outcome.noise["attempts"] == 1  # remeasure=0 in this context
+
+
+class CountingTimer(Timer):
+    name = "counting"
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def time(self, step) -> float:
+        step()
+        self.clock.now += 1e-3
+        return 1e-3
+
+
+def test_each_block_runs_between_its_sides_enter_and_leave_in_abba_order():
+    from teswap.benchmark.rounds import Side, run_rounds
+
+    log: list[str] = []
+
+    def side(name: str) -> Side:
+        return Side(cell=cell(name), step=lambda: log.append(name), enter=lambda: log.append(f"{name}+"),
+                    leave=lambda: log.append(f"{name}-"))
+
+    clock = FakeClock()
+    policy = TimingPolicy(warmup=0, min_samples=4, max_samples=4, block_steps=2, block_warmup=1, min_rounds=1)
+    rounds = run_rounds([side("stock"), side("torch")], policy, CountingTimer(clock), clocks=ClockLog(meter=None),
+                        clock=clock)
+    block = lambda name: [f"{name}+", name, name, name, f"{name}-"]  # noqa: E731 - one untimed step, two timed
+    assert log == block("stock") + block("torch") + block("torch") + block("stock")
+    assert rounds.count == 1 and rounds.stop_reason == "max_samples"
+    assert rounds.samples == [[[1e-3] * 4], [[1e-3] * 4]]
+
+
+def test_placements_give_moves_only_where_models_must_move(monkeypatch):
+    from types import SimpleNamespace
+
+    from teswap.benchmark.residency import Placement, fits_together, hooks_for
+
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")  # hooks are built, never called: no GPU needed
+    model, step = torch.nn.Linear(2, 2), SimpleNamespace(model=None, optimizer=None)
+    assert set(hooks_for(Placement.alternating(gpu), model, step)) == {"enter", "leave"}
+    assert set(hooks_for(Placement.resident(gpu).as_baseline(), model, step)) == {"dismiss"}
+    assert hooks_for(Placement.resident(gpu), model, step) == {}
+    assert hooks_for(Placement.alternating(cpu), model, step) == {}
+    assert fits_together(cpu, None) and not fits_together(gpu, None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=100))
+    assert fits_together(gpu, 45) and not fits_together(gpu, 46)  # 2 x peak within 90 % of the memory

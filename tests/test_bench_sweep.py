@@ -7,9 +7,10 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from teswap.benchmark.errors import BenchConfigError
-from teswap.benchmark.plan import SweepSpec, plan_cells
+from teswap.benchmark.plan import SweepSpec, describe, plan_cells
 from teswap.benchmark.records import CELL_FIELDS, METRIC_FIELDS, MODEL_CONFIG_FIELDS, STATS_FIELDS
 from teswap.benchmark.summary import COLUMNS, summary_legend, summary_rows, summary_table
 from teswap.benchmark.sweep import run_sweep
@@ -78,6 +79,29 @@ def test_each_cell_becomes_one_complete_record(tmp_path, provenance):
         assert record["settings"]["torch_num_threads"] == 1
     assert {(r["cell"]["backend"], r["cell"]["workload"]) for r in records} == {
         (b, w) for b in ("stock", "torch") for w in ("prefill", "train")}
+
+
+def test_swapped_cells_are_paired_with_their_stock_cell_and_keep_both_sides_rounds(tmp_path, provenance):
+    policy = TimingPolicy(warmup=1, min_samples=4, max_samples=40, budget_s=0.05, block_steps=2, min_rounds=4)
+    run_sweep(spec(backends=("stock",), policy=policy), results_root=tmp_path, provenance=provenance)
+    result = run_sweep(spec(policy=policy), results_root=tmp_path, provenance=provenance)
+    assert (result.resumed, result.written) == (1, 1)  # the stock cell comes from the store, still paired with
+    stock, swapped = (result.records[k] for k in result.keys)
+    paired = swapped["paired"]
+    assert stock["paired"] is None and paired["baseline"] == {**swapped["cell"], "backend": "stock"}
+    assert (paired["order"], paired["placement"], paired["block_steps"]) == ("abba", "resident", 2)
+    assert paired["rounds"] >= 4 and len(paired["samples_s"]) == len(paired["baseline_samples_s"]) == paired["rounds"]
+    assert all(len(r) == 4 for r in paired["samples_s"] + paired["baseline_samples_s"])  # 2 blocks x 2 steps a side
+    assert [s for r in paired["samples_s"] for s in r] == swapped["stats"]["samples_s"]
+    assert paired["speedup_ci_low"] <= paired["speedup"] <= paired["speedup_ci_high"]
+    assert swapped["metrics"]["tokens_per_s"] == pytest.approx(16 / swapped["stats"]["median_s"])
+    assert paired["baseline_tokens_per_s"] == pytest.approx(16 / paired["baseline_median_s"])
+    assert swapped["noise"]["attempts"] in (1, 2) and isinstance(swapped["noise"]["noisy"], bool)
+    assert swapped["clocks"] == {"snapshots": 0, "null_reason": "device is cpu: NVML measures NVIDIA GPUs only"}
+    assert swapped["settings"]["paired"] is True and swapped["settings"]["policy"]["order"] == "abba"
+    sequential = run_sweep(spec(policy=policy, paired=False), results_root=tmp_path, provenance=provenance,
+                           resume=False)
+    assert all(r["paired"] is None and r["noise"] for r in sequential.records.values())
 
 
 def test_rerun_measures_only_the_missing_cells(tmp_path, provenance):
@@ -184,6 +208,30 @@ def test_cli_sweep_prints_a_summary_and_stores_records(capsys, tmp_path):
         "bench", "bench"]
 
 
+def test_the_header_and_closing_lines_describe_the_sweep_that_ran(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "--precisions", "bf16", "--workloads", "prefill", "--seq-lens", "16",
+                           "--min-samples", "3", "--budget-s", "0.02", "--results", str(tmp_path))
+    header, last = out.splitlines()[0], out.splitlines()[-1]
+    swept = "tiny; prefill; stock vs torch; bf16; seq 16 x batch 2; cpu, 1 thread; each swapped cell paired with stock"
+    assert code == 0 and header.startswith(f"teswap bench: 2 cells: {swept}") and last.startswith(f"sweep: {swept}")
+    assert "fp32" not in out and "CPU defaults" not in out
+    # threads as asked (the issue's case: --threads 2 printed the defaults' "1 thread"), or torch's own
+    assert "; cpu, 2 threads;" in describe(spec(threads=2))
+    assert f"; cpu, {torch.get_num_threads()} thread" in describe(spec(threads=None))
+    assert describe(spec(paired=False)).endswith("; each cell timed on its own")
+
+
+def test_only_an_untouched_sweep_is_called_this_hardwares_default():
+    parser = Parser(prog="teswap")
+    bench.register(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
+    spec, why, defaults = bench.build_spec(parser.parse_args(["bench"]))
+    assert defaults and why.startswith("CPU defaults") and spec.paired and spec.threads == 1
+    for flags in (["--threads", "2"], ["--sequential"], ["--max-drift", "0.2"], ["--order", "random"]):
+        assert not bench.build_spec(parser.parse_args(["bench", *flags]))[2], flags
+    spec, _, _ = bench.build_spec(parser.parse_args(["bench", "--sequential", "--block-steps", "3", "--remeasure", "0"]))
+    assert not spec.paired and spec.policy.block_steps == 3 and spec.noise.remeasure == 0
+
+
 def test_fp8_cells_run_against_a_bf16_stock_baseline_and_record_the_recipe(tmp_path, provenance):
     result = run_sweep(spec(precisions=("fp8-delayed",), workloads=("prefill", "train")), results_root=tmp_path,
                        provenance=provenance)
@@ -197,7 +245,6 @@ def test_fp8_cells_run_against_a_bf16_stock_baseline_and_record_the_recipe(tmp_p
 
 
 def test_an_oom_cell_is_recorded_the_sweep_goes_on_and_a_rerun_keeps_it(tmp_path, provenance, monkeypatch):
-    import torch
 
     from teswap.benchmark import runner
 

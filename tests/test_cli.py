@@ -24,9 +24,12 @@ def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
     """Parity at every precision (unrunnable ones recorded as skipped), the sweep, the store, table and charts."""
     from teswap.store.runs import load_records
 
-    assert main(["run", "--out", str(tmp_path)]) == 0
+    assert main(["run", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "parity model=tiny bench model=tiny backends=torch" in out and "why: " in out
+    assert ("benchmarks: tiny; prefill, train; stock vs torch; fp32; seq 32, 64, 128 x batch 2; cpu, 1 thread; "
+            "each swapped cell paired with stock") in out
+    assert "× [" in out and "vs stock: stock step time / swapped step time with its 95% CI; paired" in out
     parity = load_records(tmp_path, kind="parity")
     by_precision = {r["case"]["precision"]: r["status"] for r in parity}
     assert by_precision == {"fp32": "passed", "bf16": "passed", "fp8-delayed": "passed", "fp8-current": "passed",
@@ -43,7 +46,8 @@ def test_run_fails_with_exit_1_when_the_swap_is_corrupted(capsys, monkeypatch, t
     import teswap.swap.mapping
 
     monkeypatch.setattr(teswap.swap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
-    assert main(["run", "--out", str(tmp_path), "--skip-bench", "--precision", "fp32"]) == 1
+    assert main(["run", "--out", str(tmp_path), "--skip-bench", "--precision", "fp32"]) == 1  # --out: the old name
+    assert any(tmp_path.glob("*/*.jsonl"))
     assert "FAIL" in capsys.readouterr().out
 
 

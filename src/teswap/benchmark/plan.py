@@ -164,8 +164,8 @@ def default_spec(device: torch.device, te_available: bool) -> tuple[SweepSpec, s
         spec = SweepSpec(
             models=("tiny",), workloads=WORKLOADS, backends=("stock", "torch"), precisions=("fp32",),
             seq_lens=(32, 64, 128), batches=(2,), device=str(device),
-            policy=TimingPolicy(warmup=3, min_samples=10, target_rel_ci=0.02, budget_s=1.0, block_steps=2,
-                                min_rounds=8),
+            policy=TimingPolicy(warmup=3, min_samples=10, target_rel_ci=0.02, budget_s=0.75, block_steps=2,
+                                min_rounds=6),
             # One intra-op thread: with OpenMP's barriers, a core taken by another process stalls every
             # parallel op, and on shared 2-core machines multi-thread timings swing by 10-100x.
             min_energy_window_s=0.0, idle_s=0.0, threads=1, build_on="host",
