@@ -228,7 +228,8 @@ def test_only_an_untouched_sweep_is_called_this_hardwares_default():
     assert defaults and why.startswith("CPU defaults") and spec.paired and spec.threads == 1
     for flags in (["--threads", "2"], ["--sequential"], ["--max-drift", "0.2"], ["--order", "random"]):
         assert not bench.build_spec(parser.parse_args(["bench", *flags]))[2], flags
-    spec, _, _ = bench.build_spec(parser.parse_args(["bench", "--sequential", "--block-steps", "3", "--remeasure", "0"]))
+    argv = ["bench", "--sequential", "--block-steps", "3", "--remeasure", "0"]
+    spec, _, _ = bench.build_spec(parser.parse_args(argv))
     assert not spec.paired and spec.policy.block_steps == 3 and spec.noise.remeasure == 0
 
 

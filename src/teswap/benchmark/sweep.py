@@ -49,6 +49,8 @@ from teswap.store.runs import RunWriter, open_run
 from teswap.swap.pair import Pair, build_pair
 from teswap.swap.sources import resolve_source
 
+ALTERNATING_BLOCK_STEPS = 3  # timed steps per block at least, when the two models take turns on the device
+
 
 @dataclass(kw_only=True)
 class SweepResult:
@@ -145,7 +147,10 @@ class _Sweep:
                 return measure_cell(cell, pair.swapped, shape, self.ctx, baseline=baseline)
         move(pair.swapped, HOST)  # they take turns: both start in host memory
         try:
-            ctx = replace(self.ctx, policy=replace(self.ctx.policy, block_warmup=max(1, self.ctx.policy.block_warmup)))
+            # every block moves a model in: one untimed step after the move, and blocks long enough to amortise it
+            policy = replace(self.ctx.policy, block_warmup=max(1, self.ctx.policy.block_warmup),
+                             block_steps=max(ALTERNATING_BLOCK_STEPS, self.ctx.policy.block_steps))
+            ctx = replace(self.ctx, policy=policy)
             return measure_cell(cell, pair.swapped, shape, ctx, baseline=baseline,
                                 placement=Placement.alternating(device))
         finally:

@@ -19,8 +19,8 @@ RESULTS_LEGEND = ("Speedup is stock step time / swapped step time, against stock
                   f"rounds) unless marked {UNPAIRED}: then the two were separate cells, and the CI (each cell's "
                   "samples bootstrapped) does not cover drift between them. noise: the noise guard's verdict (spread "
                   "and drift of the step times, per-round spread of the speedup, GPU clocks and slowdown reasons); a "
-                  "noisy cell was measured again and stayed unsteady; — : not checked (recorded before schema 2). Δ mem is against the same stock cell; MFU is "
-                  "against the GPU's peak at the cell's precision.")
+                  "noisy cell was measured again and stayed unsteady; — : not checked (recorded before schema 2). "
+                  "Δ mem is against the same stock cell; MFU is against the GPU's peak at the cell's precision.")
 
 
 def _missing(value: Any) -> bool:
