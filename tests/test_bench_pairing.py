@@ -272,3 +272,38 @@ def test_placements_give_moves_only_where_models_must_move(monkeypatch):
     assert fits_together(cpu, None) and not fits_together(gpu, None)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=100))
     assert fits_together(gpu, 45) and not fits_together(gpu, 46)  # 2 x peak within 90 % of the memory
+
+
+class PhasedStep:
+    """A workload that times phases inside its step, as a decode workload would (TTFT, TPOT)."""
+
+    tokens_per_step = 16
+
+    def __init__(self, clock: FakeClock, ttft_s: float, tpot_s: float) -> None:
+        self.clock, self.ttft_s, self.tpot_s = clock, ttft_s, tpot_s
+        self.rng = random.Random(id(self) % 97)
+
+    def __call__(self) -> None:
+        pass
+
+    def timed(self, timer: Timer) -> dict[str, float]:
+        load = 2.0 if 0.05 <= self.clock.now < 0.15 else 1.0  # a neighbour in the middle of the run
+        ttft, tpot = (t * load * (1 + self.rng.uniform(-0.01, 0.01)) for t in (self.ttft_s, self.tpot_s))
+        self.clock.now += ttft + 8 * tpot
+        return {"step_s": ttft + 8 * tpot, "ttft_s": ttft, "tpot_s": tpot}
+
+
+def test_a_workload_that_times_phases_gets_every_phase_paired_without_new_pairing_code():
+    from teswap.benchmark.rounds import Side, run_rounds
+    from teswap.benchmark.runner import paired_fields
+
+    clock = FakeClock()
+    stock = Side(cell=cell("stock"), step=PhasedStep(clock, ttft_s=4e-3, tpot_s=1e-3))
+    swapped = Side(cell=cell("torch"), step=PhasedStep(clock, ttft_s=2e-3, tpot_s=1e-3))
+    policy = TimingPolicy(warmup=0, min_samples=40, max_samples=40, block_steps=2, min_rounds=1)
+    rounds = run_rounds([stock, swapped], policy, CountingTimer(clock), clocks=ClockLog(meter=None), clock=clock)
+    phases = paired_fields(rounds, stock, "resident", 0)["phases"]
+    assert set(phases) == {"ttft_s", "tpot_s"}
+    assert phases["ttft_s"]["ci_low"] <= 2.0 <= phases["ttft_s"]["ci_high"]  # TTFT: swapped twice as fast
+    assert phases["tpot_s"]["ci_low"] <= 1.0 <= phases["tpot_s"]["ci_high"]  # TPOT: the same
+    assert len(phases["ttft_s"]["samples"]) == rounds.count and all(len(r) == 4 for r in phases["ttft_s"]["samples"])

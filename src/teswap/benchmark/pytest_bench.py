@@ -30,7 +30,7 @@ from teswap.benchmark.records import bench_record, model_config_fields
 from teswap.benchmark.rounds import Rounds, Side
 from teswap.benchmark.runner import Baseline, CellContext, TimeRounds, measure
 from teswap.benchmark.timing import TimingPolicy, synchronize, timer_for
-from teswap.benchmark.workloads import make_input_ids, prepare_step, release
+from teswap.benchmark.workloads import STEP_TIME, make_input_ids, prepare_step, release
 from teswap.hardware.gpu_info import gpu_info
 from teswap.hardware.nvml import power_meter
 from teswap.hardware.probe import default_device
@@ -81,8 +81,8 @@ def pedantic_rounds(benchmark: Any, rounds: int, device: torch.device) -> TimeRo
         data = [float(s) for s in benchmark.stats.stats.data] if benchmark.stats else []
         for index, duration in enumerate(data):
             if len(sides) == 2:
-                timed.add(0, index, [baseline_s[index]])
-            timed.add(len(sides) - 1, index, [duration])
+                timed.add(0, index, [{STEP_TIME: baseline_s[index]}])
+            timed.add(len(sides) - 1, index, [{STEP_TIME: duration}])
         return timed
 
     return time_rounds

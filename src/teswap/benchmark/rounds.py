@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from teswap.benchmark.clocks import ClockLog
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.timing import Clock, Timer, TimingPolicy, TimingStats, ci_is_tight, summarize
-from teswap.benchmark.workloads import PreparedStep
+from teswap.benchmark.workloads import STEP_TIME, PreparedStep
 from teswap.statistics import RESAMPLES, RatioEstimate, paired_ratio, round_ratios
 
 STOP_CHECK_RESAMPLES = 500  # enough to judge "tight yet?"; the recorded interval uses RESAMPLES
@@ -59,7 +59,8 @@ class Rounds:
     sides: int
     order: str
     block_steps: int
-    samples: list[list[list[float]]] = field(default_factory=list)  # [side][round] -> samples
+    samples: list[list[list[float]]] = field(default_factory=list)  # [side][round] -> step times
+    phases: dict[str, list[list[list[float]]]] = field(default_factory=dict)  # name -> [side][round] -> times
     clocks: ClockLog = field(default_factory=lambda: ClockLog(meter=None))
     stop_reason: str = ""
     timer: str = ""
@@ -77,11 +78,19 @@ class Rounds:
         """Completed rounds."""
         return min(len(rounds) for rounds in self.samples)
 
-    def add(self, side: int, round_index: int, block: list[float]) -> None:
-        rounds = self.samples[side]
-        while len(rounds) <= round_index:
-            rounds.append([])
-        rounds[round_index].extend(block)
+    def add(self, side: int, round_index: int, block: list[dict[str, float]]) -> None:
+        """A block's timings (one dict per step): the step time, and any phases the workload timed."""
+        _append(self.samples, side, round_index, [timings[STEP_TIME] for timings in block])
+        for name in dict.fromkeys(name for timings in block for name in timings if name != STEP_TIME):
+            per_side = self.phases.setdefault(name, [[] for _ in range(self.sides)])
+            _append(per_side, side, round_index, [timings[name] for timings in block if name in timings])
+
+    def phase_ratio(self, name: str, *, seed: int = 0) -> RatioEstimate | None:
+        """A timed phase's paired ratio (baseline / measured) over the complete rounds; None with one side."""
+        if not self.paired or self.count == 0 or name not in self.phases:
+            return None
+        rounds = self.count
+        return paired_ratio(self.phases[name][0][:rounds], self.phases[name][1][:rounds], seed=seed)
 
     def of(self, side: int) -> list[float]:
         """One side's samples in time order."""
@@ -106,6 +115,13 @@ class Rounds:
         return summarize(self.of(side), warmup=warmup, stop_reason=self.stop_reason, timer=self.timer)
 
 
+def _append(samples: list[list[list[float]]], side: int, round_index: int, values: list[float]) -> None:
+    rounds = samples[side]
+    while len(rounds) <= round_index:
+        rounds.append([])
+    rounds[round_index].extend(values)
+
+
 def block_order(sides: int, round_index: int, order: str, rng: random.Random) -> list[int]:
     """Which side runs each block of round `round_index` (0 = baseline, 1 = measured)."""
     if sides == 1:
@@ -117,12 +133,18 @@ def block_order(sides: int, round_index: int, order: str, rng: random.Random) ->
     return [0, 1, 1, 0] if round_index % 2 == 0 else [1, 0, 0, 1]
 
 
-def _run_block(side: Side, policy: TimingPolicy, timer: Timer) -> list[float]:
+def timed_step(step: Callable[[], object], timer: Timer) -> dict[str, float]:
+    """One step's timings: the workload's own (`PreparedStep.timed`), or the step time of a plain callable."""
+    timed = getattr(step, "timed", None)
+    return timed(timer) if callable(timed) else {STEP_TIME: timer.time(step)}
+
+
+def _run_block(side: Side, policy: TimingPolicy, timer: Timer) -> list[dict[str, float]]:
     side.enter()
     try:
         for _ in range(policy.block_warmup):
             side.step()
-        return [timer.time(side.step) for _ in range(policy.block_steps)]
+        return [timed_step(side.step, timer) for _ in range(policy.block_steps)]
     finally:
         side.leave()
 
@@ -162,8 +184,8 @@ def run_rounds(sides: Sequence[Side], policy: TimingPolicy, timer: Timer, *, clo
             block = _run_block(sides[index], policy, timer)
             clocks.read()
             rounds.add(index, round_index, block)
-            for duration in block:
-                bisect.insort(ordered[index], duration)
+            for timings in block:
+                bisect.insort(ordered[index], timings[STEP_TIME])
         round_index += 1
         reason = _stop_reason(rounds, policy, ordered, clock() - started)
         if reason:

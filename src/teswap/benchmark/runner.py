@@ -139,7 +139,18 @@ def paired_fields(rounds: Rounds, baseline: Side, placement: str, warmup: int) -
             "baseline_samples_s": rounds.samples[0][:complete], "speedup": ratio.estimate,
             "speedup_ci_low": ratio.ci_low, "speedup_ci_high": ratio.ci_high, "confidence": ratio.confidence,
             "method": ratio.method, "baseline_median_s": base.median_s,
-            "baseline_tokens_per_s": baseline.step.tokens_per_step / base.median_s}
+            "baseline_tokens_per_s": baseline.step.tokens_per_step / base.median_s, "phases": _phases(rounds)}
+
+
+def _phases(rounds: Rounds) -> dict[str, Any]:
+    """Per phase the workload timed inside its steps: both sides' samples per round, the ratio and its CI."""
+    out = {}
+    for name, per_side in rounds.phases.items():
+        ratio = rounds.phase_ratio(name)
+        if ratio is not None:
+            out[name] = {"samples": per_side[1][:rounds.count], "baseline_samples": per_side[0][:rounds.count],
+                         "ratio": ratio.estimate, "ci_low": ratio.ci_low, "ci_high": ratio.ci_high}
+    return out
 
 
 def measure(sides: Sequence[Side], shape: ModelShape, ctx: CellContext, tracker: MemoryTracker,
