@@ -15,7 +15,7 @@ from teswap.reporting.regression import compare_commits
 from teswap.reporting.tables import comparison_table
 from teswap.statistics import independent_ratio
 
-NOISY = ("te drifted +14% from the first to the last third of its samples (beyond ±10%)",)
+NOISY = ("te drift +14% (limit ±10%)",)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,10 @@
 """The noise guard: is a measured cell stable enough to publish, and if not, why not.
 
+Reasons are short, for table cells: "stock CV 23% > 15%" (the robust spread of a side's step times),
+"te drift +14% (limit ±10%)" (its median from the first to the last third of its samples), "round
+speedups CV 12% > 10%", "GPU clocks held down: sw_power_cap", "SM clock 1500-1980 MHz, spread 24% >
+5%", "GPU 88 °C > 85 °C".
+
 Checked on the timed rounds: each side's samples (coefficient of variation, drift from the first
 third to the last), the paired rounds' speedups (their CV), and on a GPU the clocks read after every
 block (a slowdown reason such as a power cap or thermal slowdown, the SM clock's spread, the
@@ -57,10 +62,9 @@ def _side_checks(role: str, name: str, samples: list[float], policy: NoisePolicy
     cv, moved = coefficient_of_variation(samples), drift(samples)
     reasons = []
     if cv is not None and cv > policy.max_cv:
-        reasons.append(f"{name} step times vary (CV {cv:.0%} > {policy.max_cv:.0%})")
+        reasons.append(f"{name} CV {cv:.0%} > {policy.max_cv:.0%}")
     if moved is not None and abs(moved) > policy.max_drift:
-        reasons.append(f"{name} drifted {moved:+.0%} from the first to the last third of its samples "
-                       f"(beyond ±{policy.max_drift:.0%})")
+        reasons.append(f"{name} drift {moved:+.0%} (limit ±{policy.max_drift:.0%})")
     return {f"{role}_cv": cv, f"{role}_drift": moved}, reasons
 
 
@@ -68,14 +72,14 @@ def _clock_checks(clocks: ClockLog, policy: NoisePolicy) -> list[str]:
     reasons = []
     slowdowns = clocks.slowdowns_seen()
     if slowdowns:
-        reasons.append(f"GPU clocks held down ({', '.join(slowdowns)})")
+        reasons.append(f"GPU clocks held down: {', '.join(slowdowns)}")
     spread = clocks.sm_clock_spread()
     if spread is not None and spread > policy.max_clock_spread:
         sm = clocks.values("sm_clock_mhz")
-        reasons.append(f"SM clock moved {min(sm):.0f}-{max(sm):.0f} MHz ({spread:.0%} > {policy.max_clock_spread:.0%})")
+        reasons.append(f"SM clock {min(sm):.0f}-{max(sm):.0f} MHz, spread {spread:.0%} > {policy.max_clock_spread:.0%}")
     temperatures = clocks.values("temperature_c")
     if temperatures and max(temperatures) > policy.max_temperature_c:
-        reasons.append(f"GPU reached {max(temperatures):.0f} °C (> {policy.max_temperature_c:.0f} °C)")
+        reasons.append(f"GPU {max(temperatures):.0f} °C > {policy.max_temperature_c:.0f} °C")
     return reasons
 
 
@@ -94,6 +98,6 @@ def assess(sides: Sequence[tuple[str, str, Sequence[float]]], round_speedups: Se
         ratio_cv = coefficient_of_variation(round_speedups)
         figures["round_speedup_cv"] = ratio_cv
         if ratio_cv is not None and ratio_cv > policy.max_round_ratio_cv:
-            reasons.append(f"per-round speedups vary (CV {ratio_cv:.0%} > {policy.max_round_ratio_cv:.0%})")
+            reasons.append(f"round speedups CV {ratio_cv:.0%} > {policy.max_round_ratio_cv:.0%}")
     reasons += _clock_checks(clocks, policy)
     return NoiseVerdict(reasons=reasons, figures=figures)

@@ -17,9 +17,10 @@ RESULTS_LEGEND = ("Speedup is stock step time / swapped step time, against stock
                   "FP8), with its 95% CI in brackets. It was timed in interleaved rounds with stock (ABBA blocks; the "
                   "median of the per-round ratios, the CI a bootstrap over rounds; stock tok/s comes from the same "
                   f"rounds) unless marked {UNPAIRED}: then the two were separate cells, and the CI (each cell's "
-                  "samples bootstrapped) does not cover drift between them. noise: the noise guard's verdict (spread "
-                  "and drift of the step times, per-round spread of the speedup, GPU clocks and slowdown reasons); a "
-                  "noisy cell was measured again and stayed unsteady; — : not checked (recorded before schema 2). "
+                  "samples bootstrapped) does not cover drift between them. noise: the noise guard's verdict; a noisy "
+                  "cell was measured again and stayed unsteady (CV: the robust spread of a model's step times; drift: "
+                  "its median from the first to the last third of its samples; round speedups CV: the spread of the "
+                  "per-round ratios; GPU clocks, slowdown reasons, temperature); — : not checked (before schema 2). "
                   "Δ mem is against the same stock cell; MFU is against the GPU's peak at the cell's precision.")
 
 
