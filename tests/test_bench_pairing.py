@@ -294,8 +294,7 @@ class PhasedStep:
 
 
 def test_a_workload_that_times_phases_gets_every_phase_paired_without_new_pairing_code():
-    from teswap.benchmark.rounds import Side, run_rounds
-    from teswap.benchmark.runner import paired_fields
+    from teswap.benchmark.rounds import Side, paired_fields, run_rounds
 
     clock = FakeClock()
     stock = Side(cell=cell("stock"), step=PhasedStep(clock, ttft_s=4e-3, tpot_s=1e-3))

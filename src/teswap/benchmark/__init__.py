@@ -5,7 +5,8 @@ One concern per module:
     plan.py       SweepSpec, Cell, the cells of a sweep, the default sweep for this hardware
     workloads.py  prefill and training-step callables
     timing.py     device-synchronised timers, warm-up, the timing policy, a side's statistics
-    rounds.py     timed rounds: one side alone, or baseline and measured interleaved (ABBA), and when to stop
+    rounds.py     timed rounds: one side alone, or baseline and measured interleaved (ABBA), when to stop,
+                  and the record's "paired" field
     noise.py      the noise guard: spread, drift, per-round speedup spread, GPU clocks -> noisy with reasons
     clocks.py     SM/memory clocks, temperature and NVML clock event reasons read after every block
     memory.py     peak memory per cell (CUDA allocator peaks; live tensor bytes on CPU)

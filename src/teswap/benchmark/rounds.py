@@ -7,7 +7,7 @@ AABB: each side gets two blocks per round, and whatever slows the machine during
 both. A side's `enter`/`leave` run around each of its blocks: no-ops while both models stay on the
 device, moves on and off it when they take turns. The clocks are read after every block.
 
-Sampling stops at the first of: every side has `min_samples` (and, paired, `min_rounds` rounds) and
+`paired_fields` turns paired rounds into the record's "paired" field. Sampling stops at the first of: every side has `min_samples` (and, paired, `min_rounds` rounds) and
 the 95% CI is tight (the paired speedup's, or a lone side's median), the budget is spent after those
 minimums, or a side reaches `max_samples`.
 """
@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from teswap.benchmark.clocks import ClockLog
 from teswap.benchmark.plan import Cell
@@ -191,3 +192,28 @@ def run_rounds(sides: Sequence[Side], policy: TimingPolicy, timer: Timer, *, clo
         if reason:
             rounds.stop_reason = reason
             return rounds
+
+
+def paired_fields(rounds: Rounds, baseline: Side, placement: str, warmup: int) -> dict[str, Any]:
+    """A paired cell's "paired" record field: both sides' samples per round and the speedup with its CI."""
+    ratio = rounds.ratio()
+    assert ratio is not None
+    complete = rounds.count
+    base = summarize(rounds.of(0), warmup=warmup, stop_reason=rounds.stop_reason, timer=rounds.timer)
+    return {"baseline": baseline.cell.to_dict(), "order": rounds.order, "placement": placement, "rounds": complete,
+            "block_steps": rounds.block_steps, "samples_s": rounds.samples[1][:complete],
+            "baseline_samples_s": rounds.samples[0][:complete], "speedup": ratio.estimate,
+            "speedup_ci_low": ratio.ci_low, "speedup_ci_high": ratio.ci_high, "confidence": ratio.confidence,
+            "method": ratio.method, "baseline_median_s": base.median_s,
+            "baseline_tokens_per_s": baseline.step.tokens_per_step / base.median_s, "phases": _phases(rounds)}
+
+
+def _phases(rounds: Rounds) -> dict[str, Any]:
+    """Per phase the workload timed inside its steps: both sides' samples per round, the ratio and its CI."""
+    out = {}
+    for name, per_side in rounds.phases.items():
+        ratio = rounds.phase_ratio(name)
+        if ratio is not None:
+            out[name] = {"samples": per_side[1][:rounds.count], "baseline_samples": per_side[0][:rounds.count],
+                         "ratio": ratio.estimate, "ci_low": ratio.ci_low, "ci_high": ratio.ci_high}
+    return out

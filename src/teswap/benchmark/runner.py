@@ -27,8 +27,8 @@ from teswap.benchmark.mfu import ModelShape, model_flops_utilization
 from teswap.benchmark.noise import NoisePolicy, NoiseVerdict, assess
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.residency import Placement, hooks_for
-from teswap.benchmark.rounds import Rounds, Side, run_rounds
-from teswap.benchmark.timing import Clock, Timer, TimingPolicy, TimingStats, summarize, timer_for, warm_up
+from teswap.benchmark.rounds import Rounds, Side, paired_fields, run_rounds
+from teswap.benchmark.timing import Clock, Timer, TimingPolicy, TimingStats, timer_for, warm_up
 from teswap.benchmark.workloads import PreparedStep, make_input_ids, prepare_step, release
 from teswap.hardware.nvml import PowerMeter
 
@@ -126,31 +126,6 @@ def _energy_and_memory(step: PreparedStep, device: torch.device, ctx: CellContex
         steps = 1 + window.extend_to(step)
     tracker.after_timing(step, step.resident_tensors)
     return window.metrics(tokens=steps * step.tokens_per_step, steps=steps)
-
-
-def paired_fields(rounds: Rounds, baseline: Side, placement: str, warmup: int) -> dict[str, Any]:
-    """A paired cell's "paired" record field: both sides' samples per round and the speedup with its CI."""
-    ratio = rounds.ratio()
-    assert ratio is not None
-    complete = rounds.count
-    base = summarize(rounds.of(0), warmup=warmup, stop_reason=rounds.stop_reason, timer=rounds.timer)
-    return {"baseline": baseline.cell.to_dict(), "order": rounds.order, "placement": placement, "rounds": complete,
-            "block_steps": rounds.block_steps, "samples_s": rounds.samples[1][:complete],
-            "baseline_samples_s": rounds.samples[0][:complete], "speedup": ratio.estimate,
-            "speedup_ci_low": ratio.ci_low, "speedup_ci_high": ratio.ci_high, "confidence": ratio.confidence,
-            "method": ratio.method, "baseline_median_s": base.median_s,
-            "baseline_tokens_per_s": baseline.step.tokens_per_step / base.median_s, "phases": _phases(rounds)}
-
-
-def _phases(rounds: Rounds) -> dict[str, Any]:
-    """Per phase the workload timed inside its steps: both sides' samples per round, the ratio and its CI."""
-    out = {}
-    for name, per_side in rounds.phases.items():
-        ratio = rounds.phase_ratio(name)
-        if ratio is not None:
-            out[name] = {"samples": per_side[1][:rounds.count], "baseline_samples": per_side[0][:rounds.count],
-                         "ratio": ratio.estimate, "ci_low": ratio.ci_low, "ci_high": ratio.ci_high}
-    return out
 
 
 def measure(sides: Sequence[Side], shape: ModelShape, ctx: CellContext, tracker: MemoryTracker,
