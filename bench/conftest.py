@@ -114,7 +114,9 @@ class ResidentModels:
         return self.pair
 
     def _place(self, models: list[torch.nn.Module]) -> None:
-        if [id(m) for m in models] != [id(m) for m in self.on_device]:
+        # A paired cell sends its stock model back to the host after its rounds: check where models are.
+        placed = [id(m) for m in models] == [id(m) for m in self.on_device]
+        if not placed or any(next(m.parameters()).device != self.device for m in models):
             self.evict()
             self.on_device = [move(m, self.device) if self.device.type != "cpu" else m for m in models]
 

@@ -27,6 +27,7 @@ from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.noise import NoisePolicy
 from teswap.benchmark.plan import Cell, resolve_device
 from teswap.benchmark.records import bench_record, model_config_fields
+from teswap.benchmark.residency import Placement, hooks_for
 from teswap.benchmark.rounds import Rounds, Side
 from teswap.benchmark.runner import Baseline, CellContext, TimeRounds, measure
 from teswap.benchmark.timing import TimingPolicy, synchronize, timer_for
@@ -96,8 +97,13 @@ def run_benchmark_cell(benchmark: Any, cell: Cell, model: PreTrainedModel, *, ro
     device = torch.device(cell.device)
     shape = ModelShape.from_config(model.config)
     ids = make_input_ids(shape.vocab_size, cell.batch, cell.seq_len, seed=seed, device=device)
-    sides = [Side(cell=c, step=prepare_step(c.workload, m, ids, backend=c.backend, precision=c.precision))
-             for c, m in ([(baseline.cell, baseline.model)] if baseline else []) + [(cell, model)]]
+    sides = [Side(cell=cell, step=prepare_step(cell.workload, model, ids, backend=cell.backend,
+                                               precision=cell.precision))]
+    if baseline is not None:  # it leaves the device after the rounds, so memory and energy are the cell's own
+        step = prepare_step(baseline.cell.workload, baseline.model, ids, backend="stock",
+                            precision=baseline.cell.precision)
+        hooks = hooks_for(Placement.resident(device).as_baseline(), baseline.model, step)
+        sides.insert(0, Side(cell=baseline.cell, step=step, **hooks))
     try:
         with power_meter(device) as (meter, reason):
             # remeasure=0: the benchmark fixture times once per test

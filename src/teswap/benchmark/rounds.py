@@ -7,9 +7,14 @@ AABB: each side gets two blocks per round, and whatever slows the machine during
 both. A side's `enter`/`leave` run around each of its blocks: no-ops while both models stay on the
 device, moves on and off it when they take turns. The clocks are read after every block.
 
-`paired_fields` turns paired rounds into the record's "paired" field. Sampling stops at the first of: every side has `min_samples` (and, paired, `min_rounds` rounds) and
-the 95% CI is tight (the paired speedup's, or a lone side's median), the budget is spent after those
-minimums, or a side reaches `max_samples`.
+A step's timings come from its workload (`PreparedStep.timed`): the step time, plus any phases the
+workload times inside a step (a decode workload's time to first token and time per output token).
+Every phase is kept per side and round, so it is paired exactly like the step time, and
+`paired_fields` turns the rounds into the record's "paired" field, a ratio and CI per phase included.
+
+Sampling stops at the first of: every side has `min_samples` (and, paired, `min_rounds` rounds) and
+the 95% CI of the step time is tight (the paired speedup's, or a lone side's median), the budget is
+spent after those minimums, or a side reaches `max_samples`.
 """
 
 from __future__ import annotations
