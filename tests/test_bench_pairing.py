@@ -306,3 +306,31 @@ def test_a_workload_that_times_phases_gets_every_phase_paired_without_new_pairin
     assert phases["ttft_s"]["ci_low"] <= 2.0 <= phases["ttft_s"]["ci_high"]  # TTFT: swapped twice as fast
     assert phases["tpot_s"]["ci_low"] <= 1.0 <= phases["tpot_s"]["ci_high"]  # TPOT: the same
     assert len(phases["ttft_s"]["samples"]) == rounds.count and all(len(r) == 4 for r in phases["ttft_s"]["samples"])
+
+
+def test_a_sweep_on_a_throttling_gpu_records_clocks_per_cell_and_warns(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    from teswap.benchmark import sweep as sweep_module
+    from teswap.benchmark.plan import SweepSpec
+    from teswap.store.provenance import capture_provenance
+
+    meter = ThrottledMeter()
+
+    @contextmanager
+    def throttled(device):
+        yield meter, None
+
+    monkeypatch.setattr(sweep_module, "power_meter", throttled)  # NVML replaced; the sweep itself is real
+    spec = SweepSpec(models=("tiny",), workloads=("prefill",), backends=("stock", "torch"), precisions=("fp32",),
+                     seq_lens=(16,), batches=(1,), device="cpu", threads=1, noise=NoisePolicy(remeasure=0),
+                     policy=TimingPolicy(warmup=0, min_samples=4, max_samples=8, budget_s=0.01, min_rounds=3))
+    result = sweep_module.run_sweep(spec, results_root=tmp_path, provenance=capture_provenance())
+    stock, swapped = (result.records[key] for key in result.keys)
+    for record in (stock, swapped):
+        clocks = record["clocks"]
+        assert clocks["snapshots"] >= 4 and clocks["sm_clock_min_mhz"] in (1500.0, 1980.0)
+        assert clocks["memory_clock_min_mhz"] == 2619.0 and clocks["temperature_max_c"] > 80
+    assert swapped["clocks"]["slowdown_reasons"] == ["sw_power_cap"] and swapped["noise"]["noisy"]
+    assert "GPU clocks held down: sw_power_cap" in swapped["noise"]["reasons"]
+    assert any("torch/fp32" in w and "Locking clocks" in w for w in result.warnings)

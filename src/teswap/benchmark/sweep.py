@@ -49,6 +49,7 @@ from teswap.store.runs import RunWriter, open_run
 from teswap.swap.pair import Pair, build_pair
 from teswap.swap.sources import resolve_source
 
+CLOCK_REASONS = ("GPU", "SM clock")  # how the noise guard's clock reasons begin
 ALTERNATING_BLOCK_STEPS = 3  # timed steps per block at least, when the two models take turns on the device
 
 
@@ -99,8 +100,10 @@ class _Sweep:
             self.result.run_path = self.writer.path
         self.progress.advance(cell, outcome.status)
         if outcome.noise and outcome.noise["noisy"]:
-            self.warn(f"{cell.label()}: noisy after {outcome.noise['attempts']} tries: "
-                      f"{'; '.join(outcome.noise['reasons'])}")
+            reasons = outcome.noise["reasons"]
+            clocks = any(reason.startswith(CLOCK_REASONS) for reason in reasons)
+            self.warn(f"{cell.label()}: noisy after {outcome.noise['attempts']} tries: {'; '.join(reasons)}"
+                      + ("; GPU clocks were not stable (bench/README.md, 'Locking clocks')" if clocks else ""))
 
     def warn(self, message: str) -> None:
         self.result.warnings.append(message)
