@@ -279,9 +279,9 @@ class PhasedStep:
 
     tokens_per_step = 16
 
-    def __init__(self, clock: FakeClock, ttft_s: float, tpot_s: float) -> None:
+    def __init__(self, clock: FakeClock, ttft_s: float, tpot_s: float, seed: int) -> None:
         self.clock, self.ttft_s, self.tpot_s = clock, ttft_s, tpot_s
-        self.rng = random.Random(id(self) % 97)
+        self.rng = random.Random(seed)
 
     def __call__(self) -> None:
         pass
@@ -297,8 +297,8 @@ def test_a_workload_that_times_phases_gets_every_phase_paired_without_new_pairin
     from teswap.benchmark.rounds import Side, paired_fields, run_rounds
 
     clock = FakeClock()
-    stock = Side(cell=cell("stock"), step=PhasedStep(clock, ttft_s=4e-3, tpot_s=1e-3))
-    swapped = Side(cell=cell("torch"), step=PhasedStep(clock, ttft_s=2e-3, tpot_s=1e-3))
+    stock = Side(cell=cell("stock"), step=PhasedStep(clock, ttft_s=4e-3, tpot_s=1e-3, seed=1))
+    swapped = Side(cell=cell("torch"), step=PhasedStep(clock, ttft_s=2e-3, tpot_s=1e-3, seed=2))
     policy = TimingPolicy(warmup=0, min_samples=40, max_samples=40, block_steps=2, min_rounds=1)
     rounds = run_rounds([stock, swapped], policy, CountingTimer(clock), clocks=ClockLog(meter=None), clock=clock)
     phases = paired_fields(rounds, stock, "resident", 0)["phases"]
