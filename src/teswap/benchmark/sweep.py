@@ -1,4 +1,4 @@
-"""Run a sweep: build each pair once, measure one resident model at a time, write each cell as it ends.
+"""Run a sweep: build each pair once, time stock cells alone and swapped cells paired with stock, store each cell.
 
 Pairing: every swapped cell is timed against its stock baseline (same model, workload, shape and
 model dtype) in interleaved rounds (runner.measure_cell with a Baseline), so drift and noisy
