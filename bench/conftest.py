@@ -12,6 +12,7 @@ Options (unset: the defaults `teswap bench` uses on this hardware): --teswap-dev
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ import torch
 from teswap.benchmark.plan import Cell, SweepSpec, default_spec, plan_cells, resolve_device
 from teswap.benchmark.pytest_bench import update_machine_info
 from teswap.benchmark.residency import HOST, move, offload
+from teswap.benchmark.runner import Baseline
 from teswap.hardware.probe import default_device, probe_te
 from teswap.precision.table import PRECISIONS, baseline_precision
 from teswap.swap.pair import build_pair
@@ -84,18 +86,20 @@ def _is_smoke(cell: Cell) -> bool:
 
 
 class ResidentModels:
-    """One pair in host memory at a time, one of its models on the device at a time (as `teswap bench`)."""
+    """One pair in host memory at a time; on the device, the cell's model and, for a swapped cell timed
+    paired, its pair's stock model beside it (as `teswap bench` when both fit)."""
 
     def __init__(self, spec: SweepSpec) -> None:
         self.device = resolve_device(spec.device)
         self.build_device = self.device if spec.build_on == "device" else HOST
         self.stock_builder = next((b for b in spec.backends if b != "stock"), "torch")
+        self.paired = spec.paired and "stock" in spec.backends
         self.seed = spec.seed
         self.pair_key: tuple | None = None
         self.pair = None
-        self.on_device: torch.nn.Module | None = None
+        self.on_device: list[torch.nn.Module] = []
 
-    def model_for(self, cell: Cell) -> torch.nn.Module:
+    def _pair_for(self, cell: Cell):
         builder = self.stock_builder if cell.backend == "stock" else cell.backend
         key = (cell.model, baseline_precision(cell.precision), builder)
         if key != self.pair_key:
@@ -107,16 +111,32 @@ class ResidentModels:
             if self.build_device.type != "cpu":
                 offload(self.pair)
             self.pair_key = key
-        model = self.pair.stock if cell.backend == "stock" else self.pair.swapped
-        if model is not self.on_device:
+        return self.pair
+
+    def _place(self, models: list[torch.nn.Module]) -> None:
+        # A paired cell sends its stock model back to the host after its rounds: check where models are.
+        placed = [id(m) for m in models] == [id(m) for m in self.on_device]
+        if not placed or any(next(m.parameters()).device != self.device for m in models):
             self.evict()
-            self.on_device = move(model, self.device) if self.device.type != "cpu" else model
-        return model
+            self.on_device = [move(m, self.device) if self.device.type != "cpu" else m for m in models]
+
+    def models_for(self, cell: Cell) -> tuple[torch.nn.Module, Baseline | None]:
+        """The cell's model on the device and, for a swapped cell of a sweep with stock, the stock cell and
+        model it is timed against (on the device beside it)."""
+        pair = self._pair_for(cell)
+        if cell.backend == "stock" or not self.paired:
+            model = pair.stock if cell.backend == "stock" else pair.swapped
+            self._place([model])
+            return model, None
+        self._place([pair.stock, pair.swapped])
+        stock = replace(cell, backend="stock", precision=baseline_precision(cell.precision))
+        return pair.swapped, Baseline(cell=stock, model=pair.stock)
 
     def evict(self) -> None:
-        if self.on_device is not None and self.device.type != "cpu":
-            move(self.on_device, HOST)
-        self.on_device = None
+        if self.device.type != "cpu":
+            for model in self.on_device:
+                move(model, HOST)
+        self.on_device = []
 
 
 @pytest.fixture(scope="session")

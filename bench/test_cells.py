@@ -1,4 +1,6 @@
-"""Every cell of this hardware's sweep as a pytest-benchmark test (pedantic, device-synchronised)."""
+"""Every cell of this hardware's sweep as a pytest-benchmark test (pedantic, device-synchronised); a
+swapped cell is timed in rounds with its stock baseline (a stock step in each round's setup), so its
+extra_info carries the paired speedup and its CI."""
 
 from __future__ import annotations
 
@@ -35,9 +37,9 @@ def test_cell(benchmark, bench_cell: Cell, resident_models, pytestconfig) -> Non
     warmup = pytestconfig.getoption("teswap_warmup")
     window = pytestconfig.getoption("teswap_min_energy_window_s")
     benchmark.group = f"{bench_cell.model} {bench_cell.workload} s={bench_cell.seq_len} b={bench_cell.batch}"
-    model = resident_models.model_for(bench_cell)
+    model, baseline = resident_models.models_for(bench_cell)  # swapped cells: timed in rounds with stock
     try:
-        info = run_benchmark_cell(benchmark, bench_cell, model, rounds=rounds,
+        info = run_benchmark_cell(benchmark, bench_cell, model, rounds=rounds, baseline=baseline,
                                   warmup=(5 if on_gpu else 3) if warmup is None else warmup,
                                   min_energy_window_s=(5.0 if on_gpu else 0.0) if window is None else window)
     except OutOfMemoryError as err:

@@ -18,6 +18,7 @@ PY=${PYTHON:-python3}
 MODEL=${TESWAP_CHECK_MODEL:-llama3.2-1b}
 CHECK_SEQ=${TESWAP_CHECK_SEQ:-2048}
 BENCH_SEQS=${TESWAP_BENCH_SEQS:-512,2048}
+BENCH_BUDGET_S=${TESWAP_BENCH_BUDGET_S:-3}  # sampling time per cell (paired rounds stop earlier once the CI is tight)
 LOG="$OUT/gpu-check.log"
 failures=0
 unavailable=0
@@ -61,7 +62,7 @@ SWEEP_BACKENDS=stock,torch
 [ "$TE" = yes ] && SWEEP_BACKENDS=stock,torch,te
 step "bench $MODEL" 240 "$PY" -m teswap.cli bench --models "$MODEL" --backends "$SWEEP_BACKENDS" \
   --precisions bf16,fp8-delayed,fp8-current --seq-lens "$BENCH_SEQS" --batches 1 --results "$OUT" \
-  --budget-s 3 --min-energy-window-s 2 --idle-s 2
+  --budget-s "$BENCH_BUDGET_S" --min-energy-window-s 2 --idle-s 2
 
 step report 60 "$PY" -m teswap.cli report --results "$OUT" --out "$OUT/report"
 echo "gpu-check: $failures failed step(s), $unavailable precision(s) unavailable here; records under $OUT" \

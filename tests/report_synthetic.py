@@ -46,8 +46,11 @@ def timing_samples(rng: np.random.Generator, median_s: float, count: int = 20, n
 
 
 def bench_fields(rng: np.random.Generator, model: str, workload: str, backend: str, precision: str, seq_len: int,
-                 batch: int = 1, *, slowdown: float = 1.0, status: str = "ok", samples: int = 20) -> dict:
-    """One benchmark cell's record fields, from the throughput model; `slowdown` scales every time."""
+                 batch: int = 1, *, slowdown: float = 1.0, status: str = "ok", samples: int = 20,
+                 machine_slowdown: float = 1.0, paired: bool = False, noisy: tuple[str, ...] = ()) -> dict:
+    """One benchmark cell's record fields, from the throughput model; `slowdown` scales every time of
+    this variant, `machine_slowdown` every time on the machine (the stock baseline's too). `paired`:
+    a swapped cell timed in rounds with its stock baseline (schema 2); `noisy`: the guard's reasons."""
     spec = MODELS[model]
     flops_per_token = (2 if workload == "prefill" else 6) * spec["params"] + 12 * spec["num_hidden_layers"] * \
         spec["hidden_size"] * seq_len
@@ -64,7 +67,13 @@ def bench_fields(rng: np.random.Generator, model: str, workload: str, backend: s
         return {"cell": cell, "model_config": model_config, "status": status,
                 "reason": "CUDA out of memory" if status == "oom" else "synthetic failure", "stats": None,
                 "metrics": dict.fromkeys(("tokens_per_s", "peak_allocated_bytes", "energy_per_token_j"))}
-    times = timing_samples(rng, tokens / tokens_per_s, count=samples)
+    step_s = tokens / tokens_per_s * machine_slowdown
+    times = timing_samples(rng, step_s, count=samples)
+    pairing = None
+    if paired and backend != "stock":
+        stock = ("stock", "fp32" if precision == "fp32" else "bf16")
+        stock_s = step_s / slowdown * speed_of((backend, precision), seq_len) / speed_of(stock, seq_len)
+        pairing, times = paired_rounds(rng, stock_s, step_s, rounds=samples // 2, cell=cell)
     median_s = float(np.median(times))
     q1, q3 = np.percentile(times, [25, 75])
     measured = tokens / median_s
@@ -73,6 +82,8 @@ def bench_fields(rng: np.random.Generator, model: str, workload: str, backend: s
         (0.8 if backend == "te" else 1.0)
     power_w = 520.0 + 60 * rng.random()
     return {
+        "paired": pairing, "noise": {"noisy": bool(noisy), "reasons": list(noisy), "figures": {}, "attempts": 1,
+                                     "earlier_reasons": []},
         "cell": cell, "model_config": model_config, "status": "ok", "reason": "",
         "stats": {"median_s": median_s, "iqr_s": float(q3 - q1), "mean_s": float(np.mean(times)),
                   "std_s": float(np.std(times)), "min_s": float(np.min(times)), "count": len(times), "warmup": 3,
@@ -85,6 +96,32 @@ def bench_fields(rng: np.random.Generator, model: str, workload: str, backend: s
                     "mfu_vs_precision_peak": measured * flops_per_token / (
                         BF16_PEAK_FLOPS * (2 if precision.startswith("fp8") else 1))},
     }
+
+
+def speed_of(variant: tuple[str, str], seq_len: int) -> float:
+    """A variant's speed relative to stock bf16 at `seq_len` (the throughput model's interpolation)."""
+    short, long = VARIANT_SPEED[variant]
+    return short + (long - short) * (np.log2(seq_len) - 9) / 4
+
+
+def paired_rounds(rng: np.random.Generator, stock_s: float, swapped_s: float, *, rounds: int,
+                  cell: dict) -> tuple[dict, list[float]]:
+    """Rounds of 2 blocks x 2 steps per side, a shared per-round machine factor (drift, neighbours) on
+    both sides, through the real statistics; the "paired" field and the swapped side's samples."""
+    from teswap.statistics import paired_ratio
+
+    machine = rng.lognormal(0.0, 0.05, size=rounds)
+    swapped = [[float(s) for s in swapped_s * m * rng.lognormal(0.0, 0.01, size=4)] for m in machine]
+    stock = [[float(s) for s in stock_s * m * rng.lognormal(0.0, 0.01, size=4)] for m in machine]
+    ratio = paired_ratio(stock, swapped)
+    stock_median = float(np.median([s for r in stock for s in r]))
+    field = {"baseline": {**cell, "backend": "stock", "precision": "fp32" if cell["precision"] == "fp32" else "bf16"},
+             "order": "abba", "placement": "resident", "rounds": rounds, "block_steps": 2, "samples_s": swapped,
+             "baseline_samples_s": stock, "speedup": ratio.estimate, "speedup_ci_low": ratio.ci_low,
+             "speedup_ci_high": ratio.ci_high, "confidence": ratio.confidence, "method": ratio.method,
+             "baseline_median_s": stock_median,
+             "baseline_tokens_per_s": cell["batch"] * cell["seq_len"] / stock_median}
+    return field, [s for r in swapped for s in r]
 
 
 def parity_fields(model: str, backend: str, precision: str, seq_len: int, *, passed: bool) -> dict:
@@ -104,8 +141,10 @@ def write_commit(root: Path, sha: str, utc_time: str, *, seed: int, models: Iter
                  workloads: Iterable[str] = ("prefill",), seq_lens: Iterable[int] = (512, 2048),
                  variants: Iterable[tuple[str, str]] = VARIANTS, slow: Mapping[tuple[str, str], float] = {},
                  failing_parity: Iterable[tuple[str, str]] = (), oom: Iterable[tuple[str, str, int]] = (),
-                 machine: MachineInfo = H200, dirty: bool = False) -> Path:
-    """One run at commit `sha`: a bench record per cell and a parity case per swapped variant."""
+                 machine: MachineInfo = H200, dirty: bool = False, paired: bool = False,
+                 machine_slowdown: float = 1.0, noisy: Mapping[tuple[str, str, int], tuple[str, ...]] = {}) -> Path:
+    """One run at commit `sha`: a bench record per cell and a parity case per swapped variant
+    (`paired`: schema-2 records, each swapped cell timed in rounds with stock)."""
     rng = np.random.default_rng(seed)
     writer = open_run(root, provenance(sha, utc_time, machine, dirty))
     failing, ooms = set(failing_parity), set(oom)
@@ -114,8 +153,10 @@ def write_commit(root: Path, sha: str, utc_time: str, *, seed: int, models: Iter
             for seq_len in seq_lens:
                 for backend, precision in variants:
                     status = "oom" if (backend, precision, seq_len) in ooms else "ok"
-                    writer.append("bench", bench_fields(rng, model, workload, backend, precision, seq_len,
-                                                        slowdown=slow.get((backend, precision), 1.0), status=status))
+                    writer.append("bench", bench_fields(
+                        rng, model, workload, backend, precision, seq_len, slowdown=slow.get((backend, precision), 1.0),
+                        status=status, paired=paired, machine_slowdown=machine_slowdown,
+                        noisy=noisy.get((backend, precision, seq_len), ())))
         for backend, precision in variants:
             if backend != "stock":
                 writer.append("parity", parity_fields(model, backend, precision, 512,

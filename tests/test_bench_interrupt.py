@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 # 16 cells; --target-ci 1e-9 never stops on the CI, so each cell samples for --budget-s.
 SWEEP = ["--models", "tiny", "--workloads", "prefill,train", "--backends", "stock,torch", "--precisions", "fp32",
          "--seq-lens", "16,32,48,64", "--batches", "1", "--warmup", "1", "--min-samples", "3",
-         "--target-ci", "1e-9"]
+         "--min-rounds", "3", "--remeasure", "0", "--target-ci", "1e-9"]
 TOTAL_CELLS = 16
 
 

@@ -60,6 +60,12 @@ def test_benchmark_json_from_the_bench_suite_becomes_records(tmp_path, capsys):
     assert "teswap_provenance" in data["machine_info"] and "gpu" in data["machine_info"]
     provenance, records = records_from_benchmark_json(data)
     assert {r.cell["backend"] for r in records} == {"stock", "torch"}
+    (swapped,) = [r for r in records if r.cell["backend"] == "torch"]  # timed in AB rounds with stock
+    assert swapped.paired["rounds"] == 3 and swapped.paired["baseline"]["backend"] == "stock"
+    assert [len(r) for r in swapped.paired["samples_s"]] == [1, 1, 1] == [len(r) for r in
+                                                                         swapped.paired["baseline_samples_s"]]
+    assert swapped.paired["samples_s"] == [[s] for s in swapped.stats["samples_s"]]
+    assert swapped.paired["speedup_ci_low"] <= swapped.paired["speedup"] <= swapped.paired["speedup_ci_high"]
     for record in records:
         assert record.status == "ok" and set(METRIC_FIELDS) <= set(record.metrics)
         assert set(STATS_FIELDS) <= set(record.stats) and record.stats["count"] == 3

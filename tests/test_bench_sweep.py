@@ -7,11 +7,12 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from teswap.benchmark.errors import BenchConfigError
-from teswap.benchmark.plan import SweepSpec, plan_cells
+from teswap.benchmark.plan import SweepSpec, describe, plan_cells
 from teswap.benchmark.records import CELL_FIELDS, METRIC_FIELDS, MODEL_CONFIG_FIELDS, STATS_FIELDS
-from teswap.benchmark.summary import COLUMNS, summary_rows, summary_table
+from teswap.benchmark.summary import COLUMNS, summary_legend, summary_rows, summary_table
 from teswap.benchmark.sweep import run_sweep
 from teswap.benchmark.timing import TimingPolicy
 from teswap.cli import main
@@ -80,6 +81,29 @@ def test_each_cell_becomes_one_complete_record(tmp_path, provenance):
         (b, w) for b in ("stock", "torch") for w in ("prefill", "train")}
 
 
+def test_swapped_cells_are_paired_with_their_stock_cell_and_keep_both_sides_rounds(tmp_path, provenance):
+    policy = TimingPolicy(warmup=1, min_samples=4, max_samples=40, budget_s=0.05, block_steps=2, min_rounds=4)
+    run_sweep(spec(backends=("stock",), policy=policy), results_root=tmp_path, provenance=provenance)
+    result = run_sweep(spec(policy=policy), results_root=tmp_path, provenance=provenance)
+    assert (result.resumed, result.written) == (1, 1)  # the stock cell comes from the store, still paired with
+    stock, swapped = (result.records[k] for k in result.keys)
+    paired = swapped["paired"]
+    assert stock["paired"] is None and paired["baseline"] == {**swapped["cell"], "backend": "stock"}
+    assert (paired["order"], paired["placement"], paired["block_steps"]) == ("abba", "resident", 2)
+    assert paired["rounds"] >= 4 and len(paired["samples_s"]) == len(paired["baseline_samples_s"]) == paired["rounds"]
+    assert all(len(r) == 4 for r in paired["samples_s"] + paired["baseline_samples_s"])  # 2 blocks x 2 steps a side
+    assert [s for r in paired["samples_s"] for s in r] == swapped["stats"]["samples_s"]
+    assert paired["speedup_ci_low"] <= paired["speedup"] <= paired["speedup_ci_high"]
+    assert swapped["metrics"]["tokens_per_s"] == pytest.approx(16 / swapped["stats"]["median_s"])
+    assert paired["baseline_tokens_per_s"] == pytest.approx(16 / paired["baseline_median_s"])
+    assert swapped["noise"]["attempts"] in (1, 2) and isinstance(swapped["noise"]["noisy"], bool)
+    assert swapped["clocks"] == {"snapshots": 0, "null_reason": "device is cpu: NVML measures NVIDIA GPUs only"}
+    assert swapped["settings"]["paired"] is True and swapped["settings"]["policy"]["order"] == "abba"
+    sequential = run_sweep(spec(policy=policy, paired=False), results_root=tmp_path, provenance=provenance,
+                           resume=False)
+    assert all(r["paired"] is None and r["noise"] for r in sequential.records.values())
+
+
 def test_rerun_measures_only_the_missing_cells(tmp_path, provenance):
     first = run_sweep(spec(seq_lens=(16,)), results_root=tmp_path, provenance=provenance)
     assert first.written == 2
@@ -116,18 +140,30 @@ def test_unavailable_backends_and_precisions_are_skipped_with_reasons_and_retrie
 
 
 def test_summary_compares_each_backend_with_its_stock_baseline(tmp_path, provenance):
-    result = run_sweep(spec(), results_root=tmp_path, provenance=provenance)
+    rounds = TimingPolicy(warmup=1, min_samples=3, max_samples=12, budget_s=0.02, min_rounds=4)  # enough for a CI
+    result = run_sweep(spec(policy=rounds), results_root=tmp_path, provenance=provenance)
     records = [result.records[k] for k in result.keys]
     stock, swapped = summary_rows(records)
     columns = dict(zip(COLUMNS, swapped, strict=True))
-    stock_metrics, swapped_metrics = (r["metrics"] for r in records)
-    assert columns["vs stock"] == f"{swapped_metrics['tokens_per_s'] / stock_metrics['tokens_per_s']:.3f}x"
-    ratio = swapped_metrics["peak_allocated_bytes"] / stock_metrics["peak_allocated_bytes"]
+    stock_record, swapped_record = records
+    paired = swapped_record["paired"]
+    assert columns["vs stock"] == (f"{paired['speedup']:.3f}x [{paired['speedup_ci_low']:.3f}, "
+                                   f"{paired['speedup_ci_high']:.3f}]")
+    ratio = swapped_record["metrics"]["peak_allocated_bytes"] / stock_record["metrics"]["peak_allocated_bytes"]
     assert columns["mem vs stock"] == f"{ratio:.3f}x"
     assert dict(zip(COLUMNS, stock, strict=True))["vs stock"] == "" and columns["J/token"] == "-"
+    assert columns["noise"] in ("steady", "noisy")
     assert summary_table(records).splitlines()[0].split() == [
-        "model", "workload", "seq", "batch", "backend", "precision", "status", "tokens/s", "vs", "stock", "peak",
-        "MiB", "mem", "vs", "stock", "J/token"]
+        "model", "workload", "seq", "batch", "backend", "precision", "status", "tokens/s", "vs", "stock", "noise",
+        "peak", "MiB", "mem", "vs", "stock", "J/token"]
+    legend = summary_legend(records)
+    assert legend.startswith("vs stock: stock step time / swapped step time with its 95% CI; paired")
+    # Unpaired (separate cells): the ratio of the two cells' throughputs, marked u, with the unpaired CI.
+    unpaired = {**swapped_record, "paired": None}
+    text = dict(zip(COLUMNS, summary_rows([stock_record, unpaired])[1], strict=True))["vs stock"]
+    tokens = unpaired["metrics"]["tokens_per_s"] / stock_record["metrics"]["tokens_per_s"]
+    assert text.startswith(f"{tokens:.3f}x [") and text.endswith("] u")
+    assert "u: separate cells" in summary_legend([stock_record, unpaired])
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -165,10 +201,36 @@ def test_cli_sweep_prints_a_summary_and_stores_records(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "--workloads", "prefill", "--seq-lens", "16", "--min-samples", "3",
                            "--budget-s", "0.02", "--results", str(tmp_path))
     assert code == 0
-    assert "teswap bench: 2 cells on cpu" in out and "vs stock" in out
+    assert out.startswith("teswap bench: 2 cells: tiny; prefill; stock vs torch; fp32; seq 16 x batch 2; cpu, 1 "
+                          "thread; each swapped cell paired with stock") and "vs stock" in out
     assert "2 cells measured, 0 already in the store, 0 missing" in out
     assert [json.loads(line)["kind"] for line in next(tmp_path.glob("*/*.jsonl")).read_text().splitlines()] == [
         "bench", "bench"]
+
+
+def test_the_header_and_closing_lines_describe_the_sweep_that_ran(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "--precisions", "bf16", "--workloads", "prefill", "--seq-lens", "16",
+                           "--min-samples", "3", "--budget-s", "0.02", "--results", str(tmp_path))
+    header, last = out.splitlines()[0], out.splitlines()[-1]
+    swept = "tiny; prefill; stock vs torch; bf16; seq 16 x batch 2; cpu, 1 thread; each swapped cell paired with stock"
+    assert code == 0 and header.startswith(f"teswap bench: 2 cells: {swept}") and last.startswith(f"sweep: {swept}")
+    assert "fp32" not in out and "CPU defaults" not in out
+    # threads as asked (the issue's case: --threads 2 printed the defaults' "1 thread"), or torch's own
+    assert "; cpu, 2 threads;" in describe(spec(threads=2))
+    assert f"; cpu, {torch.get_num_threads()} thread" in describe(spec(threads=None))
+    assert describe(spec(paired=False)).endswith("; each cell timed on its own")
+
+
+def test_only_an_untouched_sweep_is_called_this_hardwares_default():
+    parser = Parser(prog="teswap")
+    bench.register(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
+    spec, why, defaults = bench.build_spec(parser.parse_args(["bench"]))
+    assert defaults and why.startswith("CPU defaults") and spec.paired and spec.threads == 1
+    for flags in (["--threads", "2"], ["--sequential"], ["--max-drift", "0.2"], ["--order", "random"]):
+        assert not bench.build_spec(parser.parse_args(["bench", *flags]))[2], flags
+    argv = ["bench", "--sequential", "--block-steps", "3", "--remeasure", "0"]
+    spec, _, _ = bench.build_spec(parser.parse_args(argv))
+    assert not spec.paired and spec.policy.block_steps == 3 and spec.noise.remeasure == 0
 
 
 def test_fp8_cells_run_against_a_bf16_stock_baseline_and_record_the_recipe(tmp_path, provenance):
@@ -184,18 +246,17 @@ def test_fp8_cells_run_against_a_bf16_stock_baseline_and_record_the_recipe(tmp_p
 
 
 def test_an_oom_cell_is_recorded_the_sweep_goes_on_and_a_rerun_keeps_it(tmp_path, provenance, monkeypatch):
-    import torch
 
     from teswap.benchmark import runner
 
-    real_sample = runner.sample
+    real_run_rounds = runner.run_rounds
 
-    def sample(step, policy, timer, *, clock):
-        if step.input_ids.shape[1] == 32:
+    def run_rounds(sides, policy, timer, **kwargs):
+        if sides[-1].step.input_ids.shape[1] == 32:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        return real_sample(step, policy, timer, clock=clock)
+        return real_run_rounds(sides, policy, timer, **kwargs)
 
-    monkeypatch.setattr(runner, "sample", sample)
+    monkeypatch.setattr(runner, "run_rounds", run_rounds)
     the_spec = spec(seq_lens=(16, 32, 48))
     result = run_sweep(the_spec, results_root=tmp_path, provenance=provenance)
     records = [result.records[key] for key in result.keys]

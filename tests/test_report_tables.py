@@ -102,7 +102,7 @@ def test_latex_is_escaped_and_daggers_the_flags(table):
     body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0]
     assert body.count(r"$^\dagger$") == 6 and "⚠" not in tex
     cells = [cell for line in body.strip().splitlines() for cell in line.removesuffix(r" \\").split(" & ")]
-    assert len(cells) == 14 * len(table)
+    assert len(cells) == 15 * len(table)
     assert not [cell for cell in cells if re.search(r"(?<!\\)[_%&#]", cell)], "unescaped LaTeX special character"
     assert r"nvidia-h200\_gpu-1" in tex and r"100\% synthetic" in tex and r"$\times$" in body
     assert tex.count(r"\\") == len(table) + 1

@@ -15,10 +15,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from teswap.benchmark.plan import SweepSpec, default_spec, resolve_device
+from teswap.benchmark.plan import SweepSpec, default_spec, describe, resolve_device
 from teswap.errors import SourceError, TeswapError
 from teswap.hardware.probe import Availability, default_device, probe_te
 from teswap.layers.backends import get_backend
@@ -30,7 +31,7 @@ from teswap.store.provenance import Provenance, capture_provenance
 from teswap.store.records import ParityRecord
 from teswap.store.runs import RunWriter, machine_slug, open_run
 from teswap.swap.checkpoints import smollm2_gguf
-from teswap.swap.pair import build_pair
+from teswap.swap.pair import Pair, build_pair
 from teswap.swap.sources import resolve_source
 
 
@@ -65,7 +66,7 @@ class RunPlan:
 
 
 def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | None, seq_lens: list[int] | None,
-             batches: list[int] | None, device: str | None, out: Path) -> RunPlan:
+             batches: list[int] | None, device: str | None, results: Path) -> RunPlan:
     """Defaults by hardware, each with its reason; flags override. Bad names fail here, before any work."""
     reasons: list[str] = []
     device = device or default_device()
@@ -83,20 +84,21 @@ def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | 
     for source in {parity.source_name, *sweep.models}:
         resolve_source(source)
     return RunPlan(device=device, backends=backends, precisions=tuple(precisions), parity=parity, sweep=sweep,
-                   sweep_why=sweep_why, results=out, reasons=reasons)
+                   sweep_why=sweep_why, results=results, reasons=reasons)
 
 
 # The trained model checked on a CPU: short real-text inputs keep the four precisions under a minute.
-CPU_REAL_PARITY = dict(seq_len=64, batch=2, batches=2, gen_prompts=16, gen_tokens=12)
+CPU_REAL_PARITY: dict[str, Any] = dict(seq_len=64, batch=2, batches=2, gen_prompts=16, gen_tokens=12)
+GPU_PARITY: dict[str, Any] = dict(seq_len=2048, batch=1)
 
 
 def _parity_case(model: str | None, on_gpu: bool, device: str, reasons: list[str]) -> ParityCase:
     """The parity case template: the model asked for, else a real trained model where there is one."""
     if model is not None:
-        return ParityCase(source=model, device=device, **({"seq_len": 2048, "batch": 1} if on_gpu else {}))
+        return ParityCase(source=model, device=device, **(GPU_PARITY if on_gpu else {}))
     if on_gpu:
         reasons.append("GPU: parity on the llama3.2-1b shape, sweep on the llama3-8b shape")
-        return ParityCase(source="llama3.2-1b", device=device, seq_len=2048, batch=1)
+        return ParityCase(source="llama3.2-1b", device=device, **GPU_PARITY)
     try:
         smollm2_gguf()
     except SourceError as err:
@@ -177,9 +179,9 @@ class PairCache:
 
     def __init__(self) -> None:
         self.key: tuple | None = None
-        self.pair = None
+        self.pair: Pair | None = None
 
-    def pair_for(self, case: ParityCase):
+    def pair_for(self, case: ParityCase) -> Pair:
         dtype = get_precision(case.precision).model_dtype
         key = (case.source_name, case.backend, dtype, case.fuse_qkv)
         if key != self.key:
@@ -187,20 +189,22 @@ class PairCache:
             self.pair = build_pair(case.source, seed=case.seed, backend=case.backend, dtype=dtype,
                                    device=case.device, fuse_qkv=case.fuse_qkv)
             self.key = key
+        assert self.pair is not None
         return self.pair
 
 
 def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str) -> int:
     from teswap.benchmark.progress import TqdmProgress
-    from teswap.benchmark.summary import summary_table
+    from teswap.benchmark.summary import summary_legend, summary_table
     from teswap.benchmark.sweep import run_sweep
 
     spec = plan.sweep
-    print(f"\nbenchmarks ({plan.sweep_why}; {', '.join(spec.backends)} x {', '.join(spec.precisions)})")
+    print(f"\nbenchmarks: {describe(spec)}")
     result = run_sweep(spec, results_root=plan.results, provenance=provenance, progress=TqdmProgress(),
                        run_id=f"{run_id}-bench")
     records = [result.records[key] for key in result.keys if key in result.records]
     print(summary_table(records))
+    print(summary_legend(records))
     if result.interrupted:
         print(f"teswap run: interrupted; rerun to measure the {result.missing} missing cells", file=sys.stderr)
         return 130

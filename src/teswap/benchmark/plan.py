@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from teswap.benchmark.errors import BenchConfigError
+from teswap.benchmark.noise import NoisePolicy
 from teswap.benchmark.timing import TimingPolicy
 from teswap.benchmark.workloads import WORKLOADS
 from teswap.precision.table import PRECISIONS, baseline_precision
@@ -92,6 +93,8 @@ class SweepSpec:
     device: str
     seed: int = 0
     policy: TimingPolicy = field(default_factory=TimingPolicy)
+    noise: NoisePolicy = field(default_factory=NoisePolicy)
+    paired: bool = True  # swapped cells timed in interleaved rounds with their stock baseline
     min_energy_window_s: float = 5.0
     sample_interval_s: float = 0.05
     idle_s: float = 0.0
@@ -125,7 +128,8 @@ class SweepSpec:
 
     def settings(self) -> dict[str, Any]:
         """The measurement settings stored with each record (what shaped the numbers, not which cell)."""
-        return {"seed": self.seed, "policy": asdict(self.policy), "min_energy_window_s": self.min_energy_window_s,
+        return {"seed": self.seed, "policy": asdict(self.policy), "noise": asdict(self.noise), "paired": self.paired,
+                "min_energy_window_s": self.min_energy_window_s,
                 "sample_interval_s": self.sample_interval_s, "idle_s": self.idle_s, "cooldown_s": self.cooldown_s,
                 "torch_num_threads": torch.get_num_threads(), "build_on": self.build_on}
 
@@ -160,18 +164,38 @@ def default_spec(device: torch.device, te_available: bool) -> tuple[SweepSpec, s
         spec = SweepSpec(
             models=("tiny",), workloads=WORKLOADS, backends=("stock", "torch"), precisions=("fp32",),
             seq_lens=(32, 64, 128), batches=(2,), device=str(device),
-            policy=TimingPolicy(warmup=3, min_samples=10, target_rel_ci=0.02, budget_s=0.75),
+            policy=TimingPolicy(warmup=3, min_samples=10, target_rel_ci=0.02, budget_s=0.75, block_steps=2,
+                                min_rounds=6),
             # One intra-op thread: with OpenMP's barriers, a core taken by another process stalls every
             # parallel op, and on shared 2-core machines multi-thread timings swing by 10-100x.
             min_energy_window_s=0.0, idle_s=0.0, threads=1, build_on="host",
         )
-        return spec, "CPU: tiny preset, fp32, stock vs torch backend, 1 thread"
+        return spec, "CPU defaults: the tiny preset at short lengths, one thread (a busy core stalls OpenMP's barriers)"
     swapped = "te" if te_available else "torch"
     spec = SweepSpec(
         models=("llama3-8b",), workloads=WORKLOADS, backends=("stock", swapped),
         precisions=("bf16", *(name for name, p in PRECISIONS.items() if p.is_fp8)),
         seq_lens=(512, 1024, 2048, 4096, 8192), batches=(1,), device=str(device),
-        policy=TimingPolicy(warmup=5, min_samples=10, target_rel_ci=0.01, budget_s=10.0),
+        policy=TimingPolicy(warmup=5, min_samples=10, target_rel_ci=0.01, budget_s=10.0, block_steps=1,
+                            min_rounds=6),
         min_energy_window_s=5.0, idle_s=5.0, threads=None, build_on="device",
     )
-    return spec, f"GPU: llama3-8b shape, {swapped} backend" + ("" if te_available else " (te unavailable)")
+    return spec, f"GPU defaults: the llama3-8b shape, {swapped} backend" + (
+        "" if te_available else " (te unavailable)")
+
+
+def _join(values: Sequence[object]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def describe(spec: SweepSpec) -> str:
+    """The sweep in one line, as it will run (every flag applied), e.g. for a command's header."""
+    swapped = [b for b in spec.backends if b != "stock"]
+    backends = f"stock vs {_join(swapped)}" if "stock" in spec.backends and swapped else _join(spec.backends)
+    threads = spec.threads if spec.threads is not None else torch.get_num_threads()
+    rounds = "ABBA rounds" if spec.policy.order == "abba" else "randomised rounds"
+    pairing = (f"each swapped cell paired with stock in {rounds} of {spec.policy.block_steps}-step blocks"
+               if spec.paired and "stock" in spec.backends and swapped else "each cell timed on its own")
+    return (f"{_join(spec.models)}; {_join(spec.workloads)}; {backends}; {_join(spec.precisions)}; "
+            f"seq {_join(spec.seq_lens)} x batch {_join(spec.batches)}; {spec.device}, {threads} "
+            f"thread{'s' if threads != 1 else ''}{'' if spec.threads is not None else ' (torch default)'}; {pairing}")

@@ -10,10 +10,11 @@ if TYPE_CHECKING:
 
 
 class Progress(Protocol):
-    """What run_sweep tells as it goes: the total, each finished cell, the end."""
+    """What run_sweep tells as it goes: the total, each finished cell, warnings (a noisy cell), the end."""
 
     def start(self, total: int, already_done: int) -> None: ...
     def advance(self, cell: Cell, status: str) -> None: ...
+    def warn(self, message: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -24,6 +25,9 @@ class NullProgress:
         pass
 
     def advance(self, cell: Cell, status: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
         pass
 
     def close(self) -> None:
@@ -46,6 +50,12 @@ class TqdmProgress:
         if self.bar is not None:
             self.bar.set_postfix_str(f"{cell.label()}: {status}", refresh=False)
             self.bar.update(1)
+
+    def warn(self, message: str) -> None:
+        """A warning line above the bar, as it happens."""
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"warning: {message}", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

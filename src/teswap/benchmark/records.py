@@ -77,7 +77,8 @@ def cell_key(cell: dict[str, Any], model_config: dict[str, Any], provenance: dic
 
 def bench_record(*, cell: Cell, model_config: dict[str, Any], provenance: Provenance, status: str,
                  reason: str | None, stats: dict[str, Any] | None, metrics: dict[str, Any],
-                 gpu: dict[str, Any], settings: dict[str, Any]) -> BenchRecord:
+                 gpu: dict[str, Any], settings: dict[str, Any], paired: dict[str, Any] | None = None,
+                 noise: dict[str, Any] | None = None, clocks: dict[str, Any] | None = None) -> BenchRecord:
     """The record of one cell; every METRIC_FIELDS key is present in its metrics (None when unmeasured)."""
     cell_dict = cell.to_dict()
     return BenchRecord(
@@ -85,7 +86,7 @@ def bench_record(*, cell: Cell, model_config: dict[str, Any], provenance: Proven
         cell_finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         recipe=recipe_fields(cell.precision, cell.backend), model_config=model_config, status=status,
         reason=reason, stats=stats, metrics={**dict.fromkeys(METRIC_FIELDS), **metrics}, gpu=gpu,
-        settings=settings,
+        settings=settings, paired=paired, noise=noise, clocks=clocks,
     )
 
 

@@ -1,26 +1,34 @@
-"""Measure one cell: warm up, time until stable, extend the energy window, take peak memory, derive MFU.
+"""Measure one cell: alone, or paired with its stock baseline in interleaved rounds.
 
-Order inside a cell: prepare (optimizer, FP8 calibration) -> reset memory peaks -> warm-up (not timed)
--> energy window opens -> timed samples -> window extended to its minimum -> window closes -> one
-untimed memory step on CPU. An out-of-memory error makes the cell "oom" (what was freed is released
-before the next cell); any other exception makes it "error"; KeyboardInterrupt is not caught.
+Order inside a cell: prepare each side (optimizer, FP8 calibration) -> warm-up of each side (not
+timed) -> timed rounds (rounds.py: ABBA blocks when paired) with the clocks read after every block ->
+the noise guard (noise.py): a noisy cell is timed again, up to `remeasure` times -> the baseline
+leaves the device -> memory peaks reset -> the energy window: one step, extended to its minimum
+duration -> one untimed memory step on CPU -> metrics. Memory and energy are the measured model's
+alone. An out-of-memory error makes the cell "oom" (what was freed is released before the next
+cell); any other exception makes it "error"; KeyboardInterrupt is not caught.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from teswap.benchmark.clocks import ClockLog
 from teswap.benchmark.energy import EnergyMetrics, EnergyWindow
 from teswap.benchmark.memory import MemoryResult, MemoryTracker
 from teswap.benchmark.mfu import ModelShape, model_flops_utilization
+from teswap.benchmark.noise import NoisePolicy, NoiseVerdict, assess
 from teswap.benchmark.plan import Cell
-from teswap.benchmark.timing import Clock, Timer, TimingPolicy, TimingStats, sample, timer_for, warm_up
+from teswap.benchmark.residency import Placement, hooks_for
+from teswap.benchmark.rounds import Rounds, Side, paired_fields, run_rounds
+from teswap.benchmark.timing import Clock, Timer, TimingPolicy, TimingStats, timer_for, warm_up
 from teswap.benchmark.workloads import PreparedStep, make_input_ids, prepare_step, release
 from teswap.hardware.nvml import PowerMeter
 
@@ -29,9 +37,10 @@ OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch
 
 @dataclass(frozen=True, kw_only=True)
 class CellContext:
-    """What every cell of a sweep shares: timing policy, power meter, energy settings, idle baseline."""
+    """What every cell of a sweep shares: timing and noise policies, power meter, energy settings, idle baseline."""
 
     policy: TimingPolicy
+    noise: NoisePolicy = field(default_factory=NoisePolicy)
     seed: int = 0
     meter: PowerMeter | None = None
     energy_null_reason: str | None = "no power meter"
@@ -45,10 +54,23 @@ class CellContext:
 
 @dataclass(frozen=True, kw_only=True)
 class CellOutcome:
+    """A cell's result: status, statistics and metrics, and (when timed) the pairing, noise and clocks."""
+
     status: str
     reason: str | None
     stats: TimingStats | None
     metrics: dict[str, Any]
+    paired: dict[str, Any] | None = None
+    noise: dict[str, Any] | None = None
+    clocks: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Baseline:
+    """The stock cell a swapped cell is paired with, and the model that runs it."""
+
+    cell: Cell
+    model: torch.nn.Module
 
 
 def first_line(err: BaseException) -> str:
@@ -60,42 +82,87 @@ def _device_name(device: torch.device) -> str | None:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
-# Runs the timed steps of a cell: returns their statistics (None when nothing was timed) and how many
-# steps ran, so the energy window knows what it covered.
-TimeSteps = Callable[[PreparedStep], tuple[TimingStats | None, int]]
+# Times the rounds of a measurement (its sides, in order: baseline first), reading clocks into the log.
+TimeRounds = Callable[[Sequence[Side], ClockLog], Rounds]
 
 
-def sampled(ctx: CellContext, device: torch.device) -> TimeSteps:
-    """The sweep's timing: device-synchronised samples until the median is tight (ctx.policy)."""
-    def time_steps(step: PreparedStep) -> tuple[TimingStats | None, int]:
-        stats = sample(step, ctx.policy, ctx.timer or timer_for(device), clock=ctx.clock)
-        return stats, stats.count
+def interleaved(ctx: CellContext, device: torch.device) -> TimeRounds:
+    """The sweep's timing: device-synchronised blocks in rounds until the stopping rule (ctx.policy)."""
+    def time_rounds(sides: Sequence[Side], clocks: ClockLog) -> Rounds:
+        return run_rounds(sides, ctx.policy, ctx.timer or timer_for(device), clocks=clocks, clock=ctx.clock,
+                          seed=ctx.seed)
 
-    return time_steps
+    return time_rounds
 
 
-def measure(step: PreparedStep, cell: Cell, shape: ModelShape, ctx: CellContext, tracker: MemoryTracker,
-            time_steps: TimeSteps) -> CellOutcome:
-    """Warm up, time the steps inside the energy window, extend the window, take peak memory, derive the metrics.
+def _verdict(rounds: Rounds, sides: Sequence[Side], policy: NoisePolicy) -> NoiseVerdict:
+    roles = ["baseline", "measured"][-len(sides):]
+    checked = [(role, side.name, rounds.of(index)) for index, (role, side) in enumerate(zip(roles, sides, strict=True))]
+    return assess(checked, rounds.speedups(), rounds.clocks, policy)
 
-    The one measurement every benchmark path uses (the sweep and the pytest-benchmark suites alike).
-    """
-    device = torch.device(cell.device)
+
+def _timed(sides: Sequence[Side], ctx: CellContext, time_rounds: TimeRounds) -> tuple[Rounds, NoiseVerdict, int,
+                                                                                     list[list[str]]]:
+    """Rounds that pass the noise guard, or the last of 1 + remeasure tries; the tries and earlier reasons."""
+    earlier: list[list[str]] = []
+    for attempt in range(1, ctx.noise.remeasure + 2):
+        rounds = time_rounds(sides, ClockLog(meter=ctx.meter, null_reason=ctx.energy_null_reason))
+        verdict = _verdict(rounds, sides, ctx.noise)
+        if not verdict.noisy or attempt == ctx.noise.remeasure + 1:
+            return rounds, verdict, attempt, earlier
+        earlier.append(verdict.reasons)
+    raise AssertionError("unreachable")
+
+
+def _energy_and_memory(step: PreparedStep, device: torch.device, ctx: CellContext,
+                       tracker: MemoryTracker) -> EnergyMetrics:
+    """The measured model alone: memory peaks from here, energy over >= 1 step extended to the minimum window."""
     tracker.start()
-    warm_up(step, ctx.policy.warmup, device)
     window = EnergyWindow(ctx.meter, device, null_reason=ctx.energy_null_reason,
                           min_window_s=ctx.min_energy_window_s, sample_interval_s=ctx.sample_interval_s,
                           clock=ctx.clock)
     with window:
-        stats, steps = time_steps(step)
-        extra_steps = window.extend_to(step)
+        step()  # at least one step after the peak reset: the GPU's peak is this model's
+        steps = 1 + window.extend_to(step)
     tracker.after_timing(step, step.resident_tensors)
-    tokens_per_s = step.tokens_per_step / stats.median_s if stats else None  # throughput at the median step time
-    window_steps = steps + extra_steps
-    energy = window.metrics(tokens=window_steps * step.tokens_per_step, steps=window_steps)
-    metrics = cell_metrics(cell, shape, device, tokens_per_s=tokens_per_s, memory=tracker.result(), energy=energy,
-                           idle=_idle(ctx))
-    return CellOutcome(status="ok", reason=None, stats=stats, metrics=metrics)
+    return window.metrics(tokens=steps * step.tokens_per_step, steps=steps)
+
+
+def measure(sides: Sequence[Side], shape: ModelShape, ctx: CellContext, tracker: MemoryTracker,
+            time_rounds: TimeRounds, *, placement: str = "resident") -> CellOutcome:
+    """Warm up, time rounds (paired when there is a baseline side), guard against noise, then take the
+    measured model's energy and memory and derive the metrics. The last side is the measured cell's.
+
+    The one measurement every benchmark path uses (the sweep and the pytest-benchmark suites alike).
+    """
+    measured = sides[-1]
+    device = torch.device(measured.cell.device)
+    for side in sides:
+        with _placed(side):
+            warm_up(side.step, ctx.policy.warmup, device)
+    rounds, verdict, attempts, earlier = _timed(sides, ctx, time_rounds)
+    for partner in sides[:-1]:
+        partner.dismiss()
+    with _placed(measured):
+        energy = _energy_and_memory(measured.step, device, ctx, tracker)
+    samples = rounds.of(len(sides) - 1)
+    stats = rounds.stats(len(sides) - 1, ctx.policy.warmup) if samples else None  # none: pytest --benchmark-disable
+    tokens_per_s = measured.step.tokens_per_step / stats.median_s if stats else None  # at the median step time
+    metrics = cell_metrics(measured.cell, shape, device, tokens_per_s=tokens_per_s, memory=tracker.result(),
+                           energy=energy, idle=_idle(ctx))
+    paired = paired_fields(rounds, sides[0], placement, ctx.policy.warmup) if rounds.paired and stats else None
+    noise = {**verdict.to_dict(), "attempts": attempts, "earlier_reasons": earlier} if stats else None
+    return CellOutcome(status="ok", reason=None, stats=stats, metrics=metrics, paired=paired, noise=noise,
+                       clocks=rounds.clocks.to_dict())
+
+
+@contextmanager
+def _placed(side: Side) -> Iterator[None]:
+    side.enter()
+    try:
+        yield
+    finally:
+        side.leave()
 
 
 def cell_metrics(cell: Cell, shape: ModelShape, device: torch.device, *, tokens_per_s: float | None,
@@ -131,23 +198,41 @@ def _after_failure(device: torch.device, tracker: MemoryTracker) -> MemoryResult
     return MemoryResult(peak_memory_null_reason="the cell failed before its memory step")
 
 
-def measure_cell(cell: Cell, model: torch.nn.Module, shape: ModelShape, ctx: CellContext) -> CellOutcome:
-    """Run one cell on `model` (already on cell.device); never raises except KeyboardInterrupt."""
+def _prepared_side(cell: Cell, model: torch.nn.Module, ids: torch.Tensor, placement: Placement) -> Side:
+    """`cell`'s step on `model`, prepared while the model is on the device (FP8 calibration runs a forward)."""
+    hooks = placement.hooks(model)
+    hooks.enter()
+    try:
+        step = prepare_step(cell.workload, model, ids, backend=cell.backend, precision=cell.precision)
+    finally:
+        hooks.leave()
+    return Side(cell=cell, step=step, **hooks_for(placement, model, step))
+
+
+def measure_cell(cell: Cell, model: torch.nn.Module, shape: ModelShape, ctx: CellContext, *,
+                 baseline: Baseline | None = None, placement: Placement | None = None) -> CellOutcome:
+    """Run one cell on `model`, paired with `baseline` when given; never raises except KeyboardInterrupt.
+
+    `placement` says where the models are (default: already on cell.device, and they stay there).
+    """
     device = torch.device(cell.device)
+    placement = placement or Placement.resident(device)
     tracker = MemoryTracker(device)
-    step: PreparedStep | None = None
+    sides: list[Side] = []
     status, reason = "error", ""
     try:
         ids = make_input_ids(shape.vocab_size, cell.batch, cell.seq_len, seed=ctx.seed, device=device)
-        step = prepare_step(cell.workload, model, ids, backend=cell.backend, precision=cell.precision)
-        return measure(step, cell, shape, ctx, tracker, sampled(ctx, device))
+        if baseline is not None:
+            sides.append(_prepared_side(baseline.cell, baseline.model, ids, placement.as_baseline()))
+        sides.append(_prepared_side(cell, model, ids, placement))
+        return measure(sides, shape, ctx, tracker, interleaved(ctx, device), placement=placement.name)
     except OutOfMemoryError as err:
         status, reason = "oom", first_line(err)
     except Exception as err:  # noqa: BLE001 - any failure is this cell's result; the sweep goes on
         status, reason = "error", first_line(err)
     finally:
-        if step is not None:
-            release(step)
-        step = None
+        for side in sides:
+            release(side.step)
+        sides = []
     # Outside the except block, so the traceback (and the tensors its frames hold) is gone.
     return unmeasured(status, reason, ctx, _after_failure(device, tracker))

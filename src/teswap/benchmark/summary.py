@@ -1,4 +1,5 @@
-"""The table `teswap bench` prints at the end: tokens/s, speedup and memory vs stock, J/token."""
+"""The table `teswap bench` prints at the end: tokens/s, speedup with its CI and memory vs stock,
+J/token, the noise verdict; and the lines under it that say how the speedups were measured."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from teswap.precision.table import baseline_precision
+from teswap.statistics import independent_ratio
 
 COLUMNS = ("model", "workload", "seq", "batch", "backend", "precision", "status", "tokens/s", "vs stock",
-           "peak MiB", "mem vs stock", "J/token")
+           "noise", "peak MiB", "mem vs stock", "J/token")
+UNPAIRED_MARK = "u"
 
 
 def _baseline_key(cell: dict[str, Any]) -> tuple:
@@ -27,22 +30,48 @@ def _number(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    return "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
+
+
+def speedup_text(record: dict[str, Any], stock: dict[str, Any] | None) -> str:
+    """`1.012x [0.990, 1.031]` from the paired rounds; from two separate cells, marked u; - without stock."""
+    paired = record.get("paired")
+    if record["status"] != "ok":
+        return "-"
+    if paired:
+        return f"{paired['speedup']:.3f}x" + _interval(paired["speedup_ci_low"], paired["speedup_ci_high"])
+    if stock is None or not stock["metrics"].get("tokens_per_s") or not record["metrics"].get("tokens_per_s"):
+        return "-"
+    text = _ratio(record["metrics"]["tokens_per_s"], stock["metrics"]["tokens_per_s"])
+    samples, stock_samples = (r["stats"]["samples_s"] if r.get("stats") else [] for r in (record, stock))
+    if samples and stock_samples:
+        interval = independent_ratio(stock_samples, samples)
+        text += _interval(interval.ci_low, interval.ci_high)
+    return f"{text} {UNPAIRED_MARK}"
+
+
+def _noise(record: dict[str, Any]) -> str:
+    noise = record.get("noise")
+    return "" if not noise else ("noisy" if noise["noisy"] else "steady")
+
+
 def summary_rows(records: Iterable[dict[str, Any]]) -> list[tuple[str, ...]]:
     """One row per record (ordered as given), comparing each with its stock baseline when there is one."""
     records = list(records)
-    stock = {_baseline_key(r["cell"]): r["metrics"] for r in records
-             if r["cell"]["backend"] == "stock" and r["status"] == "ok"}
+    stock = {_baseline_key(r["cell"]): r for r in records if r["cell"]["backend"] == "stock" and r["status"] == "ok"}
     rows: list[tuple[str, ...]] = []
     for record in records:
         cell, metrics = record["cell"], record["metrics"]
-        base = stock.get(_baseline_key(cell), {})
+        base = stock.get(_baseline_key(cell))
         tokens, peak = metrics.get("tokens_per_s"), metrics.get("peak_allocated_bytes")
+        swapped = cell["backend"] != "stock"
         rows.append((
             cell["model"], cell["workload"], str(cell["seq_len"]), str(cell["batch"]), cell["backend"],
             cell["precision"], record["status"], _number(tokens, ",.0f"),
-            _ratio(tokens, base.get("tokens_per_s")) if cell["backend"] != "stock" else "",
+            speedup_text(record, base) if swapped else "", _noise(record),
             _number(None if peak is None else peak / 2**20, ",.1f"),
-            _ratio(peak, base.get("peak_allocated_bytes")) if cell["backend"] != "stock" else "",
+            _ratio(peak, (base or {}).get("metrics", {}).get("peak_allocated_bytes")) if swapped else "",
             _number(metrics.get("energy_per_token_j"), ".3e"),
         ))
     return rows
@@ -52,7 +81,7 @@ def format_table(rows: list[tuple[str, ...]], columns: tuple[str, ...] = COLUMNS
     """Plain-text table, numbers right-aligned."""
     widths = [max(len(columns[i]), *(len(row[i]) for row in rows)) if rows else len(columns[i])
               for i in range(len(columns))]
-    left = {0, 1, 4, 5, 6}  # text columns
+    left = {0, 1, 4, 5, 6, 9}  # text columns
 
     def line(values: tuple[str, ...]) -> str:
         return "  ".join(v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths,
@@ -63,3 +92,21 @@ def format_table(rows: list[tuple[str, ...]], columns: tuple[str, ...] = COLUMNS
 
 def summary_table(records: Iterable[dict[str, Any]]) -> str:
     return format_table(summary_rows(records))
+
+
+def summary_legend(records: Iterable[dict[str, Any]]) -> str:
+    """How the speedups above were measured, and why each noisy cell is noisy."""
+    records = list(records)
+    rounds = sorted({r["paired"]["rounds"] for r in records if r.get("paired")})
+    lines = ["vs stock: stock step time / swapped step time with its 95% CI"]
+    if rounds:
+        lines[0] += (f"; paired: timed in interleaved rounds with stock ({rounds[0]}-{rounds[-1]} rounds), median of "
+                     "the per-round ratios, CI a bootstrap over rounds")
+    if any(r.get("status") == "ok" and r["cell"]["backend"] != "stock" and not r.get("paired") for r in records):
+        lines.append(f"  {UNPAIRED_MARK}: separate cells (not paired); their CI does not cover drift between them")
+    noisy = [r for r in records if (r.get("noise") or {}).get("noisy")]
+    for record in noisy:
+        cell = record["cell"]
+        lines.append(f"  noisy: {cell['model']} {cell['workload']} {cell['backend']}/{cell['precision']} "
+                     f"s={cell['seq_len']} b={cell['batch']}: {'; '.join(record['noise']['reasons'])}")
+    return "\n".join(lines)

@@ -1,11 +1,17 @@
-"""Run a sweep: build each pair once, measure one resident model at a time, write each cell as it ends.
+"""Run a sweep: build each pair once, time stock cells alone and swapped cells paired with stock, store each cell.
 
-Residency: pairs are kept in host memory, and only the model being measured is moved to the device;
-it goes back to the host (and the CUDA cache is emptied) before the other model comes. So a GPU never
-holds both models while measuring, and the stock model's weights do not count in the swapped model's
-peak. A pair is built on the host, or (`build_on="device"`, the GPU default: random init and weight
-checksums of an 8B model take minutes on a CPU) on the device and offloaded at once, which needs
-room for both models during the build only. On a CPU device nothing moves.
+Pairing: every swapped cell is timed against its stock baseline (same model, workload, shape and
+model dtype) in interleaved rounds (runner.measure_cell with a Baseline), so drift and noisy
+neighbours hit both; its record keeps both sides' samples per round and the speedup's CI. The stock
+cells are also measured alone first, for their own tokens/s, memory and energy. A swapped cell whose
+stock cell is not in the sweep, or did not finish ok, is timed alone (its speedup is then unpaired).
+
+Residency: pairs are kept in host memory and visit the device. A lone cell's model is the only one
+there. A paired cell has both models there when twice the stock cell's peak fits (residency.py),
+else they take turns block by block; either way the stock model leaves before the swapped model's
+memory and energy are taken. A pair is built on the host, or (`build_on="device"`, the GPU default:
+random init and weight checksums of an 8B model take minutes on a CPU) on the device and offloaded
+at once, which needs room for both models during the build only. On a CPU device nothing moves.
 
 Durability and resume: each finished cell is appended to the results store (locked, fsynced) before
 the next starts, with SIGINT/SIGTERM held off while it is written. A rerun of the same sweep on the
@@ -16,22 +22,21 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
 
 from teswap.benchmark.energy import idle_power_w
 from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.plan import Cell, SweepSpec, plan_cells, resolve_device
 from teswap.benchmark.progress import NullProgress, Progress
 from teswap.benchmark.records import bench_record, cell_key, finished_records, model_config_fields
-from teswap.benchmark.residency import HOST, offload, resident
-from teswap.benchmark.runner import CellContext, CellOutcome, first_line, measure_cell, unmeasured
+from teswap.benchmark.residency import HOST, Placement, fits_together, move, offload, resident
+from teswap.benchmark.runner import Baseline, CellContext, CellOutcome, first_line, measure_cell, unmeasured
 from teswap.benchmark.signals import InterruptGuard, terminate_as_interrupt
 from teswap.errors import TeswapError
 from teswap.hardware.gpu_info import gpu_info
@@ -43,6 +48,9 @@ from teswap.store.provenance import Provenance
 from teswap.store.runs import RunWriter, open_run
 from teswap.swap.pair import Pair, build_pair
 from teswap.swap.sources import resolve_source
+
+CLOCK_REASONS = ("GPU", "SM clock")  # how the noise guard's clock reasons begin
+ALTERNATING_BLOCK_STEPS = 3  # timed steps per block at least, when the two models take turns on the device
 
 
 @dataclass(kw_only=True)
@@ -56,7 +64,8 @@ class SweepResult:
     resumed: int = 0
     interrupted: bool = False
     run_path: Path | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # about the store (unreadable lines skipped on resume)
+    warnings: list[str] = field(default_factory=list)  # noisy cells, unstable clocks (also shown as they happen)
 
     @property
     def missing(self) -> int:
@@ -82,30 +91,73 @@ class _Sweep:
         record = bench_record(
             cell=cell, model_config=self.configs[cell.model], provenance=self.provenance, status=outcome.status,
             reason=outcome.reason, stats=outcome.stats.to_dict() if outcome.stats else None,
-            metrics=outcome.metrics, gpu=self.gpu, settings=self.spec.settings(),
+            metrics=outcome.metrics, gpu=self.gpu, settings=self.spec.settings(), paired=outcome.paired,
+            noise=outcome.noise, clocks=outcome.clocks,
         )
         with self.guard.deferred():  # a signal waits until the record is stored and counted
             self.result.records[record.cell_key] = self.writer.write(record)
             self.result.written += 1
             self.result.run_path = self.writer.path
         self.progress.advance(cell, outcome.status)
+        if outcome.noise and outcome.noise["noisy"]:
+            reasons = outcome.noise["reasons"]
+            clocks = any(reason.startswith(CLOCK_REASONS) for reason in reasons)
+            self.warn(f"{cell.label()}: noisy after {outcome.noise['attempts']} tries: {'; '.join(reasons)}"
+                      + ("; GPU clocks were not stable (bench/README.md, 'Locking clocks')" if clocks else ""))
+
+    def warn(self, message: str) -> None:
+        self.result.warnings.append(message)
+        self.progress.warn(message)
 
     def write_all(self, cells: list[Cell], status: str, reason: str) -> None:
         for cell in cells:
             self.write(cell, unmeasured(status, reason, self.ctx))
 
-    def run_cells(self, model: PreTrainedModel, cells: list[Cell]) -> None:
-        shape = ModelShape.from_config(model.config)
+    def skip_reason(self, cell: Cell) -> str | None:
+        if cell.backend == "stock":
+            return None
+        try:
+            require_precision(cell.precision, cell.backend, cell.device)
+        except TeswapError as err:
+            return str(err)
+        return None
+
+    def run_cells(self, cells: list[Cell], measure_one: Callable[[Cell], CellOutcome]) -> None:
+        """Each cell through `measure_one(cell)`, with the cooldown between cells and skips written."""
         for index, cell in enumerate(cells):
             if index and self.spec.cooldown_s:
                 time.sleep(self.spec.cooldown_s)  # let clocks and temperature settle between cells
-            if cell.backend != "stock":
-                try:
-                    require_precision(cell.precision, cell.backend, cell.device)
-                except TeswapError as err:
-                    self.write(cell, unmeasured("skipped", str(err), self.ctx))
-                    continue
-            self.write(cell, measure_cell(cell, model, shape, self.ctx))
+            reason = self.skip_reason(cell)
+            self.write(cell, unmeasured("skipped", reason, self.ctx) if reason else measure_one(cell))
+
+    def baseline_record(self, cell: Cell) -> tuple[Cell, dict[str, Any]] | None:
+        """The stock cell `cell` pairs with and its ok record; None when pairing is off or it has none."""
+        stock = replace(cell, backend="stock", precision=baseline_precision(cell.precision))
+        if not self.spec.paired:
+            return None
+        record = self.result.records.get(self.key(stock))
+        return (stock, record) if record and record["status"] == "ok" else None
+
+    def measure_swapped(self, pair: Pair, cell: Cell, shape: ModelShape, device: torch.device) -> CellOutcome:
+        """A swapped cell (already resident), paired with its stock baseline when it has one."""
+        found = self.baseline_record(cell)
+        if found is None:
+            return measure_cell(cell, pair.swapped, shape, self.ctx)
+        stock, record = found
+        baseline = Baseline(cell=stock, model=pair.stock)
+        if fits_together(device, record["metrics"].get("peak_allocated_bytes")):
+            with resident(pair.stock, device):
+                return measure_cell(cell, pair.swapped, shape, self.ctx, baseline=baseline)
+        move(pair.swapped, HOST)  # they take turns: both start in host memory
+        try:
+            # every block moves a model in: one untimed step after the move, and blocks long enough to amortise it
+            policy = replace(self.ctx.policy, block_warmup=max(1, self.ctx.policy.block_warmup),
+                             block_steps=max(ALTERNATING_BLOCK_STEPS, self.ctx.policy.block_steps))
+            ctx = replace(self.ctx, policy=policy)
+            return measure_cell(cell, pair.swapped, shape, ctx, baseline=baseline,
+                                placement=Placement.alternating(device))
+        finally:
+            move(pair.swapped, device)
 
 
 def _build_plans(sweep: _Sweep, pending: list[Cell]) -> list[tuple[str, list[tuple[str, list[Cell]]]]]:
@@ -136,6 +188,19 @@ def _build(sweep: _Sweep, model_source: str, backend: str, dtype: torch.dtype, d
     return pair
 
 
+def _run_roles(sweep: _Sweep, pair: Pair, roles: list[tuple[str, list[Cell]]], device: torch.device) -> None:
+    """The stock cells alone on the stock model, then the swapped cells (each paired where it can be)."""
+    shape = ModelShape.from_config(pair.config)
+    for role, cells in roles:
+        if not cells:
+            continue
+        with resident(getattr(pair, role), device) as model:
+            if role == "stock":
+                sweep.run_cells(cells, lambda cell: measure_cell(cell, model, shape, sweep.ctx))  # noqa: B023
+            else:
+                sweep.run_cells(cells, lambda cell: sweep.measure_swapped(pair, cell, shape, device))
+
+
 def _run_group(sweep: _Sweep, model_source: str, dtype: torch.dtype, pending: list[Cell]) -> None:
     device = resolve_device(sweep.spec.device)
     for backend, roles in _build_plans(sweep, pending):
@@ -146,10 +211,7 @@ def _run_group(sweep: _Sweep, model_source: str, dtype: torch.dtype, pending: li
                 sweep.write_all(cells, "error", f"building the pair failed: {first_line(err)}")
             continue
         assert pair is not None
-        for role, cells in roles:
-            if cells:
-                with resident(getattr(pair, role), device) as model:
-                    sweep.run_cells(model, cells)
+        _run_roles(sweep, pair, roles, device)
         pair = None
         gc.collect()
 

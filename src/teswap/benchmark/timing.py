@@ -27,25 +27,41 @@ Clock = Callable[[], float]
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
+ORDERS = ("abba", "random")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TimingPolicy:
-    """How many warm-up steps, and when sampling may stop."""
+    """How many warm-up steps, how steps are grouped into blocks and rounds, and when sampling may stop.
+
+    Sample counts are per side. A paired cell stops once the speedup's CI is tight (half-width within
+    `target_rel_ci` of the estimate, after `min_rounds`); a lone cell once its median's CI is.
+    """
 
     warmup: int = 3
     min_samples: int = 10
     max_samples: int = 2000
-    target_rel_ci: float = 0.02  # half-width of the median's 95% CI, relative to the median
-    budget_s: float = 2.0  # wall time for sampling, checked after min_samples
+    target_rel_ci: float = 0.02  # half-width of the 95% CI (median, or paired speedup), relative to it
+    budget_s: float = 2.0  # wall time for sampling, checked after min_samples (and min_rounds)
+    block_steps: int = 1  # timed steps per block: one model runs a whole block before the other's
+    block_warmup: int = 0  # untimed steps at the start of every block (after a model moved onto the device)
+    min_rounds: int = 8  # paired rounds before the speedup's CI may stop sampling
+    order: str = "abba"  # blocks of a paired round: ABBA then BAAB, or a seeded shuffle of AABB ("random")
 
     def __post_init__(self) -> None:
-        if self.warmup < 0:
-            raise BenchConfigError(f"warmup must be >= 0, got {self.warmup}")
+        if self.warmup < 0 or self.block_warmup < 0:
+            raise BenchConfigError(f"warmup and block_warmup must be >= 0, got {self.warmup}, {self.block_warmup}")
         if not 1 <= self.min_samples <= self.max_samples:
             raise BenchConfigError(f"need 1 <= min_samples ({self.min_samples}) <= max_samples ({self.max_samples})")
         if not self.target_rel_ci > 0:
             raise BenchConfigError(f"target_rel_ci must be > 0, got {self.target_rel_ci}")
         if not self.budget_s > 0:
             raise BenchConfigError(f"budget_s must be > 0, got {self.budget_s}")
+        if self.block_steps < 1 or self.min_rounds < 1:
+            raise BenchConfigError(f"block_steps and min_rounds must be >= 1, got {self.block_steps}, "
+                                   f"{self.min_rounds}")
+        if self.order not in ORDERS:
+            raise BenchConfigError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
 
 
 class Timer(ABC):

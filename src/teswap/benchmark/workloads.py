@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from teswap.benchmark.timing import Timer
 from teswap.precision.runtime import calibrate, swapped_autocast
 
 WORKLOADS = ("prefill", "train")
+STEP_TIME = "step_s"  # the timing every workload has: one whole step
 TRAIN_LR = 1.41e-5  # TE's te_llama tutorial; small enough that timed steps do not disturb the weights much
 
 
@@ -59,6 +61,12 @@ class PreparedStep:
 
     def __call__(self) -> object:
         return self._run()
+
+    def timed(self, timer: Timer) -> dict[str, float]:
+        """One step, timed: {STEP_TIME: seconds}. A workload that times phases inside its step (decode:
+        time to first token, time per output token) returns them too, keyed by name (unit in the name),
+        and the paired rounds give each its own ratio and CI."""
+        return {STEP_TIME: timer.time(self)}
 
     def _prefill(self) -> object:
         with torch.no_grad(), self.autocast():
@@ -103,9 +111,14 @@ def prepare_step(workload: str, model: torch.nn.Module, input_ids: torch.Tensor,
     return PreparedStep(workload=workload, model=model, input_ids=input_ids, autocast=autocast)
 
 
-def release(step: PreparedStep) -> None:
-    """Drop gradients and optimizer state so the next cell starts from weights alone."""
+def drop_state(step: PreparedStep) -> None:
+    """Drop gradients and optimizer state (rebuilt by the next training step), keeping the model's mode."""
     step.model.zero_grad(set_to_none=True)
     if step.optimizer is not None:
         step.optimizer.state.clear()
+
+
+def release(step: PreparedStep) -> None:
+    """Drop gradients and optimizer state so the next cell starts from weights alone."""
+    drop_state(step)
     step.model.eval()

@@ -35,6 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--target-ci", type=positive_float,
                         help="stop when the median's 95%% CI half-width is within this fraction of the median")
     timing.add_argument("--budget-s", type=positive_float, help="sampling time per cell before giving up on the CI")
+    pairing = parser.add_argument_group("pairing (each swapped cell timed in rounds with its stock baseline)")
+    pairing.add_argument("--block-steps", type=positive_int, help="timed steps per block (one model at a time)")
+    pairing.add_argument("--min-rounds", type=positive_int, help="paired rounds before the speedup's CI may stop")
+    pairing.add_argument("--order", choices=("abba", "random"),
+                         help="blocks of a round: ABBA then BAAB (default), or a seeded shuffle")
+    pairing.add_argument("--sequential", action="store_true",
+                         help="no pairing: time every cell on its own, one after another (for comparison only)")
+    noise = parser.add_argument_group("noise guard (a cell failing a check is measured again, then marked noisy)")
+    noise.add_argument("--max-cv", type=positive_float, help="step-time spread, robust CV (default 0.15)")
+    noise.add_argument("--max-drift", type=positive_float,
+                       help="median change from the first to the last third of the samples (default 0.10)")
+    noise.add_argument("--remeasure", type=non_negative_int, help="tries after a noisy one (default 1)")
     energy = parser.add_argument_group("energy (NVML; ignored without a GPU)")
     energy.add_argument("--min-energy-window-s", type=non_negative_float,
                         help="run the step until the energy window lasts this long")
@@ -42,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     energy.add_argument("--idle-s", type=non_negative_float, help="idle power baseline before the sweep")
     energy.add_argument("--cooldown-s", type=non_negative_float, default=0.0, help="pause between cells")
     store = parser.add_argument_group("results")
-    store.add_argument("--results", default="results", help="results store root (default: results/)")
+    store.add_argument("--results", default="results", metavar="DIR",
+                       help="the results store, as in every teswap command (default: results/)")
     store.add_argument("--no-resume", action="store_true", help="measure every cell, even ones finished earlier")
     store.add_argument("--from-pytest-json", metavar="FILE",
                        help="store the cells of a `pytest bench/ --benchmark-json FILE` run as records, then exit")
@@ -53,27 +66,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(parser)
 
 
-def build_spec(args: argparse.Namespace) -> tuple[Any, str]:
-    """This hardware's default SweepSpec with every flag given replacing its field; and why."""
+def build_spec(args: argparse.Namespace) -> tuple[Any, str, bool]:
+    """This hardware's default SweepSpec with every flag given replacing its field; why those defaults;
+    and whether the flags left the defaults as they were."""
     from teswap.benchmark.plan import default_spec, resolve_device
     from teswap.hardware.probe import default_device, probe_te
 
     device = resolve_device(args.device or default_device())
-    spec, why = default_spec(device, te_available=bool(probe_te()))
-    policy = replace(spec.policy, **{name: getattr(args, flag) for name, flag in _TIMING_FLAGS.items()
-                                     if getattr(args, flag) is not None})
-    spec = spec.overriding(
+    default, why = default_spec(device, te_available=bool(probe_te()))
+    policy = replace(default.policy, **{name: getattr(args, flag) for name, flag in _TIMING_FLAGS.items()
+                                        if getattr(args, flag) is not None})
+    noise = replace(default.noise, **{name: getattr(args, name) for name in ("max_cv", "max_drift", "remeasure")
+                                      if getattr(args, name) is not None})
+    spec = default.overriding(
         models=args.models, workloads=args.workloads, backends=args.backends, precisions=args.precisions,
-        seq_lens=args.seq_lens, batches=args.batches, seed=args.seed, policy=policy,
+        seq_lens=args.seq_lens, batches=args.batches, seed=args.seed, policy=policy, noise=noise,
+        paired=False if args.sequential else None,
         min_energy_window_s=args.min_energy_window_s, sample_interval_s=args.sample_interval_s,
         idle_s=args.idle_s, cooldown_s=args.cooldown_s, threads=args.threads, build_on=args.build_on,
     )
-    return spec, why
+    return spec, why, spec == default
 
 
 # TimingPolicy field -> the `teswap bench` flag that sets it.
 _TIMING_FLAGS = {"warmup": "warmup", "min_samples": "min_samples", "max_samples": "max_samples",
-                 "target_rel_ci": "target_ci", "budget_s": "budget_s"}
+                 "target_rel_ci": "target_ci", "budget_s": "budget_s", "block_steps": "block_steps",
+                 "min_rounds": "min_rounds", "order": "order"}
 
 
 def _import_pytest_json(args: argparse.Namespace) -> int:
@@ -94,17 +112,19 @@ def main(args: argparse.Namespace) -> int:
     """Run the sweep (or import a pytest-benchmark JSON); 0 done, 1 a cell errored, 130 interrupted."""
     if args.from_pytest_json:
         return _import_pytest_json(args)
-    from teswap.benchmark.plan import plan_cells
+    from teswap.benchmark.plan import describe, plan_cells
     from teswap.benchmark.progress import TqdmProgress
-    from teswap.benchmark.summary import summary_table
+    from teswap.benchmark.summary import summary_legend, summary_table
     from teswap.benchmark.sweep import run_sweep
     from teswap.store.provenance import capture_provenance
     from teswap.swap.sources import resolve_source
 
-    spec, why = build_spec(args)
+    spec, why, defaults = build_spec(args)
     for model in spec.models:
         resolve_source(model)  # one clear line for a bad name before anything is built
-    print(f"teswap bench: {len(plan_cells(spec))} cells on {spec.device} ({why}); results in {args.results}/")
+    cells = len(plan_cells(spec))
+    print(f"teswap bench: {cells} cells: {describe(spec)}; results in {args.results}/"
+          + (f"\n  ({why})" if defaults else ""))
     started = time.perf_counter()
     result = run_sweep(spec, results_root=args.results, provenance=capture_provenance(),
                        resume=not args.no_resume, progress=TqdmProgress())
@@ -112,11 +132,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     records = [result.records[key] for key in result.keys if key in result.records]
     print(summary_table(records))
+    print(summary_legend(records))
     for record in records:
         if record["status"] != "ok":
             print(f"  {record['status']}: {_label(record['cell'])}: {record['reason']}")
-    print(f"{result.written} cells measured, {result.resumed} already in the store, {result.missing} missing; "
-          f"{time.perf_counter() - started:.1f} s" + (f"; written to {result.run_path}" if result.run_path else ""))
+    noisy = sum(1 for r in records if (r.get("noise") or {}).get("noisy"))
+    print(f"{result.written} cells measured, {result.resumed} already in the store, {result.missing} missing"
+          + (f", {noisy} noisy" if noisy else "") + f"; {time.perf_counter() - started:.1f} s"
+          + (f"; written to {result.run_path}" if result.run_path else ""))
+    print(f"sweep: {describe(spec)}")
     if result.interrupted:
         print(f"teswap bench: interrupted; rerun the same command to measure the {result.missing} missing cells",
               file=sys.stderr)

@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--seq-lens", type=int_list, help="benchmark sequence lengths, e.g. 512,1024")
     run.add_argument("--batch", type=int_list, help="benchmark batch sizes, e.g. 1,2")
     run.add_argument("--device", help="cpu or cuda[:N] (default: cuda if present)")
-    run.add_argument("--out", type=Path, default=Path("results"),
-                     help="results store (records are appended; the report goes to OUT/report)")
+    run.add_argument("--results", "--out", dest="results", type=Path, default=Path("results"), metavar="DIR",
+                     help="the results store, as in every teswap command (records are appended; the report goes "
+                          "to DIR/report); --out is the old name, kept as an alias")
     run.add_argument("--skip-bench", action="store_true", help="parity only")
 
 
@@ -28,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     plan = plan_run(model=args.model, backend=args.backend, precisions=args.precision, seq_lens=args.seq_lens,
-                    batches=args.batch, device=args.device, out=args.out)
+                    batches=args.batch, device=args.device, results=args.results)
     code = run_job(plan, bench=not args.skip_bench)
     print(f"teswap run: finished in {time.perf_counter() - started:.1f} s (exit {code})")
     return code

@@ -90,6 +90,14 @@ class PowerMeter(ABC):
     def memory_used_bytes(self) -> int:
         """Device memory in use by all processes, bytes."""
 
+    def memory_clock_mhz(self) -> float:
+        """Current memory clock, MHz (a meter that cannot read it raises NvmlNotSupportedError)."""
+        raise NvmlNotSupportedError(f"{type(self).__name__} does not read the memory clock")
+
+    def clock_event_reasons(self) -> int:
+        """Why the clocks are below their maximum right now, as NVML's bit mask (CLOCK_EVENT_REASONS)."""
+        raise NvmlNotSupportedError(f"{type(self).__name__} does not read clock event reasons")
+
 
 def nvml_call(function: Callable[..., T], *args: Any) -> T:
     """Call an NVML function; its NVMLError becomes NvmlError naming the call."""
@@ -99,6 +107,26 @@ def nvml_call(function: Callable[..., T], *args: Any) -> T:
         return function(*args)
     except pynvml.NVMLError as err:
         raise typed_error(getattr(function, "__name__", str(function)), err) from err
+
+
+# NVML's clock event ("throttle") reason bits (nvml.h, nvmlClocksEventReason*), as names.
+CLOCK_EVENT_REASONS = {
+    0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+    0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+# The reasons that lower clocks for causes outside the benchmark (power cap, heat, an external brake):
+# timings taken while one is active are not the GPU's steady speed. Idle, a clock setting and sync
+# boost are not slowdowns of running work.
+SLOWDOWN_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
+                    "hw_power_brake_slowdown")
+
+
+def clock_event_names(mask: int) -> list[str]:
+    """The names of the reason bits set in `mask` (an unknown bit as its hex value)."""
+    names = [name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit]
+    unknown = mask & ~sum(CLOCK_EVENT_REASONS)
+    return names + ([f"0x{unknown:x}"] if unknown else [])
 
 
 class NvmlPowerMeter(PowerMeter):
@@ -142,6 +170,19 @@ class NvmlPowerMeter(PowerMeter):
         import pynvml
 
         return int(nvml_call(pynvml.nvmlDeviceGetMemoryInfo, self.handle).used)
+
+    def memory_clock_mhz(self) -> float:
+        import pynvml
+
+        return float(nvml_call(pynvml.nvmlDeviceGetClockInfo, self.handle, pynvml.NVML_CLOCK_MEM))
+
+    def clock_event_reasons(self) -> int:
+        import pynvml
+
+        # nvmlDeviceGetCurrentClocksEventReasons replaced ...ThrottleReasons (deprecated) in newer bindings.
+        query = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        return int(nvml_call(query, self.handle))
 
 
 @contextmanager

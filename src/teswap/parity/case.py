@@ -219,7 +219,8 @@ def _compare_forwards(reference: nn.Module, models: Mapping[str, nn.Module], con
         ref_logits, ref_hidden = _forward(reference, ids, nullcontext)
         scale = scale or robust_scale(ref_logits)
         nll["reference"].append(token_nll(ref_logits, ids))
-        blocks.append(position_blocks(*ids.shape, offset=index * _blocks_per_batch(ids)))
+        batch, positions = ids.shape
+        blocks.append(position_blocks(batch, positions, offset=index * _blocks_per_batch(ids)))
         for name, model in models.items():
             logits, hidden = _forward(model, ids, contexts[name])
             errors[name].append(token_errors(logits, ref_logits))

@@ -29,7 +29,8 @@ def greedy_continuations(model: nn.Module, prompts: torch.Tensor, new_tokens: in
                               use_cache=True, eos_token_id=None, pad_token_id=0, bos_token_id=None)
     attention = torch.ones_like(prompts)
     with context():
-        out = model.generate(prompts, attention_mask=attention, generation_config=config)
+        out = model.generate(  # type: ignore[operator]  # transformers' GenerationMixin
+            prompts, attention_mask=attention, generation_config=config)
     return out[:, prompts.shape[1]:]
 
 

@@ -3,7 +3,9 @@
 Figures are built on matplotlib.figure.Figure directly (no pyplot, no global backend or rcParams
 change), sized to stay legible at a README's width: 7.5 x 4.2 in, written at 150 dpi as PNG and SVG.
 Colour says the precision, line style and marker the backend; stock is black and dashed; a red ring
-marks a figure whose parity run failed, a red ▼ a commit that regressed, a green ▲ one that improved.
+marks a figure whose parity run failed, a dashed orange ring a noisy cell, a red ▼ a commit that
+regressed, a green ▲ one that improved. Speedups carry their 95% CI as error bars, on an axis that
+always holds 1.0 and every interval (and spans at least 0.1×).
 """
 
 from __future__ import annotations
@@ -123,14 +125,55 @@ def throughput_chart(table: pd.DataFrame, model: str, workload: str) -> Figure:
     return fig
 
 
+MIN_SPEEDUP_SPAN = 0.1  # the speedup axis spans at least 0.1x, so noise around 1.0 does not look like a trend
+NOISY_COLOR = "#ff7f0e"
+
+
+def _speedup_limits(part: pd.DataFrame) -> tuple[float, float]:
+    """y-limits that hold 1.0, every speedup and every CI bound, at least MIN_SPEEDUP_SPAN wide, padded."""
+    values = pd.concat([part["speedup"], part["speedup_ci_low"], part["speedup_ci_high"], pd.Series([1.0])])
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    low, high = float(values.min()), float(values.max())
+    if high - low < MIN_SPEEDUP_SPAN:
+        middle = (low + high) / 2
+        low, high = middle - MIN_SPEEDUP_SPAN / 2, middle + MIN_SPEEDUP_SPAN / 2
+    pad = 0.08 * (high - low)
+    return low - pad, high + pad
+
+
+def _error_bars(ax: Axes, part: pd.DataFrame) -> None:
+    """Each speedup's 95% CI as an error bar in its line's colour; noisy cells ringed."""
+    noisy_drawn = False
+    for _, _, precision, rows in _series(part, "speedup", None):
+        rows = rows.dropna(subset=["speedup"])
+        bounded = rows.dropna(subset=["speedup_ci_low", "speedup_ci_high"])
+        color = PRECISION_COLORS.get(precision, "#bcbd22")
+        if not bounded.empty:
+            below = (bounded["speedup"] - bounded["speedup_ci_low"]).clip(lower=0)
+            above = (bounded["speedup_ci_high"] - bounded["speedup"]).clip(lower=0)
+            ax.errorbar(bounded["seq_len"], bounded["speedup"], yerr=[below, above], fmt="none", ecolor=color,
+                        elinewidth=1.4, capsize=4, zorder=4)
+        noisy = rows[rows["noise"] == "noisy"]
+        if not noisy.empty:
+            ax.scatter(noisy["seq_len"], noisy["speedup"], s=110, facecolors="none", edgecolors=NOISY_COLOR,
+                       linewidths=1.6, linestyle="--", zorder=5, label=None if noisy_drawn else "noisy cell")
+            noisy_drawn = True
+
+
 @_styled
 def speedup_chart(table: pd.DataFrame, model: str, workload: str) -> Figure:
-    """Swapped tokens/s over stock tokens/s (at the baseline precision) against sequence length."""
+    """Swapped tokens/s over stock tokens/s (at the baseline precision) against sequence length, each
+    point with its 95% CI as an error bar; the y-axis always holds 1.0 and every interval."""
     part = _one_machine(table, model, workload)
     fig, (ax,) = _figure()
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="stock (1.0×)")
     _plot_lines(ax, part, "speedup", None)
-    ax.set_ylabel("speedup over stock (×)")
+    _error_bars(ax, part)
+    ax.set_ylim(*_speedup_limits(part))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2f}×"))
+    basis = set(part["speedup_basis"].dropna())
+    how = "paired rounds" if basis == {"paired"} else "separate cells" if basis == {"unpaired"} else "mixed"
+    ax.set_ylabel(f"speedup over stock (×), 95% CI ({how})")
     ax.set_title(f"{model} {workload}: speedup ({_subtitle(part)})")
     _legend(ax)
     return fig

@@ -12,8 +12,16 @@ from teswap.reporting.formats import FLAG, Cell, Table
 MISSING = "—"
 FLAG_LEGEND = (f"{FLAG} parity failed (or errored) for this model, backend and precision at this commit: "
                "the figure is not a valid result of the swapped model. ")
-RESULTS_LEGEND = ("Speedup and Δ mem are against stock at the baseline precision (bf16 for FP8); MFU is against "
-                  "the GPU's peak at the cell's precision.")
+UNPAIRED = "ᵘ"
+RESULTS_LEGEND = ("Speedup is stock step time / swapped step time, against stock at the baseline precision (bf16 for "
+                  "FP8), with its 95% CI in brackets. It was timed in interleaved rounds with stock (ABBA blocks; the "
+                  "median of the per-round ratios, the CI a bootstrap over rounds; stock tok/s comes from the same "
+                  f"rounds) unless marked {UNPAIRED}: then the two were separate cells, and the CI (each cell's "
+                  "samples bootstrapped) does not cover drift between them. noise: the noise guard's verdict; a noisy "
+                  "cell was measured again and stayed unsteady (CV: the robust spread of a model's step times; drift: "
+                  "its median from the first to the last third of its samples; round speedups CV: the spread of the "
+                  "per-round ratios; GPU clocks, slowdown reasons, temperature); — : not checked (before schema 2). "
+                  "Δ mem is against the same stock cell; MFU is against the GPU's peak at the cell's precision.")
 
 
 def _missing(value: Any) -> bool:
@@ -37,10 +45,35 @@ def _status_text(row: pd.Series) -> str | None:
     return None if row["status"] == "ok" else str(row["status"]).upper()
 
 
+def speedup_text(row: pd.Series) -> str:
+    """e.g. `1.34× [1.31, 1.37]`, with ᵘ when the speedup is unpaired; — when there is none."""
+    if _missing(row["speedup"]):
+        return MISSING
+    low, high = row["speedup_ci_low"], row["speedup_ci_high"]
+    bounded = not (_missing(low) or _missing(high))
+    digits = 3 if bounded and float(high) - float(low) < 0.02 else 2  # a tight interval keeps its width visible
+    text = f"{float(row['speedup']):.{digits}f}×"
+    if bounded:
+        text += f" [{float(low):.{digits}f}, {float(high):.{digits}f}]"
+    return text + (f" {UNPAIRED}" if row["speedup_basis"] == "unpaired" else "")
+
+
+def _noise_text(row: pd.Series) -> str:
+    if row["noise"] == "noisy":
+        return f"noisy: {row['noise_reasons']}" if row["noise_reasons"] else "noisy"
+    return MISSING if row["noise"] == "unchecked" else str(row["noise"])
+
+
+def _stock_tokens(row: pd.Series) -> str:
+    paired = row["paired_stock_tokens_per_s"]
+    value = row["stock_tokens_per_s"] if _missing(paired) else paired
+    return number(value, "{:,.0f}") + f" ({row['stock_precision']})"
+
+
 def results_table(table: pd.DataFrame) -> Table:
     """The published table: one row per swapped cell (see tables.comparison_table)."""
     headers = ["model", "workload", "seq", "batch", "backend", "precision", "stock tok/s", "tok/s", "speedup",
-               "peak mem", "Δ mem", "mJ/token", "MFU", "parity"]
+               "noise", "peak mem", "Δ mem", "mJ/token", "MFU", "parity"]
     rows = []
     for _, row in table.iterrows():
         flag = bool(row["flagged"])
@@ -50,9 +83,10 @@ def results_table(table: pd.DataFrame) -> Table:
         rows.append([
             Cell(str(row["model"])), Cell(str(row["workload"])), Cell(str(row["seq_len"]), numeric=True),
             Cell(str(row["batch"]), numeric=True), Cell(str(row["backend"])), Cell(str(row["precision"])),
-            Cell(number(row["stock_tokens_per_s"], "{:,.0f}") + f" ({row['stock_precision']})", numeric=True),
+            Cell(_stock_tokens(row), numeric=True),
             Cell(status or mark + number(row["tokens_per_s"], "{:,.0f}"), flag=flag, numeric=True),
-            Cell(status or mark + number(row["speedup"], "{:.2f}×"), flag=flag, numeric=True),
+            Cell(status or mark + speedup_text(row), flag=flag, numeric=True),
+            Cell(_noise_text(row)),
             Cell(memory(row["peak_allocated_bytes"]), numeric=True),
             Cell(number(row["peak_memory_change"], "{:+.1%}"), numeric=True),
             Cell(number(row["energy_per_token_j"], "{:.3g}", 1e3), numeric=True),
@@ -104,22 +138,29 @@ def parity_cases_table(parity: pd.DataFrame) -> Table:
 
 
 def comparison_display(compare: pd.DataFrame) -> Table:
-    """`teswap compare`'s table: medians at base and head, throughput change, p-value, verdict."""
+    """`teswap compare`'s table: medians at base and head (step time, or the paired speedup over stock),
+    throughput change, p-value, verdict."""
     keys = [c for c in ("machine", "model", "workload", "seq_len", "batch", "backend", "precision", "device")
             if c in compare]
-    headers = [*("seq" if k == "seq_len" else k for k in keys), "base median", "head median", "throughput Δ",
-               "p", "n base/head", "verdict"]
+    headers = [*("seq" if k == "seq_len" else k for k in keys), "basis", "base median", "head median",
+               "throughput Δ", "p", "n base/head", "verdict"]
     rows = []
     for _, row in compare.iterrows():
         bad = row["verdict"] in ("regressed", "broken in head")
+        paired = row.get("basis") == "paired speedup"
+        base, head = (number(row[f"{side}_speedup"], "{:.3f}×") if paired else
+                      number(row[f"{side}_median_s"], "{:.4g} s") for side in ("base", "head"))
         rows.append([*(Cell(str(row[k]), numeric=k in ("seq_len", "batch")) for k in keys),
-                     Cell(number(row["base_median_s"], "{:.4g} s"), numeric=True),
-                     Cell(number(row["head_median_s"], "{:.4g} s"), numeric=True),
+                     Cell(str(row.get("basis", "step time"))),
+                     Cell(base, numeric=True), Cell(head, numeric=True),
                      Cell(number(row["throughput_change"], "{:+.1%}"), numeric=True),
                      Cell(number(row["p_value"], "{:.2g}"), numeric=True),
                      Cell(f"{row['base_n']}/{row['head_n']}", numeric=True),
                      Cell(_verdict_text(row), flag=bad)])
-    return Table(headers=headers, rows=rows, kind="comparison")
+    legend = ("basis: \"paired speedup\" compares the per-round speedups over stock of cells timed in interleaved "
+              "rounds (n counts rounds; throughput Δ is relative to stock); \"step time\" compares the raw step "
+              "times (n counts samples).")
+    return Table(headers=headers, rows=rows, kind="comparison", legend=legend)
 
 
 def _verdict_text(row: pd.Series) -> str:

@@ -70,7 +70,8 @@ def to_html(table: Table) -> str:
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_LATEX_SYMBOLS = {"×": r"$\times$", "—": "--", "Δ": r"$\Delta$", "−": "-", "≥": r"$\geq$"}
+_LATEX_SYMBOLS = {"×": r"$\times$", "—": "--", "Δ": r"$\Delta$", "−": "-", "≥": r"$\geq$", "ᵘ": r"$^{u}$",
+                  "±": r"$\pm$", "°": r"$^{\circ}$"}
 
 
 def latex_escape(text: str) -> str:

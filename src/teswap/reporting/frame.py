@@ -26,7 +26,9 @@ CASE_COLUMNS = tuple(f"case.{name}" for name in ("model", "backend", "precision"
 # Columns the reporting code reads; added as missing values where no record had them (e.g. no energy).
 BENCH_COLUMNS = (*CELL_COLUMNS, "status", "reason", "stats.median_s", "stats.iqr_s", "stats.samples_s",
                  "metrics.tokens_per_s", "metrics.peak_allocated_bytes", "metrics.energy_per_token_j",
-                 "metrics.mfu_vs_bf16_peak", "metrics.mfu_vs_precision_peak")
+                 "metrics.mfu_vs_bf16_peak", "metrics.mfu_vs_precision_peak", "paired.speedup",
+                 "paired.speedup_ci_low", "paired.speedup_ci_high", "paired.baseline_tokens_per_s",
+                 "paired.samples_s", "paired.baseline_samples_s", "noise.noisy", "noise.reasons")
 PARITY_COLUMNS = (*CASE_COLUMNS, "passed", "status", "reason", "policy.name", "policy.version",
                   "first_divergent_layer")
 INTEGER_COLUMNS = ("cell.seq_len", "cell.batch", "case.seq_len", "case.batch", "case.seed")

@@ -1,6 +1,12 @@
 """Did a commit change a configuration's speed? Mann-Whitney U on the timing samples plus a minimum
 effect size, per configuration, between a base and a head commit (asv's rule).
 
+A swapped configuration measured paired with stock at both commits is judged on its per-round
+speedups over stock instead of its raw step times (`basis` "paired speedup"): each round's ratio
+was taken with both models under the same machine conditions, so a machine that was busier during
+one commit's run does not read as a regression of the swap. The stock configurations themselves,
+and anything measured unpaired, are judged on their step times (`basis` "step time").
+
 A configuration regressed when its samples differ at p < alpha AND the head's median time is more
 than `factor` times the base's; it improved under the mirror condition. Why alpha = 0.002 (asv's
 value) for our 10-50 samples per cell: the exact test still reaches it from 8 samples per side
@@ -21,10 +27,12 @@ import pandas as pd
 from teswap.reporting.errors import CrossMachineError, ReportError
 from teswap.reporting.frame import CELL_COLUMNS, CELL_FIELDS, select
 from teswap.reporting.mannwhitney import mann_whitney_u, smallest_p
+from teswap.statistics import round_ratios
 
 IMPROVED, REGRESSED, NO_CHANGE, TOO_FEW = "improved", "regressed", "no significant change", "too few samples"
 BROKEN, FIXED, ONLY_BASE, ONLY_HEAD = "broken in head", "fixed in head", "only in base", "only in head"
 NOT_MEASURED = "failed at both"
+PAIRED_BASIS, TIME_BASIS = "paired speedup", "step time"
 # Verdicts that make `teswap compare` exit 1: slower, or a cell that ran at base and fails at head.
 FAILING_VERDICTS = (REGRESSED, BROKEN)
 
@@ -80,6 +88,16 @@ def pooled_samples(rows: pd.DataFrame) -> list[float]:
     return [float(s) for samples in ok["stats.samples_s"] if isinstance(samples, list) for s in samples]
 
 
+def paired_speedups(rows: pd.DataFrame) -> list[float]:
+    """Every paired round's speedup over stock in the ok records of `rows` (none for unpaired records)."""
+    ok = rows[rows["status"] == "ok"]
+    speedups: list[float] = []
+    for baseline, measured in zip(ok["paired.baseline_samples_s"], ok["paired.samples_s"], strict=True):
+        if isinstance(baseline, list) and isinstance(measured, list) and baseline:
+            speedups.extend(float(r) for r in round_ratios(baseline, measured))
+    return speedups
+
+
 def check_machines(base: pd.DataFrame, head: pd.DataFrame, allow_cross_machine: bool) -> None:
     """Refuse to compare commits measured on different machines unless told to."""
     base_machines, head_machines = set(base["machine"]), set(head["machine"])
@@ -118,12 +136,21 @@ def _compare_key(key: dict, base: pd.DataFrame, head: pd.DataFrame, thresholds: 
     base_rows, head_rows = base[mask_base], head[mask_head]
     row = {name.removeprefix("cell."): value for name, value in key.items()}
     base_samples, head_samples = pooled_samples(base_rows), pooled_samples(head_rows)
+    base_speedups, head_speedups = paired_speedups(base_rows), paired_speedups(head_rows)
     row.update(base_median_s=float(np.median(base_samples)) if base_samples else np.nan,
                head_median_s=float(np.median(head_samples)) if head_samples else np.nan,
-               ratio=np.nan, throughput_change=np.nan, p_value=np.nan,
+               base_speedup=float(np.median(base_speedups)) if base_speedups else np.nan,
+               head_speedup=float(np.median(head_speedups)) if head_speedups else np.nan,
+               ratio=np.nan, throughput_change=np.nan, p_value=np.nan, basis=TIME_BASIS,
                base_n=len(base_samples), head_n=len(head_samples),
                base_status=_statuses(base_rows), head_status=_statuses(head_rows))
-    if base_samples and head_samples:
+    if base_speedups and head_speedups:
+        result = compare_samples(base_speedups, head_speedups, thresholds, bigger_is_better=True)
+        # ratio stays "head time over base time" (here: relative to stock), so > factor reads as slower
+        row.update(verdict=result.verdict, ratio=1 / result.ratio, p_value=result.p_value,
+                   throughput_change=result.ratio - 1, basis=PAIRED_BASIS, base_n=len(base_speedups),
+                   head_n=len(head_speedups))
+    elif base_samples and head_samples:
         result = compare_samples(base_samples, head_samples, thresholds)
         row.update(verdict=result.verdict, ratio=result.ratio, p_value=result.p_value,
                    throughput_change=1 / result.ratio - 1)

@@ -1,13 +1,22 @@
 """The published numbers: each swapped cell beside its stock baseline, with the parity verdict of
-the same model, backend and precision at the same commit next to every performance figure."""
+the same model, backend and precision at the same commit next to every performance figure.
+
+Every speedup carries its 95% CI and says how it was measured (`speedup_basis`): "paired" when the
+swapped cell was timed in interleaved rounds with stock (schema 2; the CI bootstraps the rounds),
+"unpaired" when the two were separate cells (schema 1 records, `--sequential` sweeps, pytest-benchmark
+imports; the CI bootstraps each cell's samples and does not cover drift between the cells).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from teswap.precision.table import baseline_precision
 from teswap.reporting.frame import CELL_COLUMNS
+from teswap.statistics import independent_ratio
 from teswap.store.ranks import aggregate_ranks
 
 # Parity verdicts, worst first: the verdict of a group of cases is its worst member's.
@@ -17,13 +26,18 @@ UNTESTED = "untested"
 
 TABLE_COLUMNS = [
     "machine", "commit", "model", "workload", "seq_len", "batch", "device", "backend", "precision", "status",
-    "reason", "tokens_per_s", "stock_precision", "stock_tokens_per_s", "speedup", "peak_allocated_bytes",
-    "stock_peak_allocated_bytes", "peak_memory_change", "energy_per_token_j", "stock_energy_per_token_j",
-    "mfu_vs_precision_peak", "mfu_vs_bf16_peak", "parity", "parity_cases", "flagged",
+    "reason", "tokens_per_s", "stock_precision", "stock_tokens_per_s", "speedup", "speedup_ci_low",
+    "speedup_ci_high", "speedup_basis", "paired_stock_tokens_per_s", "noise", "noise_reasons",
+    "peak_allocated_bytes", "stock_peak_allocated_bytes", "peak_memory_change", "energy_per_token_j",
+    "stock_energy_per_token_j", "mfu_vs_precision_peak", "mfu_vs_bf16_peak", "parity", "parity_cases", "flagged",
 ]
 _METRICS = {"metrics.tokens_per_s": "tokens_per_s", "metrics.peak_allocated_bytes": "peak_allocated_bytes",
             "metrics.energy_per_token_j": "energy_per_token_j", "metrics.mfu_vs_precision_peak":
-            "mfu_vs_precision_peak", "metrics.mfu_vs_bf16_peak": "mfu_vs_bf16_peak"}
+            "mfu_vs_precision_peak", "metrics.mfu_vs_bf16_peak": "mfu_vs_bf16_peak",
+            "paired.speedup": "paired_speedup", "paired.speedup_ci_low": "paired_ci_low",
+            "paired.speedup_ci_high": "paired_ci_high", "paired.baseline_tokens_per_s": "paired_stock_tokens_per_s"}
+_KEPT = {"stats.samples_s": "samples_s", "noise.noisy": "noisy", "noise.reasons": "noise_reasons"}
+STEADY, NOISY, UNCHECKED = "steady", "noisy", "unchecked"
 _JOIN = ["machine", "sha", "model", "workload", "seq_len", "batch", "device"]
 
 
@@ -37,10 +51,10 @@ def latest_cells(bench: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows["run_id"] == rows["newest_run"]].drop(columns="newest_run")
     if "rank.world_size" in rows and (rows["rank.world_size"].fillna(1) > 1).any():
         rows = merge_ranks(rows)
-    cells = rows.rename(columns={c: c.removeprefix("cell.") for c in CELL_COLUMNS} | _METRICS)
+    cells = rows.rename(columns={c: c.removeprefix("cell.") for c in CELL_COLUMNS} | _METRICS | _KEPT)
     keep = ["machine", "sha", "commit", *(c.removeprefix("cell.") for c in CELL_COLUMNS), "status", "reason",
-            *_METRICS.values()]
-    cells = cells[keep].copy()
+            *_METRICS.values(), *_KEPT.values()]
+    cells = cells.reindex(columns=keep).copy()
     for column in _METRICS.values():
         cells[column] = pd.to_numeric(cells[column], errors="coerce")
     for column in _METRICS.values():  # a cell that did not run has no numbers, whatever it recorded
@@ -69,6 +83,10 @@ def merge_ranks(rows: pd.DataFrame) -> pd.DataFrame:
                     first[f"metrics.{name}"] = total["metrics"][name]
                 for name in ("mfu_vs_precision_peak", "mfu_vs_bf16_peak"):  # per-GPU utilisation: the mean
                     first[f"metrics.{name}"] = pd.to_numeric(group[f"metrics.{name}"], errors="coerce").mean()
+                # One rank's samples or rounds are not the launch's: its speedup is the ratio of summed
+                # throughputs, unpaired, without an interval.
+                for column in ("stats.samples_s", *(c for c in _METRICS if c.startswith("paired."))):
+                    first[column] = None
         merged.append(first)
     return pd.DataFrame(merged)
 
@@ -100,17 +118,23 @@ def parity_verdicts(parity: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per swapped cell: its figures, the stock baseline's, speedup, memory change, parity."""
+    """One row per swapped cell: its figures, the stock baseline's, speedup with its CI and basis,
+    memory change, noise, parity."""
     cells = latest_cells(bench)
     stock = cells[cells["backend"] == "stock"]
     swapped = cells[cells["backend"] != "stock"].copy()
     swapped["stock_precision"] = swapped["precision"].map(baseline_precision)
-    baseline = stock.rename(columns={"precision": "stock_precision"} | {
-        name: f"stock_{name}" for name in ("tokens_per_s", "peak_allocated_bytes", "energy_per_token_j")})
-    baseline = baseline[[*_JOIN, "stock_precision", "stock_tokens_per_s", "stock_peak_allocated_bytes",
-                         "stock_energy_per_token_j"]]
+    renamed = ("tokens_per_s", "peak_allocated_bytes", "energy_per_token_j", "samples_s", "noisy", "noise_reasons")
+    baseline = stock.rename(columns={"precision": "stock_precision"} | {name: f"stock_{name}" for name in renamed})
+    baseline = baseline[[*_JOIN, "stock_precision", *(f"stock_{name}" for name in renamed)]]
     table = swapped.merge(baseline, on=[*_JOIN, "stock_precision"], how="left")
-    table["speedup"] = table["tokens_per_s"] / table["stock_tokens_per_s"]
+    speedups = pd.DataFrame([_speedup(row) for _, row in table.iterrows()], index=table.index,
+                            columns=["speedup", "speedup_ci_low", "speedup_ci_high", "speedup_basis"])
+    table[speedups.columns] = speedups
+    noise = pd.DataFrame([_noise(row) for _, row in table.iterrows()], index=table.index,
+                         columns=["noise", "noise_reasons"])
+    table = table.drop(columns="noise_reasons")
+    table[noise.columns] = noise
     table["peak_memory_change"] = table["peak_allocated_bytes"] / table["stock_peak_allocated_bytes"] - 1
     verdicts = parity_verdicts(parity).rename(columns={"device": "device_type"})
     table["device_type"] = table["device"].map(_device_type)
@@ -120,6 +144,43 @@ def comparison_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) ->
     table["flagged"] = table["parity"].isin(FLAGGED_PARITY)
     table = table.sort_values(["machine", "model", "workload", "batch", "seq_len", "backend", "precision"])
     return table[TABLE_COLUMNS].reset_index(drop=True)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def _speedup(row: pd.Series) -> tuple[float, float, float, str | None]:
+    """(speedup, CI low, CI high, basis): the paired record's own, else the two cells' ratio, unpaired."""
+    if row["status"] != "ok":
+        return np.nan, np.nan, np.nan, None
+    if _present(row["paired_speedup"]):
+        low, high = row["paired_ci_low"], row["paired_ci_high"]
+        return (float(row["paired_speedup"]), float(low) if _present(low) else np.nan,
+                float(high) if _present(high) else np.nan, "paired")
+    if not (_present(row["tokens_per_s"]) and _present(row["stock_tokens_per_s"])):
+        return np.nan, np.nan, np.nan, None
+    speedup, low, high = row["tokens_per_s"] / row["stock_tokens_per_s"], np.nan, np.nan
+    samples, stock_samples = row["samples_s"], row["stock_samples_s"]
+    if isinstance(samples, list) and isinstance(stock_samples, list) and samples and stock_samples:
+        interval = independent_ratio(stock_samples, samples)
+        low = interval.ci_low if interval.ci_low is not None else np.nan
+        high = interval.ci_high if interval.ci_high is not None else np.nan
+    return float(speedup), low, high, "unpaired"
+
+
+def _noise(row: pd.Series) -> tuple[str, str]:
+    """(steady / noisy / unchecked, the reasons): a paired speedup rests on its own record; an unpaired
+    one on both cells' records."""
+    parts = [("", row["noisy"], row["noise_reasons"])]
+    if row["speedup_basis"] == "unpaired":
+        parts.append(("stock: ", row["stock_noisy"], row["stock_noise_reasons"]))
+    checked = [(prefix, reasons) for prefix, noisy, reasons in parts if isinstance(noisy, bool | np.bool_)]
+    if row["status"] != "ok" or not checked:
+        return UNCHECKED, ""
+    reasons = [prefix + reason for prefix, found in checked if isinstance(found, list) for reason in found]
+    noisy = any(bool(noisy) for _, noisy, _ in parts if isinstance(noisy, bool | np.bool_))
+    return (NOISY if noisy else STEADY), "; ".join(reasons)
 
 
 def _version_text(version: object) -> str:

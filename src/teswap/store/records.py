@@ -37,6 +37,9 @@ class BenchRecord:
     metrics: dict[str, Any]
     gpu: dict[str, Any]
     settings: dict[str, Any]
+    paired: dict[str, Any] | None = None  # a swapped cell timed with its stock baseline: both sides' rounds, speedup CI
+    noise: dict[str, Any] | None = None  # the noise guard's verdict: noisy, reasons, figures, attempts
+    clocks: dict[str, Any] | None = None  # GPU clocks, temperature and clock event reasons while timed
 
     def __post_init__(self) -> None:
         if self.status not in BENCH_STATUSES:

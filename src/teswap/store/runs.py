@@ -30,7 +30,7 @@ from teswap.store.provenance import Provenance
 from teswap.store.ranks import RankInfo, rank_info
 from teswap.store.records import Record
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECORD_KINDS = ("parity", "bench")
 
 
@@ -159,5 +159,13 @@ def migrate(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-# _MIGRATIONS[v] turns a version-v record into version v+1; none yet (schema 1 is the first).
-_MIGRATIONS: dict[int, Any] = {}
+def _bench_1_to_2(record: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 times each swapped cell paired with its stock baseline. A schema-1 bench record was
+    timed alone: no paired rounds, no noise verdict, no clock readings (null, so readers can tell)."""
+    if record.get("kind") == "bench":
+        record = {"paired": None, "noise": None, "clocks": None, **record}
+    return {**record, "schema_version": 2}
+
+
+# _MIGRATIONS[v] turns a version-v record into version v+1.
+_MIGRATIONS: dict[int, Any] = {1: _bench_1_to_2}

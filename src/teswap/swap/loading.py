@@ -189,5 +189,7 @@ def conversions_registered(model_type: str, *, fuse_qkv: bool) -> Iterator[None]
         if previous is not None:
             conversion_mapping.register_checkpoint_conversion_mapping(model_type, previous, overwrite=True)
         else:
-            conversion_mapping._checkpoint_conversion_mapping_cache.pop(model_type, None)
+            cache = conversion_mapping._checkpoint_conversion_mapping_cache
+            if cache is not None:
+                cache.pop(model_type, None)
             conversion_mapping.USER_REGISTERED_MAPPINGS.discard(model_type)
