@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import torch
 
 from teswap.errors import BackendUnavailableError
-from teswap.hardware.probe import Availability, probe_te, probe_te_fp8
+from teswap.hardware.probe import Availability, probe_te
 from teswap.precision.emulation import fp8_autocast
 from teswap.precision.recipes import RECIPES, unsupported_reason
 from teswap.precision.table import Precision, get_precision
@@ -36,8 +36,7 @@ def precision_availability(name: str, backend: str, device: torch.device | str) 
     if backend == "te":
         from teswap.precision.te_glue import te_recipe_availability
 
-        te = probe_te_fp8()
-        return te if not te else te_recipe_availability(name)
+        return te_recipe_availability(name)
     return Availability(False, f"unknown backend {backend!r}")
 
 
