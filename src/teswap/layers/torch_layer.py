@@ -19,20 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from teswap.layers.fused_kernels import rms_norm_output, swiglu
 from teswap.precision.gemm import GemmSite, NoopCat, fuse_in_place, is_view_chain
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """TE computes norms and RoPE in fp32; an fp64 reference run keeps fp64."""
     return torch.promote_types(x.dtype, torch.float32)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, zero_centered_gamma: bool) -> torch.Tensor:
-    """TE's RMSNorm: y = x / sqrt(mean(x^2) + eps) * gamma in fp32 (fp64 stays fp64), cast back once."""
-    compute = _compute_dtype(x)
-    xf = x.to(compute)
-    gamma = weight.to(compute) + 1.0 if zero_centered_gamma else weight.to(compute)
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * gamma).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -97,8 +90,8 @@ class LayerNormLinear(nn.Module):
         return NoopCat.apply(fused, *parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = rms_norm(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
-        return self.gemm(normed, self.gemm_weight())
+        normed = rms_norm_output(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
+        return self.gemm(normed, self.gemm_weight())  # under FP8 the norm's fused cast feeds the GEMM
 
 
 class Linear(nn.Module):
@@ -112,15 +105,6 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gemm(x, self.weight)
-
-
-def swiglu(fc1_out: torch.Tensor) -> torch.Tensor:
-    """silu(first half) * second half; fc1's output is released on return, before fc2 runs."""
-    gate, up = fc1_out.chunk(2, dim=-1)
-    act = F.silu(gate)
-    if torch.is_grad_enabled() and (act.requires_grad or up.requires_grad):
-        return act * up
-    return act.mul_(up)  # no graph recorded: one ffn-sized temporary fewer, like HF's unfused MLP
 
 
 class LayerNormMLP(nn.Module):
@@ -139,7 +123,7 @@ class LayerNormMLP(nn.Module):
         self.fc2 = GemmSite("fc2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = rms_norm(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
+        normed = rms_norm_output(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
         return self.fc2(swiglu(self.fc1(normed, self.fc1_weight)), self.fc2_weight)
 
 
