@@ -33,7 +33,6 @@ MIN_TE_VERSION: TEVersion = (2, 0)  # the TransformerLayer arguments and RoPE fo
 AUTOCAST_SINCE: TEVersion = (2, 9)  # te.pytorch.autocast(recipe=...); before: fp8_autocast(fp8_recipe=...)
 TOP_LEVEL_CHECKS_SINCE: TEVersion = (2, 9)  # is_*_available at transformer_engine.pytorch
 POWER_2_FIELD_SINCE: TEVersion = (2, 8)  # Float8CurrentScaling(use_power_2_scales=...)
-QPARAMS_SINCE: TEVersion = (2, 2)  # recipe.QParams(power_2_scale, amax_epsilon)
 BACKWARD_OVERRIDE_SINCE: TEVersion = (2, 15)  # backward_override field, default from NVTE_BACKWARD_OVERRIDE
 
 
