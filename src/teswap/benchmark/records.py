@@ -12,9 +12,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,7 @@ from transformers import PretrainedConfig
 
 from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.plan import Cell
-from teswap.precision.recipes import RECIPES
-from teswap.precision.table import PRECISIONS
+from teswap.precision.runtime import recipe_record
 from teswap.store.provenance import Provenance
 from teswap.store.records import BenchRecord
 from teswap.store.runs import load_records, machine_slug
@@ -54,14 +51,8 @@ def model_config_fields(config: PretrainedConfig) -> dict[str, Any]:
 
 
 def recipe_fields(precision: str, backend: str) -> dict[str, Any] | None:
-    """The FP8 recipe a swapped cell ran under, with teswap's settings (None without FP8, and for stock)."""
-    if not PRECISIONS[precision].is_fp8 or backend == "stock":
-        return None
-    factory = RECIPES.get(precision)
-    if factory is None:  # block scalings: TE's own defaults, nothing of ours to record
-        return {"name": precision, "settings": "TransformerEngine defaults"}
-    settings = {key: value.name if isinstance(value, Enum) else value for key, value in asdict(factory()).items()}
-    return {"name": precision, "type": type(factory()).__name__, **settings}
+    """The FP8 recipe a swapped cell ran under, every field (None without FP8, and for stock)."""
+    return recipe_record(precision, backend)
 
 
 def cell_key(cell: dict[str, Any], model_config: dict[str, Any], provenance: dict[str, Any]) -> str:
