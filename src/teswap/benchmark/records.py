@@ -70,12 +70,16 @@ def bench_record(*, cell: Cell, model_config: dict[str, Any], provenance: Proven
                  reason: str | None, stats: dict[str, Any] | None, metrics: dict[str, Any],
                  gpu: dict[str, Any], settings: dict[str, Any], paired: dict[str, Any] | None = None,
                  noise: dict[str, Any] | None = None, clocks: dict[str, Any] | None = None) -> BenchRecord:
-    """The record of one cell; every METRIC_FIELDS key is present in its metrics (None when unmeasured)."""
+    """The record of one cell; every METRIC_FIELDS key is present in its metrics (None when unmeasured).
+
+    A skipped cell records no recipe: its backend never held one (and may not be importable).
+    """
     cell_dict = cell.to_dict()
     return BenchRecord(
         cell=cell_dict, cell_key=cell_key(cell_dict, model_config, provenance.to_dict()),
         cell_finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        recipe=recipe_fields(cell.precision, cell.backend), model_config=model_config, status=status,
+        recipe=None if status == "skipped" else recipe_fields(cell.precision, cell.backend),
+        model_config=model_config, status=status,
         reason=reason, stats=stats, metrics={**dict.fromkeys(METRIC_FIELDS), **metrics}, gpu=gpu,
         settings=settings, paired=paired, noise=noise, clocks=clocks,
     )
