@@ -40,6 +40,7 @@ class BenchRecord:
     paired: dict[str, Any] | None = None  # a swapped cell timed with its stock baseline: both sides' rounds, speedup CI
     noise: dict[str, Any] | None = None  # the noise guard's verdict: noisy, reasons, figures, attempts
     clocks: dict[str, Any] | None = None  # GPU clocks, temperature and clock event reasons while timed
+    decode: dict[str, Any] | None = None  # a decode cell's per-generation phases and per-token latencies
 
     def __post_init__(self) -> None:
         if self.status not in BENCH_STATUSES:
