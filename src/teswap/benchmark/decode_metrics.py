@@ -24,13 +24,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from teswap.benchmark.timing import STEP_TIME, StepTimings
+from teswap.store.records import DECODE_PHASES
 
-PHASES = ("ttft_s", "tpot_s")  # timed inside each step, paired like the step time
+PHASES = DECODE_PHASES  # timed inside each step, paired like the step time
 SERIES = "itl_s"  # per-token series, kept per generation
 ITL_PERCENTILES = (50, 90, 99)
-# The decode metrics every bench record carries (null outside decode cells).
-DECODE_METRICS = ("ttft_s", "tpot_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "decode_tokens_per_s",
-                  "e2e_tokens_per_s", "energy_per_output_token_j")
 
 
 def step_timings(marks_s: Sequence[float]) -> StepTimings:

@@ -11,6 +11,7 @@ from teswap.benchmark.memory import MemoryResult
 from teswap.benchmark.mfu import ModelShape, model_flops_utilization
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.workloads import WorkloadStep
+from teswap.store.records import DECODE_METRICS
 
 
 def _device_name(device: torch.device) -> str | None:
@@ -33,7 +34,7 @@ def cell_metrics(cell: Cell, shape: ModelShape, device: torch.device, *, tokens_
 
     Decode: tokens/s counts output tokens end to end, energy per token is per output token, and MFU is
     taken at the decode tokens/s (mfu.py)."""
-    inference: dict[str, float | None] = dict(decode or {})
+    inference: dict[str, float | None] = {**dict.fromkeys(DECODE_METRICS), **(decode or {})}  # null outside decode
     rate = inference.get("decode_tokens_per_s") if cell.workload == "decode" else tokens_per_s
     mfu = model_flops_utilization(shape=shape, seq_len=cell.seq_len, workload=cell.workload, precision=cell.precision,
                                   tokens_per_s=rate, device_type=device.type, device_name=_device_name(device),

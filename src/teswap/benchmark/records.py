@@ -20,13 +20,12 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from teswap.benchmark.decode_metrics import DECODE_METRICS
 from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.plan import Cell
 from teswap.precision.recipes import RECIPES
 from teswap.precision.table import PRECISIONS
 from teswap.store.provenance import Provenance
-from teswap.store.records import BenchRecord
+from teswap.store.records import DECODE_METRICS, BenchRecord
 from teswap.store.runs import load_records, machine_slug
 
 FINISHED = ("ok", "oom")  # a rerun of the same sweep on the same commit and machine skips these

@@ -145,8 +145,9 @@ def summary_legend(records: Iterable[dict[str, Any]]) -> str:
     """How the speedups above were measured, and why each noisy cell is noisy."""
     records = list(records)
     rounds = sorted({r["paired"]["rounds"] for r in records if r.get("paired")})
-    lines = ["vs stock: stock step time / swapped step time with its 95% CI (decode: a step is one generation; "
-             "TTFT and TPOT ratios are paired the same way)"]
+    lines = ["vs stock: stock step time / swapped step time with its 95% CI"]
+    if any(r["cell"]["workload"] == "decode" for r in records):
+        lines[0] += " (decode: a step is one generation; TTFT and TPOT ratios are paired the same way)"
     if rounds:
         lines[0] += (f"; paired: timed in interleaved rounds with stock ({rounds[0]}-{rounds[-1]} rounds), median of "
                      "the per-round ratios, CI a bootstrap over rounds")

@@ -275,7 +275,8 @@ def run_sweep(spec: SweepSpec, *, results_root: Path | str, provenance: Provenan
     with terminate_as_interrupt() as guard, torch_threads(spec.threads), power_meter(device) as (meter, meter_reason):
         try:
             idle, idle_reason = _measure_idle(meter, meter_reason, spec)
-            ctx = CellContext(policy=spec.policy, seed=spec.seed, meter=meter, energy_null_reason=meter_reason,
+            ctx = CellContext(policy=spec.policy, noise=spec.noise, seed=spec.seed, meter=meter,
+                              energy_null_reason=meter_reason,
                               min_energy_window_s=spec.min_energy_window_s, sample_interval_s=spec.sample_interval_s,
                               idle_power_w=idle, idle_power_null_reason=idle_reason)
             sweep = _Sweep(spec=spec, provenance=provenance, writer=writer, guard=guard, progress=progress, ctx=ctx,
