@@ -25,6 +25,9 @@ from teswap.precision.table import PRECISIONS, baseline_precision
 from teswap.speed_options import NONE, option_names, options_label, parse_options, stock_options
 
 SWAPPED_BACKENDS = ("torch", "te")
+# The CPU default leaves decode out: `teswap run` and the test suite run that sweep, and decode's cells
+# (a generation per step) would double its time; `--workloads decode` runs them.
+CPU_WORKLOADS = ("prefill", "train")
 BACKENDS = ("stock", *SWAPPED_BACKENDS)
 BUILD_ON = ("host", "device")
 
@@ -187,12 +190,12 @@ def plan_cells(spec: SweepSpec) -> list[Cell]:
 
 
 def default_spec(device: torch.device, te_available: bool) -> tuple[SweepSpec, str]:
-    """This hardware's sweep, and why. CPU: the tiny preset at short lengths (well under a minute), 16 new
-    tokens a decode. GPU: an 8B shape, 512…8192 tokens, bf16 and every FP8 recipe, 128 new tokens a
-    decode, with and without CUDA graphs."""
+    """This hardware's sweep, and why. CPU: the tiny preset at short lengths, prefill and training (well under
+    a minute; `--workloads decode` adds decode, 16 new tokens a prompt). GPU: an 8B shape, 512…8192 tokens,
+    bf16 and every FP8 recipe, every workload, 128 new tokens a decode, with and without CUDA graphs."""
     if device.type == "cpu":
         spec = SweepSpec(
-            models=("tiny",), workloads=WORKLOADS, backends=("stock", "torch"), precisions=("fp32",),
+            models=("tiny",), workloads=CPU_WORKLOADS, backends=("stock", "torch"), precisions=("fp32",),
             seq_lens=(32, 64, 128), batches=(2,), device=str(device), new_tokens=(16,),
             policy=TimingPolicy(warmup=3, min_samples=10, target_rel_ci=0.02, budget_s=0.75, block_steps=2,
                                 min_rounds=6),

@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `teswap bench`; unset ones take the defaults for this hardware."""
     sweep = parser.add_argument_group("sweep (defaults by hardware: tiny/fp32 on CPU, llama3-8b/bf16+FP8 on GPU)")
     sweep.add_argument("--models", "--model", type=name_list, help="presets or local directories, comma-separated")
-    sweep.add_argument("--workloads", "--workload", type=name_list, help="prefill,train,decode")
+    sweep.add_argument("--workloads", "--workload", type=name_list,
+                       help="prefill,train,decode (default: prefill,train on CPU, all three on GPU)")
     sweep.add_argument("--backends", "--backend", type=name_list, help="stock,torch,te")
     sweep.add_argument("--precisions", "--precision", type=name_list,
                        help="fp32,bf16,fp8-delayed,fp8-current,fp8-block,mxfp8 (stock runs at the model dtype)")
