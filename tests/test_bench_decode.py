@@ -19,10 +19,12 @@ from teswap.benchmark.noise import NoisePolicy
 from teswap.benchmark.plan import Cell, SweepSpec, plan_cells
 from teswap.benchmark.records import cell_key
 from teswap.benchmark.sweep import run_sweep
-from teswap.benchmark.timing import TimingPolicy
-from teswap.benchmark.workloads import autocast_for
+from teswap.benchmark.timing import PerfCounterTimer, TimingPolicy
+from teswap.benchmark.workloads import autocast_for, prepare_step
 from teswap.errors import UnsupportedConfigError
 from teswap.layers.rope import bind_rope
+from teswap.reporting.frame import load_frame
+from teswap.reporting.publish import render, sections
 from teswap.store.provenance import capture_provenance
 from teswap.store.runs import load_records, migrate
 from teswap.swap.pair import build_pair
@@ -161,7 +163,7 @@ def test_a_decode_sweep_on_cpu_writes_the_metrics_and_skips_graphs(tmp_path: Pat
     for record in (stock, torch_):
         metrics, decode = record["metrics"], record["decode"]
         assert record["status"] == "ok" and record["cell"]["new_tokens"] == 3
-        assert 0 < metrics["ttft_s"] and 0 < metrics["tpot_s"] <= metrics["itl_p99_s"] * 1.0001
+        assert metrics["ttft_s"] > 0 and 0 < metrics["tpot_s"] <= metrics["itl_p99_s"] * 1.0001
         assert metrics["itl_p50_s"] <= metrics["itl_p90_s"] <= metrics["itl_p99_s"]
         assert metrics["tokens_per_s"] == pytest.approx(metrics["e2e_tokens_per_s"])  # output tokens, end to end
         assert metrics["energy_per_output_token_j"] is None and "NVML" in metrics["energy_null_reason"]
@@ -171,12 +173,17 @@ def test_a_decode_sweep_on_cpu_writes_the_metrics_and_skips_graphs(tmp_path: Pat
         assert decode["cache"] == "dynamic" and decode["prompt_tokens"] == 8
     assert stock["paired"] is None
     phases = torch_["paired"]["phases"]
-    assert set(phases) == {"ttft_s", "tpot_s"} and all(p["ci_low"] <= p["ratio"] <= p["ci_high"] for p in phases.values())
+    assert set(phases) == {"ttft_s", "tpot_s"}
+    assert all(p["ci_low"] <= p["ratio"] <= p["ci_high"] for p in phases.values())
     assert torch_["paired"]["baseline"] == stock["cell"]
     json.dumps(torch_)  # plain JSON all through
     again = run_sweep(spec(), results_root=tmp_path, provenance=capture_provenance())
     assert again.resumed == 2 and again.written == 2  # the ok cells resume; skipped ones are tried again
     assert result.written == 4
+    (part,) = sections(load_frame(tmp_path))  # the published report shows these records' figures
+    published = render([part], "md")
+    assert "### Decode" in published and f"| {stock['metrics']['tpot_s'] * 1e3:.3g} |" in published
+    assert "cuda-graphs needs a CUDA device" in published
 
 
 def test_bench_refuses_bad_decode_flags_with_one_line(capsys):
@@ -192,10 +199,18 @@ def test_bench_refuses_bad_decode_flags_with_one_line(capsys):
         assert len(lines) == 1 and lines[0].startswith("teswap: error:")
 
 
-def test_the_trained_model_decodes_the_same_tokens_swapped(smollm2):
-    """One short real-model check: SmolLM2-135M, a 6-token prompt, 4 forced tokens, stock and torch alike."""
+def test_the_trained_model_decodes_the_same_tokens_swapped_and_its_cells_metrics_follow(smollm2):
+    """One short real-model check: SmolLM2-135M, a 6-token prompt, 4 forced tokens, stock and torch alike,
+    each through the sweep's own decode step (prepare_step), one timed generation summarised."""
     real = build_pair("smollm2-135m")
     ids = torch.tensor([[504, 3575, 282, 4649, 314, 253]])  # a short real prompt's ids
-    tokens = {side: decode_step(getattr(real, side), ids, 4)() for side in ("stock", "swapped")}
+    steps = {side: prepare_step("decode", getattr(real, side), ids, backend=backend, precision="fp32", new_tokens=4)
+             for side, backend in (("stock", "stock"), ("swapped", "torch"))}
+    tokens = {side: step() for side, step in steps.items()}
     assert torch.equal(tokens["stock"], tokens["swapped"])
     assert torch.equal(tokens["stock"], generated(real.stock, ids, 4))
+    timings = steps["swapped"].timed(PerfCounterTimer())
+    metrics, field = steps["swapped"].summarize({name: [value] for name, value in timings.items()})
+    assert metrics["tpot_s"] == pytest.approx((timings["step_s"] - timings["ttft_s"]) / 3)
+    assert metrics["decode_tokens_per_s"] == pytest.approx(3 / (timings["step_s"] - timings["ttft_s"]))
+    assert field["prompt_tokens"] == 6 and len(field["itl_s"][0]) == 3 and field["cache"] == "dynamic"
