@@ -19,6 +19,7 @@ import time
 
 from teswap.parity.case import ParityCase, run_parity_case
 from teswap.parity.mutations import MUTATIONS, mutation
+from teswap.store.provenance import capture_provenance
 
 PRECISIONS = ("fp32", "bf16", "fp8-delayed", "fp8-current")
 REAL = "smollm2-135m"
@@ -105,7 +106,8 @@ def main() -> None:
     print(f"\n{len(rows)} clean cases, {len(caught)} mutations in {time.perf_counter() - started:.0f} s")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"clean": rows, "mutations": caught}, handle, indent=1, default=str)
+            json.dump({"provenance": capture_provenance().to_dict(), "backend": "torch", "quick": args.quick,
+                       "clean": rows, "mutations": caught}, handle, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -38,18 +38,18 @@ GRAPH_CALLS: list[dict] = []
 INIT_CALLS: list[tuple[str, dict]] = []
 
 
-def _signature(version: str):
+def _signature(version: str, pytorch):
     """A function whose signature is TE's (so inspect.signature sees TE's names), forwarding to the check."""
     names = MAKE_GRAPHED_CALLABLES_PARAMS[version]
     fp8_new = "enabled" in names
     defaults = ", ".join(f"{name}=None" for name in names[2:])
     source = f"def make_graphed_callables(modules, sample_args, {defaults}):\n    return _impl(**locals())\n"
-    namespace = {"_impl": functools.partial(_make_graphed_callables, fp8_new=fp8_new)}
+    namespace = {"_impl": functools.partial(_make_graphed_callables, fp8_new=fp8_new, pytorch=pytorch)}
     exec(source, namespace)  # noqa: S102 - builds TE's recorded signature, nothing else
     return namespace["make_graphed_callables"]
 
 
-def _make_graphed_callables(*, fp8_new: bool, modules, sample_args, **kwargs):
+def _make_graphed_callables(*, fp8_new: bool, pytorch, modules, sample_args, **kwargs):
     given = {k: v for k, v in kwargs.items() if v is not None}
     GRAPH_CALLS.append({"module": modules, "sample_args": sample_args, **given})
     assert isinstance(modules, torch.nn.Module), f"Graphing for {type(modules)} is not supported."
@@ -59,8 +59,13 @@ def _make_graphed_callables(*, fp8_new: bool, modules, sample_args, **kwargs):
     enabled = given.get("enabled" if fp8_new else "fp8_enabled", False)
     recipe = given.get("recipe" if fp8_new else "fp8_recipe")
 
-    def run(*args):
-        context = te_standin.autocast(enabled=True, recipe=recipe, _graph=True) if enabled else contextlib.nullcontext()
+    def run(*args):  # TE enters its own autocast around the graphed module: this generation's entry point
+        if not enabled:
+            context = contextlib.nullcontext()
+        elif fp8_new:
+            context = pytorch.autocast(enabled=True, recipe=recipe, _graph=True)
+        else:
+            context = pytorch.fp8_autocast(enabled=True, fp8_recipe=recipe, _graph=True)
         with context:
             return modules(*args)
 
@@ -81,10 +86,16 @@ def _model_init(name: str):
     return init
 
 
+# The te_standin generation whose autocast and checks a graph version sits with: TE 2.8 still has only
+# fp8_autocast(fp8_recipe=) and FP8GlobalStateManager's checks, as the recorded 2.5 generation.
+GENERATION_OF = {"2.20": "2.20", "2.8": "2.5"}
+
+
 def install(monkeypatch, version: str = "2.20"):
-    """te_standin plus make_graphed_callables and the model-init context of TE `version` ("2.20" or "2.8")."""
-    pytorch = te_standin.install(monkeypatch)
-    pytorch.make_graphed_callables = _signature(version)
+    """te_standin (the matching generation) plus make_graphed_callables and the model-init context of TE
+    `version` ("2.20" or "2.8")."""
+    pytorch = te_standin.install(monkeypatch, GENERATION_OF[version])
+    pytorch.make_graphed_callables = _signature(version, pytorch)
     pytorch.fp8_model_init = _model_init("fp8_model_init")
     if version != "2.8":
         pytorch.quantized_model_init = _model_init("quantized_model_init")

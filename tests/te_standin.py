@@ -1,26 +1,46 @@
-"""A stand-in `transformer_engine.pytorch` for testing OUR TE glue on CPU; it is not TE.
+"""A stand-in `transformer_engine` for testing OUR TE glue on CPU, one API generation at a time; it is not TE.
 
-Its TransformerLayer checks the arguments our code passes against TE's real signatures (names below,
-recorded as data from NVIDIA/TransformerEngine transformer_engine/pytorch/transformer.py at
-2.20.0.dev0, commit d0067d0) and the rotary_pos_emb checks of TE's fused RoPE kernel
-(csrc/extensions/apply_rope.cpp), mirrors TE's module tree (core_attention with its three backends
-holding softmax_scale, `_extra_state` on TE's base modules), and delegates the math to teswap's
-pure-PyTorch twin. A test passing here says our glue calls TE's API as TE's source declares it; it
-says nothing about TE's kernels, and no number from it is a TE number.
+Each generation (GENERATIONS) is the surface of one TE release, recorded as data from
+NVIDIA/TransformerEngine at that tag: TransformerLayer's __init__/forward keywords
+(transformer_engine/pytorch/transformer.py), the recipe classes and their constructor fields and
+QParams class attributes (transformer_engine/common/recipe/__init__.py), the autocast entry points
+and availability checks (transformer_engine/pytorch/{fp8,quantization,__init__}.py):
+
+    2.1   fp8_autocast(fp8_recipe=); FP8GlobalStateManager.is_{fp8,mxfp8}_available(); no current/block scaling
+    2.5   + Float8CurrentScaling (2.2, power-of-2/epsilon only via QParams class attributes),
+          Float8BlockScaling and FP8GlobalStateManager.is_fp8_block_scaling_available (2.3)
+    2.9   + autocast(recipe=) and is_*_available(return_reason=) at transformer_engine.pytorch;
+          Float8CurrentScaling(use_power_2_scales=) (2.8); fp8_autocast and .fp8 now warn (deprecated)
+    2.20  main (2.20.0.dev0, d0067d0): + backward_override on every recipe (2.15)
+
+The TransformerLayer also mirrors TE's module tree (core_attention whose flash/fused/unfused
+backends hold softmax_scale, `_extra_state` on TE's base modules) and the rotary_pos_emb checks of
+TE's fused RoPE kernel (csrc/extensions/apply_rope.cpp, unchanged 2.0-2.20), and delegates the math
+to teswap's pure-PyTorch twin; a stand-in recipe runs as the twin's emulation of what TE's modules
+read from it. A test passing here says our glue calls each TE generation's API as its source
+declares it; it says nothing about TE's kernels, and no number from it is a TE number.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import os
 import sys
 import types
+import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from teswap.layers import torch_layer
 
+# --- TE's signatures, per release (names only; order as in TE) ------------------------------------
+
+# main, 2.20.0.dev0 (d0067d0)
 TRANSFORMER_LAYER_INIT_PARAMS = (
     "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_gqa_groups", "layernorm_epsilon",
     "hidden_dropout", "attention_dropout", "init_method", "output_layer_init_method", "layer_number",
@@ -41,14 +61,91 @@ TRANSFORMER_LAYER_FORWARD_PARAMS = (
     "cu_seqlens_kv", "cu_seqlens_q_padded", "cu_seqlens_kv_padded", "max_seqlen_q", "max_seqlen_kv",
     "fast_zero_fill", "pad_between_seqs",
 )
+RECIPE_FIELDS = {
+    "DelayedScaling": ("margin", "fp8_format", "amax_history_len", "amax_compute_algo",
+                       "scaling_factor_compute_algo", "reduce_amax", "fp8_dpa", "fp8_mha", "backward_override"),
+    "Float8CurrentScaling": ("use_power_2_scales", "fp8_format", "fp8_gemm_fprop", "fp8_gemm_dgrad",
+                             "fp8_gemm_wgrad", "fp8_dpa", "fp8_mha", "backward_override"),
+    "Float8BlockScaling": ("use_f32_scales", "fp8_format", "x_block_scaling_dim", "w_block_scaling_dim",
+                           "grad_block_scaling_dim", "fp8_gemm_fprop", "fp8_gemm_dgrad", "fp8_gemm_wgrad",
+                           "fp8_dpa", "fp8_mha", "backward_override"),
+    "MXFP8BlockScaling": ("margin", "fp8_format", "fp8_dpa", "fp8_mha", "backward_override",
+                          "enable_2d_quantization"),
+}
+AUTOCAST_PARAMS = ("enabled", "calibrating", "recipe", "amax_reduction_group", "_graph")
+FP8_AUTOCAST_PARAMS = ("enabled", "calibrating", "fp8_recipe", "fp8_group", "_graph")  # 2.0 ... 2.20
+
+# v2.1 (unchanged from v2.0)
+_LAYER_INIT_2_1 = tuple(p for p in TRANSFORMER_LAYER_INIT_PARAMS if p not in {
+    "bottom_right_diagonal", "enc_dec_bottom_right_diagonal", "rotary_pos_interleaved", "activation_params",
+    "name", "qk_norm_type", "qk_norm_eps", "qk_norm_before_rope", "softmax_type"})
+_LAYER_FORWARD_2_1 = tuple(p for p in TRANSFORMER_LAYER_FORWARD_PARAMS if p not in {
+    "bottom_right_diagonal", "enc_dec_bottom_right_diagonal", "cu_seqlens_q_padded", "cu_seqlens_kv_padded",
+    "pad_between_seqs"})
+# v2.5: + name (2.3), rotary_pos_interleaved (2.4), use_qk_norm and qk_norm_eps (2.5); forward +
+# pad_between_seqs (2.2), cu_seqlens_{q,kv}_padded (2.5)
+_LAYER_INIT_2_5 = (*_LAYER_INIT_2_1, "rotary_pos_interleaved", "name", "use_qk_norm", "qk_norm_eps")
+_LAYER_FORWARD_2_5 = (*_LAYER_FORWARD_2_1, "cu_seqlens_q_padded", "cu_seqlens_kv_padded", "pad_between_seqs")
+# v2.9: use_qk_norm replaced by qk_norm_type + qk_norm_before_rope (2.7), + softmax_type (2.8)
+_LAYER_INIT_2_9 = (*(p for p in _LAYER_INIT_2_5 if p != "use_qk_norm"), "qk_norm_type", "qk_norm_before_rope",
+                   "softmax_type")
+
+_DELAYED_2_1 = ("margin", "interval", "fp8_format", "amax_history_len", "amax_compute_algo",
+                "scaling_factor_compute_algo", "reduce_amax", "fp8_dpa", "fp8_mha")  # `interval` gone in 2.2
+_MXFP8_2_1 = ("margin", "fp8_format", "fp8_dpa", "fp8_mha")
+_CURRENT_2_5 = ("fp8_format", "fp8_gemm_fprop", "fp8_gemm_dgrad", "fp8_gemm_wgrad", "fp8_dpa", "fp8_mha")
+_BLOCK_2_5 = tuple(f for f in RECIPE_FIELDS["Float8BlockScaling"] if f != "backward_override")
+QPARAMS_CLASS_ATTRS = ("fp8_quant_fwd_inp", "fp8_quant_fwd_weight", "fp8_quant_bwd_grad")  # 2.2 ... 2.20
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One TE release's API surface, as recorded from its source."""
+
+    version: str  # transformer_engine.__version__
+    layer_init: tuple[str, ...]
+    layer_forward: tuple[str, ...]
+    recipes: dict[str, tuple[str, ...]]  # recipe class -> constructor (dataclass) fields
+    qparams: tuple[str, ...]  # recipe.QParams fields; () before 2.2
+    autocast: bool  # transformer_engine.pytorch.autocast(recipe=...) exists (2.9+)
+    top_level_checks: bool  # is_*_available(return_reason=) at transformer_engine.pytorch (2.9+)
+    checks: tuple[str, ...]  # the is_*_available checks this release has
+
+
+GENERATIONS = {
+    "2.1": Generation("2.1.0", _LAYER_INIT_2_1, _LAYER_FORWARD_2_1,
+                      {"DelayedScaling": _DELAYED_2_1, "MXFP8BlockScaling": _MXFP8_2_1}, (), False, False,
+                      ("is_fp8_available", "is_mxfp8_available")),
+    "2.5": Generation("2.5.0", _LAYER_INIT_2_5, _LAYER_FORWARD_2_5,
+                      {"DelayedScaling": _DELAYED_2_1[:1] + _DELAYED_2_1[2:], "MXFP8BlockScaling": _MXFP8_2_1,
+                       "Float8CurrentScaling": _CURRENT_2_5, "Float8BlockScaling": _BLOCK_2_5},
+                      ("power_2_scale", "amax_epsilon"), False, False,
+                      ("is_fp8_available", "is_mxfp8_available", "is_fp8_block_scaling_available")),
+    "2.9": Generation("2.9.0", _LAYER_INIT_2_9, _LAYER_FORWARD_2_5,
+                      {"DelayedScaling": _DELAYED_2_1[:1] + _DELAYED_2_1[2:], "MXFP8BlockScaling": _MXFP8_2_1,
+                       "Float8CurrentScaling": ("use_power_2_scales", *_CURRENT_2_5), "Float8BlockScaling": _BLOCK_2_5},
+                      ("power_2_scale", "amax_epsilon", "random_hadamard_transform", "stochastic_rounding",
+                       "fp4_2d_quantization"), True, True,
+                      ("is_fp8_available", "is_mxfp8_available", "is_fp8_block_scaling_available",
+                       "is_nvfp4_available")),
+    "2.20": Generation("2.20.0.dev0+d0067d0", TRANSFORMER_LAYER_INIT_PARAMS, TRANSFORMER_LAYER_FORWARD_PARAMS,
+                       RECIPE_FIELDS, ("power_2_scale", "amax_epsilon", "random_hadamard_transform",
+                                       "stochastic_rounding", "fp4_2d_quantization"), True, True,
+                       ("is_fp8_available", "is_mxfp8_available", "is_fp8_block_scaling_available",
+                        "is_nvfp4_available")),
+}
+LATEST = "2.20"
+
 TE_DEFAULTS = {"num_gqa_groups": None, "layernorm_epsilon": 1e-5, "hidden_dropout": 0.1,
                "attention_dropout": 0.1, "layer_number": None, "kv_channels": None,
                "self_attn_mask_type": "causal", "params_dtype": None, "fuse_qkv_params": False,
                "zero_centered_gamma": False, "bias": True, "activation": "gelu", "normalization": "LayerNorm",
-               "device": "cuda", "attn_input_format": "sbhd"}
+               "device": "cuda", "attn_input_format": "sbhd"}  # the same in 2.0 ... 2.20
 # Only the configuration teswap's Llama layers use is emulated; anything else is an error here.
 EMULATED = {"normalization": "RMSNorm", "activation": "swiglu", "bias": False, "attn_input_format": "bshd",
             "self_attn_mask_type": "causal", "hidden_dropout": 0.0}
+
+# --- TE's module tree ------------------------------------------------------------------------------
 
 
 class _ExtraState:
@@ -62,22 +159,28 @@ class _ExtraState:
 
 
 class _Backend(nn.Module):
+    """FlashAttention / FusedAttention / UnfusedDotProductAttention: each keeps softmax_scale, read at forward."""
+
     def __init__(self, softmax_scale: float) -> None:
         super().__init__()
         self.softmax_scale = softmax_scale
+
+
+SOFTMAX_SCALE_HOLDERS = ("flash_attention", "fused_attention", "unfused_attention")
 
 
 class DotProductAttention(_ExtraState, nn.Module):
-    def __init__(self, softmax_scale: float) -> None:
+    """Computes softmax_scale in __init__ and hands it to its backends; keeps none itself (TE 2.0-2.20)."""
+
+    def __init__(self, softmax_scale: float, holders: tuple[str, ...] = SOFTMAX_SCALE_HOLDERS) -> None:
         super().__init__()
-        self.softmax_scale = softmax_scale
-        self.flash_attention = _Backend(softmax_scale)
-        self.fused_attention = _Backend(softmax_scale)
-        self.unfused_attention = _Backend(softmax_scale)
+        for name in holders:
+            setattr(self, name, _Backend(softmax_scale))
+        self._layout_scale = softmax_scale  # only for a layout without holders (a moved-layout test)
 
     def effective_scale(self) -> float:
-        scales = {self.softmax_scale, *(b.softmax_scale for b in (self.flash_attention, self.fused_attention,
-                                                                   self.unfused_attention))}
+        backends = [getattr(self, name) for name in SOFTMAX_SCALE_HOLDERS if hasattr(self, name)]
+        scales = {b.softmax_scale for b in backends} or {self._layout_scale}
         assert len(scales) == 1, f"softmax_scale differs between TE's attention backends: {scales}"
         return scales.pop()
 
@@ -87,10 +190,13 @@ def _with_extra_state(module: nn.Module) -> None:
 
 
 class TransformerLayer(torch_layer.TransformerLayer):
-    """Checks arguments against TE's signature; computes with teswap's twin."""
+    """Checks arguments against one generation's signature; computes with teswap's twin."""
+
+    generation: Generation = GENERATIONS[LATEST]
+    softmax_scale_holders: tuple[str, ...] = SOFTMAX_SCALE_HOLDERS
 
     def __init__(self, hidden_size, ffn_hidden_size, num_attention_heads, **kwargs) -> None:
-        unknown = sorted(set(kwargs) - set(TRANSFORMER_LAYER_INIT_PARAMS))
+        unknown = sorted(set(kwargs) - set(self.generation.layer_init))
         if unknown:
             raise TypeError(f"TransformerLayer.__init__() got unexpected keyword arguments {unknown}")
         args = {**TE_DEFAULTS, **kwargs}
@@ -118,12 +224,13 @@ class TransformerLayer(torch_layer.TransformerLayer):
                             "num_attention_heads": num_attention_heads, **kwargs}
         self.forward_calls: list[dict] = []
         attention = self.self_attention
-        attention.core_attention = DotProductAttention(kv_channels**-0.5)  # TE: always 1/sqrt(kv_channels)
+        # TE: always 1/sqrt(kv_channels); TransformerLayer takes no softmax_scale.
+        attention.core_attention = DotProductAttention(kv_channels**-0.5, self.softmax_scale_holders)
         for module in (attention.layernorm_qkv, attention.proj, self.layernorm_mlp):
             _with_extra_state(module)
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
-        unknown = sorted(set(kwargs) - set(TRANSFORMER_LAYER_FORWARD_PARAMS))
+        unknown = sorted(set(kwargs) - set(self.generation.layer_forward))
         if unknown:
             raise TypeError(f"TransformerLayer.forward() got unexpected keyword arguments {unknown}")
         freqs = kwargs.get("rotary_pos_emb")
@@ -138,90 +245,182 @@ class TransformerLayer(torch_layer.TransformerLayer):
         return super().forward(hidden_states, freqs[:seq_len])
 
 
-# transformer_engine/common/recipe/__init__.py (2.20.0.dev0): constructor fields of each recipe.
-RECIPE_FIELDS = {
-    "DelayedScaling": ("margin", "fp8_format", "amax_history_len", "amax_compute_algo",
-                       "scaling_factor_compute_algo", "reduce_amax", "fp8_dpa", "fp8_mha", "backward_override"),
-    "Float8CurrentScaling": ("use_power_2_scales", "fp8_format", "fp8_gemm_fprop", "fp8_gemm_dgrad",
-                             "fp8_gemm_wgrad", "fp8_dpa", "fp8_mha", "backward_override"),
-    "Float8BlockScaling": ("use_f32_scales", "fp8_format", "x_block_scaling_dim", "w_block_scaling_dim",
-                           "grad_block_scaling_dim", "fp8_gemm_fprop", "fp8_gemm_dgrad", "fp8_gemm_wgrad",
-                           "fp8_dpa", "fp8_mha", "backward_override"),
-    "MXFP8BlockScaling": ("margin", "fp8_format", "fp8_dpa", "fp8_mha", "backward_override",
-                          "enable_2d_quantization"),
-}
-AUTOCAST_PARAMS = ("enabled", "calibrating", "recipe", "amax_reduction_group", "_graph")
+# --- recipes ---------------------------------------------------------------------------------------
 
 
 class Format(enum.Enum):
-    E2M1 = "E2M1"
+    E2M1 = "E2M1"  # from 2.8 (NVFP4); harmless to have earlier here
     E4M3 = "E4M3"
     E5M2 = "E5M2"
     HYBRID = "HYBRID"
 
 
-def _recipe_class(name: str) -> type:
-    def __init__(self, **kwargs):
-        unknown = sorted(set(kwargs) - set(RECIPE_FIELDS[name]))
-        if unknown:
-            raise TypeError(f"{name}.__init__() got unexpected keyword arguments {unknown}")
-        self.kwargs = kwargs
+@dataclass(frozen=True)
+class MMParams:
+    use_split_accumulator: bool = True
 
-    return type(name, (), {"__init__": __init__})
+
+def _env_flag(name: str) -> bool:
+    return os.getenv(name, "0") == "1"
+
+
+def _field_defaults() -> dict[str, Any]:
+    """TE's defaults for the recipe fields (env-derived ones read now, as TE reads them at import)."""
+    return {
+        "margin": 0, "interval": -1, "amax_history_len": 1024, "amax_compute_algo": "max",
+        "scaling_factor_compute_algo": None, "reduce_amax": True, "fp8_dpa": False, "fp8_mha": False,
+        "backward_override": os.getenv("NVTE_BACKWARD_OVERRIDE", None),
+        "use_power_2_scales": _env_flag("NVTE_FP8_CURRENT_SCALING_POWER_2_SCALES"),
+        "use_f32_scales": _env_flag("NVTE_FP8_BLOCK_SCALING_FP32_SCALES"),
+        "fp8_gemm_fprop": MMParams(True), "fp8_gemm_dgrad": MMParams(True), "fp8_gemm_wgrad": MMParams(True),
+        "x_block_scaling_dim": 1, "w_block_scaling_dim": 2, "grad_block_scaling_dim": 1,
+        "enable_2d_quantization": False,
+    }
+
+
+_FORMAT_DEFAULT = {"DelayedScaling": Format.HYBRID, "Float8CurrentScaling": Format.HYBRID,
+                   "Float8BlockScaling": Format.E4M3, "MXFP8BlockScaling": Format.E4M3}
+
+
+def _recipe_classes(generation: Generation) -> dict[str, type]:
+    """Dataclasses with each generation's constructor fields; QParams class attributes where TE has them."""
+    defaults = _field_defaults()
+    classes: dict[str, type] = {}
+    qparams = _qparams_class(generation)
+    for name, fields in generation.recipes.items():
+        spec = [(field, Any, dataclasses.field(default=_FORMAT_DEFAULT[name] if field == "fp8_format"
+                                               else defaults[field])) for field in fields]
+        namespace: dict[str, Any] = {}
+        if name == "Float8CurrentScaling":
+            # TE 2.8+: QParams(power_2_scale=<the env default>) fixed when the class is made; False before.
+            power_2 = defaults["use_power_2_scales"] if "use_power_2_scales" in fields else False
+            namespace = dict.fromkeys(QPARAMS_CLASS_ATTRS, qparams(power_2_scale=power_2, amax_epsilon=0.0))
+        if name == "Float8BlockScaling":
+            power_2 = not defaults["use_f32_scales"]
+            namespace = dict.fromkeys(QPARAMS_CLASS_ATTRS, qparams(power_2_scale=power_2, amax_epsilon=0.0))
+        classes[name] = dataclasses.make_dataclass(name, spec, namespace=namespace)
+    return classes
+
+
+def _qparams_class(generation: Generation) -> type:
+    fields = [(field, Any, dataclasses.field(default=False if field != "amax_epsilon" else 0.0))
+              for field in generation.qparams]
+    return dataclasses.make_dataclass("QParams", fields, frozen=True)
 
 
 def _to_emulation(recipe):
-    """Map a stand-in TE recipe onto teswap's emulation, so the twin's GEMMs run the same recipe."""
+    """Map a stand-in TE recipe onto teswap's emulation, as TE's modules read it, so the twin's GEMMs
+    run what TE would run: Float8CurrentScaling's power-of-2 and epsilon come from the fp8_quant_*
+    QParams (what LayerNormLinear / Linear / LayerNormMLP set their quantizers from), not from the
+    use_power_2_scales field."""
     from teswap.precision import recipes as fp8
 
-    kind, args = type(recipe).__name__, recipe.kwargs
-    fmt = fp8.Format[args.get("fp8_format", Format.HYBRID).name]
+    kind, fmt = type(recipe).__name__, fp8.Format[recipe.fp8_format.name]
+    if getattr(recipe, "backward_override", None) is not None:
+        raise NotImplementedError(f"the stand-in emulates no backward_override={recipe.backward_override!r}")
     if kind == "DelayedScaling":
-        return fp8.DelayedScaling(margin=args.get("margin", 0), fp8_format=fmt,
-                                  amax_history_len=args.get("amax_history_len", 1024),
-                                  amax_compute_algo=args.get("amax_compute_algo", "max"))
+        return fp8.DelayedScaling(margin=recipe.margin, fp8_format=fmt, amax_history_len=recipe.amax_history_len,
+                                  amax_compute_algo=recipe.amax_compute_algo)
     if kind == "Float8CurrentScaling":
-        return fp8.Float8CurrentScaling(fp8_format=fmt)
+        qparams = {getattr(recipe, name) for name in QPARAMS_CLASS_ATTRS}
+        assert len(qparams) == 1, f"the stand-in emulates one QParams for inputs, weights and grads: {qparams}"
+        (q,) = qparams
+        return fp8.Float8CurrentScaling(fp8_format=fmt, use_power_2_scales=q.power_2_scale,
+                                        amax_epsilon=q.amax_epsilon)
     raise NotImplementedError(f"the stand-in emulates no {kind}")
 
 
-AUTOCAST_CALLS: list[dict] = []
+# --- autocast and availability checks --------------------------------------------------------------
+
+AUTOCAST_CALLS: list[dict] = []  # {"entry": "autocast" | "fp8_autocast", "recipe": ..., "kwargs": {...}}
 
 
-def autocast(**kwargs):
-    """TE's autocast(enabled, calibrating, recipe, amax_reduction_group): checked, then our emulation."""
-    from teswap.precision import emulation as fp8
+def _entry_point(name: str, params: tuple[str, ...], recipe_keyword: str, deprecated: bool):
+    def entry(**kwargs):
+        from teswap.precision import emulation as fp8
 
-    unknown = sorted(set(kwargs) - set(AUTOCAST_PARAMS))
-    if unknown:
-        raise TypeError(f"autocast() got unexpected keyword arguments {unknown}")
-    AUTOCAST_CALLS.append(kwargs)
-    return fp8.fp8_autocast(_to_emulation(kwargs["recipe"]), enabled=kwargs.get("enabled", True))
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise TypeError(f"{name}() got unexpected keyword arguments {unknown}")
+        if deprecated:  # TE 2.9+: fp8_autocast warns, then calls autocast
+            warnings.warn("fp8_autocast is deprecated and will be removed in a future release.",
+                          DeprecationWarning, stacklevel=2)
+        AUTOCAST_CALLS.append({"entry": name, "recipe": kwargs.get(recipe_keyword), "kwargs": kwargs})
+        return fp8.fp8_autocast(_to_emulation(kwargs[recipe_keyword]), enabled=kwargs.get("enabled", True))
+
+    entry.__name__ = name
+    return entry
 
 
-def is_fp8_available(return_reason: bool = False):
-    return (True, "") if return_reason else True
+class _DeprecatedModule(types.ModuleType):
+    """transformer_engine.pytorch.fp8 on TE 2.9+: still there, warns DeprecationWarning when used."""
+
+    def __getattr__(self, name: str):
+        warnings.warn("Using deprecated internal API from Transformer Engine. transformer_engine.pytorch.fp8 "
+                      "will be removed in a future release.", DeprecationWarning, stacklevel=2)
+        raise AttributeError(name)
 
 
-def install(monkeypatch) -> types.ModuleType:
-    """Put the stand-in at `transformer_engine.pytorch` (and `.common.recipe`) in sys.modules for one test."""
+def _checks(generation: Generation, answers: dict[str, tuple[bool, str]]) -> dict[str, Any]:
+    """Module-level is_*_available(return_reason=) (2.9+) and FP8GlobalStateManager's (2.0+), answering
+    from `answers` (default: available), so a test can stand in for a GPU that says no."""
+
+    def top_level(name: str):
+        def check(return_reason: bool = False):
+            ok, reason = answers.get(name, (True, ""))
+            return (ok, reason) if return_reason else ok
+
+        return check
+
+    def manager_check(name: str):
+        return classmethod(lambda cls: answers.get(name, (True, "")))
+
+    manager = type("FP8GlobalStateManager", (), {name: manager_check(name) for name in generation.checks})
+    return {"top_level": {name: top_level(name) for name in generation.checks}, "manager": manager}
+
+
+def install(monkeypatch, version: str = LATEST, *,
+            softmax_scale_holders: tuple[str, ...] = SOFTMAX_SCALE_HOLDERS) -> types.ModuleType:
+    """Put generation `version`'s stand-in at `transformer_engine` (.pytorch, .common.recipe, .pytorch.fp8)
+    in sys.modules for one test. `softmax_scale_holders=()` gives a layout TE has never had (no backend
+    holds softmax_scale), to see teswap's "TE's layout moved" guard fire. The returned
+    transformer_engine.pytorch has `answers`: set answers["is_mxfp8_available"] = (False, reason) to
+    make that check say no."""
+    generation = GENERATIONS[version]
     package = types.ModuleType("transformer_engine")
+    package.__version__ = generation.version
     pytorch = types.ModuleType("transformer_engine.pytorch")
     common = types.ModuleType("transformer_engine.common")
     recipe = types.ModuleType("transformer_engine.common.recipe")
-    recipe.Format = Format
-    for name in RECIPE_FIELDS:
-        setattr(recipe, name, _recipe_class(name))
-    pytorch.TransformerLayer = TransformerLayerWithInference
+    recipe.Format, recipe.MMParams = Format, MMParams
+    if generation.qparams:
+        recipe.QParams = _qparams_class(generation)
+    for name, cls in _recipe_classes(generation).items():
+        setattr(recipe, name, cls)
+    # TE's layer of this generation, with TE's KV cache and padding mask types (issue 11's bridge)
+    pytorch.TransformerLayer = type("TransformerLayer", (TransformerLayerWithInference,), {
+        "generation": generation, "softmax_scale_holders": softmax_scale_holders})
     pytorch.InferenceParams = InferenceParams
     INFERENCE_PARAMS_MADE.clear()
-    pytorch.autocast = autocast
-    pytorch.is_fp8_available = is_fp8_available
+    pytorch.answers = answers = {}
+    checks = _checks(generation, answers)
+    pytorch.fp8_autocast = _entry_point("fp8_autocast", FP8_AUTOCAST_PARAMS, "fp8_recipe", generation.autocast)
+    fp8 = _DeprecatedModule("transformer_engine.pytorch.fp8") if generation.top_level_checks else (
+        types.ModuleType("transformer_engine.pytorch.fp8"))
+    if generation.autocast:
+        pytorch.autocast = _entry_point("autocast", AUTOCAST_PARAMS, "recipe", False)
+    if generation.top_level_checks:
+        for name, check in checks["top_level"].items():
+            setattr(pytorch, name, check)
+    else:
+        fp8.FP8GlobalStateManager = checks["manager"]
+    pytorch.fp8 = fp8
     pytorch.__teswap_standin__ = True
     package.pytorch, package.common, common.recipe = pytorch, common, recipe
     AUTOCAST_CALLS.clear()
     for name, module in (("transformer_engine", package), ("transformer_engine.pytorch", pytorch),
-                         ("transformer_engine.common", common), ("transformer_engine.common.recipe", recipe)):
+                         ("transformer_engine.pytorch.fp8", fp8), ("transformer_engine.common", common),
+                         ("transformer_engine.common.recipe", recipe)):
         monkeypatch.setitem(sys.modules, name, module)
     return pytorch
 

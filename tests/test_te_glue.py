@@ -1,4 +1,5 @@
-"""Our TE glue (arguments, RoPE tensor, softmax scale, state-dict names) against a stand-in TE on CPU.
+"""Our TE glue (arguments, RoPE tensor, softmax scale, state-dict names, recipes, autocast, availability)
+against a stand-in TE on CPU, for every TE API generation the stand-in records.
 
 These test teswap's code, not TransformerEngine: see te_standin.py. Real-TE tests are in test_te_gpu.py.
 """
@@ -13,25 +14,44 @@ import torch
 import te_standin
 from support import CONFIGS, llama, logits_of, random_ids, rel_max_err
 from teswap import build_pair
+from teswap.errors import BackendUnavailableError, UnsupportedConfigError
 from teswap.hardware.probe import Availability
 from teswap.layers.backends import BACKENDS
 from teswap.swap.mapping import te_layer_keys
 
+GENERATIONS = list(te_standin.GENERATIONS)
+OLDEST_AND_LATEST = ["2.1", te_standin.LATEST]
+CONFIG_NAMES = ["gqa", "explicit-head-dim", "llama3-rope-scaling", "yarn-attention-scaling"]
+
+
+@pytest.fixture(params=GENERATIONS, ids=[f"te{v}" for v in GENERATIONS])
+def version(request) -> str:
+    return request.param
+
 
 @pytest.fixture
-def standin(monkeypatch):
-    module = te_standin.install(monkeypatch)
+def standin(monkeypatch, version):
+    """Generation `version` of the stand-in, with the te backend's probe forced to yes (a CPU machine)."""
+    module = te_standin.install(monkeypatch, version)
     forced = dataclasses.replace(BACKENDS["te"], probe=lambda: Availability(True))
     monkeypatch.setitem(BACKENDS, "te", forced)
     return module
 
 
+# --- layer build -----------------------------------------------------------------------------------
+
+
+# Every config on the latest generation; on the older ones the config that overrides the softmax scale.
+BUILDS = [(te_standin.LATEST, name) for name in CONFIG_NAMES] + [
+    (v, "yarn-attention-scaling") for v in GENERATIONS if v != te_standin.LATEST]
+
+
 @pytest.mark.parametrize("fused", [False, True], ids=["split-qkv", "fused-qkv"])
-@pytest.mark.parametrize("name", ["gqa", "explicit-head-dim", "llama3-rope-scaling", "yarn-attention-scaling"])
+@pytest.mark.parametrize("version, name", BUILDS, ids=[f"te{v}-{name}" for v, name in BUILDS])
 def test_te_glue_matches_stock_through_the_standin(standin, name, fused):
     pair = build_pair(CONFIGS[name](), backend="te", fuse_qkv=fused)
     assert pair.weights_equal
-    ids = random_ids(pair.config.vocab_size, seq=96)
+    ids = random_ids(pair.config.vocab_size, seq=48)
     assert rel_max_err(logits_of(pair.swapped, ids), logits_of(pair.stock, ids)) <= 1e-5
 
 
@@ -49,8 +69,10 @@ def test_layer_arguments_are_what_a_llama_layer_needs(standin):
     assert first["params_dtype"] == torch.float64
     assert first["hidden_dropout"] == 0.0 and first["attention_dropout"] == 0.0
     assert first["bias"] is False and first["fuse_qkv_params"] is False
+    assert set(first) <= set(te_standin.GENERATIONS["2.1"].layer_init)  # nothing newer than TE 2.0/2.1
 
 
+@pytest.mark.parametrize("version", OLDEST_AND_LATEST, ids=[f"te{v}" for v in OLDEST_AND_LATEST])
 def test_rotary_tensor_is_te_shaped_fp32_and_shared_by_all_layers(standin):
     pair = build_pair("tiny-llama3", backend="te", dtype=torch.bfloat16)
     ids = random_ids(pair.config.vocab_size, seq=40)
@@ -71,9 +93,24 @@ def test_attention_scaling_sets_every_te_attention_backend(standin):
     scaling = pair.stock.model.rotary_emb.attention_scaling
     expected = scaling**2 / pair.config.head_dim**0.5
     assert scaling != 1.0
-    assert core.effective_scale() == pytest.approx(expected, rel=1e-12)
+    assert not hasattr(core, "softmax_scale")  # TE keeps it on the backends only
+    for holder in te_standin.SOFTMAX_SCALE_HOLDERS:
+        assert getattr(core, holder).softmax_scale == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("holders, missing", [((), "flash_attention, core_attention.fused_attention"),
+                                              (("flash_attention",), "core_attention.fused_attention")],
+                         ids=["none", "flash-only"])
+def test_moved_softmax_scale_layout_is_refused(monkeypatch, holders, missing):
+    te_standin.install(monkeypatch, softmax_scale_holders=holders)
+    monkeypatch.setitem(BACKENDS, "te", dataclasses.replace(BACKENDS["te"], probe=lambda: Availability(True)))
+    with pytest.raises(UnsupportedConfigError, match="TE's layout moved") as info:
+        build_pair(CONFIGS["yarn-attention-scaling"](), backend="te")
+    assert missing in str(info.value) and "TransformerEngine 2.20" in str(info.value)
+    build_pair(CONFIGS["gqa"](), backend="te")  # attention_scaling == 1: nothing to override, still builds
+
+
+@pytest.mark.parametrize("version", OLDEST_AND_LATEST, ids=[f"te{v}" for v in OLDEST_AND_LATEST])
 @pytest.mark.parametrize("fused", [False, True], ids=["split-qkv", "fused-qkv"])
 def test_state_dict_names_are_te_names_plus_extra_state(standin, fused):
     pair = build_pair(llama(), backend="te", fuse_qkv=fused)
@@ -85,41 +122,9 @@ def test_state_dict_names_are_te_names_plus_extra_state(standin, fused):
 
 def test_te_backend_is_refused_where_te_cannot_run():
     """Without the stand-in, on this machine: one clear reason, from the probe."""
-    from teswap.errors import BackendUnavailableError
     from teswap.hardware.probe import probe_te
 
     if probe_te():
         pytest.skip("TE can run on this machine")
     with pytest.raises(BackendUnavailableError, match="backend 'te' is unavailable: "):
         build_pair("tiny", backend="te")
-
-
-@pytest.mark.parametrize("precision, recipe",
-                         [("fp8-delayed", "DelayedScaling"), ("fp8-current", "Float8CurrentScaling")])
-def test_fp8_precisions_reach_te_autocast_with_a_te_recipe(standin, monkeypatch, precision, recipe):
-    """Our wiring builds TE's recipe object and enters te.pytorch.autocast(recipe=...) around the swapped model."""
-    import torch
-
-    from teswap.parity.case import ParityCase, run_parity_case
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the probe's CUDA check; math stays on CPU
-    report = run_parity_case(ParityCase(source="tiny", backend="te", precision=precision, gen_tokens=0))
-    calls = te_standin.AUTOCAST_CALLS
-    assert calls and {type(call["recipe"]).__name__ for call in calls} == {recipe}
-    assert all(call["enabled"] is True for call in calls)
-    assert calls[0]["recipe"].kwargs["fp8_format"] is te_standin.Format.HYBRID
-    assert report.passed, report.failure_summary()
-    bf16 = run_parity_case(ParityCase(source="tiny", backend="te", precision="bf16", gen_tokens=0, grads=False))
-    assert report.swapped["robust_rel"] > 3 * bf16.swapped["robust_rel"]  # the recipe really quantized
-
-
-def test_unavailable_te_recipe_is_refused_with_tes_reason(standin, monkeypatch):
-    import torch
-
-    from teswap.errors import BackendUnavailableError
-    from teswap.precision.runtime import require_precision
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    standin.is_mxfp8_available = lambda return_reason=False: (False, "MXFP8 needs SM 10.x")
-    with pytest.raises(BackendUnavailableError, match="TransformerEngine: MXFP8 needs SM 10.x"):
-        require_precision("mxfp8", "te", "cuda")

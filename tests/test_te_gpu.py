@@ -25,3 +25,19 @@ def test_te_layers_match_the_torch_twin_in_bf16(name):
 def test_te_state_dict_names_match_the_mapping():
     pair = build_pair(CONFIGS["gqa"](), backend="te", device="cuda")
     assert pair.weights_equal
+
+
+@pytest.mark.parametrize("precision", ["fp8-delayed", "fp8-current", "fp8-block", "mxfp8"])
+def test_te_recipes_build_on_the_installed_te(precision):
+    """Our version-aware glue against the real TE: the recipe builds or is refused naming TE's reason."""
+    from teswap.precision.runtime import precision_availability
+    from teswap.precision.te_glue import te_recipe, te_recipe_fields
+
+    availability = precision_availability(precision, "te", "cuda")
+    if not availability:
+        assert "TransformerEngine" in availability.reason
+        pytest.skip(availability.reason)
+    record = te_recipe_fields(precision)
+    assert record["type"] == te_recipe(precision).__class__.__name__
+    if precision == "fp8-current":  # what TE's modules read for power-of-2 scales and the amax floor
+        assert {"power_2_scale", "amax_epsilon"} <= set(record["fp8_quant_fwd_inp"])

@@ -12,9 +12,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,7 @@ from transformers import PretrainedConfig
 
 from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.plan import Cell
-from teswap.precision.recipes import RECIPES
-from teswap.precision.table import PRECISIONS
+from teswap.precision.runtime import recipe_record
 from teswap.store.provenance import Provenance
 from teswap.store.records import DECODE_METRICS, BenchRecord
 from teswap.store.runs import load_records, machine_slug
@@ -56,14 +53,8 @@ def model_config_fields(config: PretrainedConfig) -> dict[str, Any]:
 
 
 def recipe_fields(precision: str, backend: str) -> dict[str, Any] | None:
-    """The FP8 recipe a swapped cell ran under, with teswap's settings (None without FP8, and for stock)."""
-    if not PRECISIONS[precision].is_fp8 or backend == "stock":
-        return None
-    factory = RECIPES.get(precision)
-    if factory is None:  # block scalings: TE's own defaults, nothing of ours to record
-        return {"name": precision, "settings": "TransformerEngine defaults"}
-    settings = {key: value.name if isinstance(value, Enum) else value for key, value in asdict(factory()).items()}
-    return {"name": precision, "type": type(factory()).__name__, **settings}
+    """The FP8 recipe a swapped cell ran under, every field (None without FP8, and for stock)."""
+    return recipe_record(precision, backend)
 
 
 def cell_key(cell: dict[str, Any], model_config: dict[str, Any], provenance: dict[str, Any]) -> str:
@@ -83,12 +74,16 @@ def bench_record(*, cell: Cell, model_config: dict[str, Any], provenance: Proven
                  gpu: dict[str, Any], settings: dict[str, Any], paired: dict[str, Any] | None = None,
                  noise: dict[str, Any] | None = None, clocks: dict[str, Any] | None = None,
                  decode: dict[str, Any] | None = None) -> BenchRecord:
-    """The record of one cell; every METRIC_FIELDS key is present in its metrics (None when unmeasured)."""
+    """The record of one cell; every METRIC_FIELDS key is present in its metrics (None when unmeasured).
+
+    A skipped cell records no recipe: its backend never held one (and may not be importable).
+    """
     cell_dict = cell.to_dict()
     return BenchRecord(
         cell=cell_dict, cell_key=cell_key(cell_dict, model_config, provenance.to_dict()),
         cell_finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        recipe=recipe_fields(cell.precision, cell.backend), model_config=model_config, status=status,
+        recipe=None if status == "skipped" else recipe_fields(cell.precision, cell.backend),
+        model_config=model_config, status=status,
         reason=reason, stats=stats, metrics={**dict.fromkeys(METRIC_FIELDS), **metrics}, gpu=gpu,
         settings=settings, paired=paired, noise=noise, clocks=clocks, decode=decode,
     )

@@ -18,14 +18,17 @@ import torch
 from transformers import PretrainedConfig
 
 from teswap.errors import UnsupportedConfigError
+from teswap.hardware import te_api
 from teswap.layers.hf_adapter import HFDecoderCall, keep_fresh_weights, te_layer_kwargs
 from teswap.layers.hf_inputs import DecoderInputs
 from teswap.layers.rope import attention_softmax_scale, shared_table_for
 from teswap.layers.te_batch import TEBatch, te_batch
 
-# TE's DotProductAttention keeps its softmax scale on itself and on each attention backend; TE's
-# TransformerLayer has no softmax_scale argument (always 1/sqrt(kv_channels)).
-_SOFTMAX_SCALE_HOLDERS = ("", "flash_attention", "fused_attention", "unfused_attention")
+# TE's DotProductAttention (2.0 ... 2.20) computes softmax_scale once in __init__ (default
+# 1/sqrt(kv_channels); TransformerLayer has no softmax_scale argument) and hands it to its three
+# backends, which keep it as `self.softmax_scale` and read it at every forward; DotProductAttention
+# itself keeps none. Any of the three may run, so all three must take the override.
+SOFTMAX_SCALE_HOLDERS = ("flash_attention", "fused_attention", "unfused_attention")
 
 
 def te_transformer_layer_kwargs(config: PretrainedConfig, layer_idx: int, *, fuse_qkv: bool) -> dict[str, Any]:
@@ -47,14 +50,16 @@ def te_transformer_layer_kwargs(config: PretrainedConfig, layer_idx: int, *, fus
 def set_softmax_scale(layer: torch.nn.Module, scale: float) -> None:
     """Override TE's 1/sqrt(kv_channels) where attention_scaling != 1; refuse if TE's layout moved."""
     core = layer.get_submodule("self_attention.core_attention")
-    holders = [core if not name else getattr(core, name, None) for name in _SOFTMAX_SCALE_HOLDERS]
-    found = [h for h in holders if h is not None and hasattr(h, "softmax_scale")]
-    if not found:
+    holders: dict[str, Any] = {name: getattr(core, name, None) for name in SOFTMAX_SCALE_HOLDERS}
+    missing = [name for name, holder in holders.items() if not hasattr(holder, "softmax_scale")]
+    if missing:
+        version = te_api.format_version(te_api.imported_te_version())
         raise UnsupportedConfigError(
-            "this TransformerEngine version keeps no softmax_scale on core_attention; rope types with "
-            "attention_scaling != 1 (yarn, longrope) cannot be honoured by the te backend"
+            f"TransformerEngine {version} keeps no softmax_scale on core_attention.{', core_attention.'.join(missing)} "
+            "(TE 2.0-2.20 keeps it on its flash/fused/unfused attention backends): TE's layout moved, so rope "
+            "types with attention_scaling != 1 (yarn, longrope) cannot be honoured by the te backend"
         )
-    for holder in found:
+    for holder in holders.values():
         holder.softmax_scale = scale
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from teswap.layers.fused_kernels import rms_norm_output, swiglu
 from teswap.precision.gemm import GemmSite, NoopCat, fuse_in_place, is_view_chain
 
 InitMethod = Callable[[torch.Tensor], object]
@@ -41,14 +42,6 @@ def normal_init(std: float) -> InitMethod:
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """TE computes norms and RoPE in fp32; an fp64 reference run keeps fp64."""
     return torch.promote_types(x.dtype, torch.float32)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, zero_centered_gamma: bool) -> torch.Tensor:
-    """TE's RMSNorm: y = x / sqrt(mean(x^2) + eps) * gamma in fp32 (fp64 stays fp64), cast back once."""
-    compute = _compute_dtype(x)
-    xf = x.to(compute)
-    gamma = weight.to(compute) + 1.0 if zero_centered_gamma else weight.to(compute)
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * gamma).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -85,8 +78,9 @@ class LayerNormLinear(nn.Module):
     """RMSNorm then one GEMM; split parameters (query_/key_/value_weight) or one fused `weight`."""
 
     def __init__(self, hidden_size: int, splits: dict[str, int], *, eps: float, fused: bool,
-                 zero_centered_gamma: bool, gemm_name: str, init_method: InitMethod) -> None:
+                 zero_centered_gamma: bool, gemm_name: str, init_method: InitMethod | None = None) -> None:
         super().__init__()
+        init_method = init_method or normal_init(TE_DEFAULT_INIT_STD)
         self.eps = eps
         self.zero_centered_gamma = zero_centered_gamma
         self.split_names = [f"{name}_weight" for name in splits] if not fused else []
@@ -116,8 +110,8 @@ class LayerNormLinear(nn.Module):
         return NoopCat.apply(fused, *parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = rms_norm(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
-        return self.gemm(normed, self.gemm_weight())
+        normed = rms_norm_output(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
+        return self.gemm(normed, self.gemm_weight())  # under FP8 the norm's fused cast feeds the GEMM
 
 
 def _still_fused(fused: torch.Tensor, parts: list[torch.Tensor]) -> bool:
@@ -142,21 +136,14 @@ class Linear(nn.Module):
         return self.gemm(x, self.weight)
 
 
-def swiglu(fc1_out: torch.Tensor) -> torch.Tensor:
-    """silu(first half) * second half; fc1's output is released on return, before fc2 runs."""
-    gate, up = fc1_out.chunk(2, dim=-1)
-    act = F.silu(gate)
-    if torch.is_grad_enabled() and (act.requires_grad or up.requires_grad):
-        return act * up
-    return act.mul_(up)  # no graph recorded: one ffn-sized temporary fewer, like HF's unfused MLP
-
-
 class LayerNormMLP(nn.Module):
     """RMSNorm, fc1 ([gate; up] rows), SwiGLU = silu(first half) * second half, fc2."""
 
     def __init__(self, hidden_size: int, ffn_hidden_size: int, *, eps: float, zero_centered_gamma: bool,
-                 init_method: InitMethod, output_layer_init_method: InitMethod) -> None:
+                 init_method: InitMethod | None = None, output_layer_init_method: InitMethod | None = None) -> None:
         super().__init__()
+        init_method = init_method or normal_init(TE_DEFAULT_INIT_STD)
+        output_layer_init_method = output_layer_init_method or normal_init(TE_DEFAULT_INIT_STD)
         self.eps = eps
         self.zero_centered_gamma = zero_centered_gamma
         self.layer_norm_weight = nn.Parameter(torch.ones(hidden_size))
@@ -168,7 +155,7 @@ class LayerNormMLP(nn.Module):
         self.fc2 = GemmSite("fc2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = rms_norm(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
+        normed = rms_norm_output(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
         return self.fc2(swiglu(self.fc1(normed, self.fc1_weight)), self.fc2_weight)
 
 

@@ -38,7 +38,7 @@ from teswap.parity.metrics import (
 from teswap.parity.paired import PairedSamples, position_blocks
 from teswap.parity.policy_files import get_policy
 from teswap.parity.rule import Policy, Verdict, evaluate
-from teswap.precision.runtime import calibrate, require_precision, swapped_autocast
+from teswap.precision.runtime import calibrate, recipe_record, require_precision, swapped_autocast
 from teswap.precision.stock import stock_autocast
 from teswap.store.records import ParityRecord
 from teswap.swap.mapping import te_to_hf_state_dict
@@ -128,6 +128,7 @@ class ParityReport:
             precision_verdict=self.precision_verdict,
             precision_rows=[asdict(row) for row in self.verdict.precision_rows],
             perplexity=self.perplexity, generation=self.generation, inputs=self.inputs,
+            recipe=recipe_record(self.case.precision, self.case.backend),
         )
 
     def failure_summary(self) -> str:

@@ -2,7 +2,8 @@
 
 Under `fp8_autocast(recipe)` every `GemmSite` quantizes its input and weight (E4M3 under HYBRID) and
 in backward its output gradient (E5M2 under HYBRID) with per-tensor scales, and multiplies the FP8
-operands with `torch._scaled_mm`; everything else stays in high precision, as in TE.
+operands with `torch._scaled_mm`; everything else stays in high precision, as in TE. A GEMM fed by TE's
+fused RMSNorm or SwiGLU kernel casts its input the way that kernel writes it (teswap.precision.fused).
 
 When DelayedScaling scales update (TE semantics, and where this emulation differs):
 - Quantization always uses the scale stored at the previous update (1.0 at first), and max-accumulates
@@ -225,6 +226,10 @@ class SiteScaling:
 
     def scale_for(self, role: Role, x: torch.Tensor) -> torch.Tensor:
         """The fp32 scale to quantize `x` (playing `role`) with; records what the recipe needs."""
+        return self.scale_for_amax(role, tensor_amax(x))
+
+    def scale_for_amax(self, role: Role, amax: torch.Tensor) -> torch.Tensor:
+        """The fp32 scale for a tensor of `role` whose amax is `amax` (a fused kernel may reduce it)."""
         raise NotImplementedError
 
     def forward_done(self) -> None:
@@ -239,10 +244,10 @@ class CurrentScalingState(SiteScaling):
 
     recipe: Float8CurrentScaling
 
-    def scale_for(self, role: Role, x: torch.Tensor) -> torch.Tensor:
-        """fp8_max / amax(x), with the recipe's epsilon and power-of-2 option."""
+    def scale_for_amax(self, role: Role, amax: torch.Tensor) -> torch.Tensor:
+        """fp8_max / amax, with the recipe's epsilon and power-of-2 option."""
         recipe = self.recipe
-        return scale_from_amax(tensor_amax(x), fp8_max(self.dtype_for(role)), epsilon=recipe.amax_epsilon,
+        return scale_from_amax(amax, fp8_max(self.dtype_for(role)), epsilon=recipe.amax_epsilon,
                                power_2=recipe.use_power_2_scales)
 
 
@@ -261,10 +266,10 @@ class DelayedScalingState(SiteScaling):
         """The forward scales' update count: a new scale (and an emptied amax slot) after each update."""
         return self.forward_updates
 
-    def scale_for(self, role: Role, x: torch.Tensor) -> torch.Tensor:
-        """The scale stored at the last update; x's amax goes into the running step's slot."""
+    def scale_for_amax(self, role: Role, amax: torch.Tensor) -> torch.Tensor:
+        """The scale stored at the last update; `amax` goes into the running step's slot."""
         meta, column = (self.backward, 0) if role is Role.GRAD_OUTPUT else (self.forward, role.value)
-        meta.record(column, tensor_amax(x))
+        meta.record(column, amax)
         return meta.scale[column].clone()  # a copy: the update must not change what this GEMM used
 
     def forward_done(self) -> None:
@@ -326,11 +331,14 @@ class _Fp8Linear(torch.autograd.Function):
     """y = x @ w.T with FP8 x, w (forward) and FP8 dy (backward); outputs and grads in high precision."""
 
     @staticmethod
-    def forward(ctx, inp: torch.Tensor, weight: torch.Tensor, scaling: SiteScaling) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, inp: torch.Tensor, weight: torch.Tensor, scaling: SiteScaling,  # type: ignore[override]
+                source: torch.Tensor, source_amax: torch.Tensor) -> torch.Tensor:
+        # `source` is what the input's FP8 copy is cast from: `inp` itself, or the fp32 value a fused
+        # TE kernel had before rounding to `inp` (teswap.precision.fused); gradients go to `inp`.
         fwd_dtype = scaling.dtype_for(Role.INPUT)
-        x_scale = scaling.scale_for(Role.INPUT, inp)
-        x_fp8, x_inv = quantize(inp, x_scale, fwd_dtype), x_scale.reciprocal()
-        w_fp8, w_inv = scaling.quantized_weight(weight)  # rows padded to 16
+        x_scale = scaling.scale_for_amax(Role.INPUT, source_amax)
+        x_fp8, x_inv = quantize(source, x_scale, fwd_dtype), x_scale.reciprocal()
+        w_fp8, w_inv = scaling.quantized_weight(weight)  # rows padded to 16, cached while the weight stands
         # TE runs fprop without the split accumulator (fast accumulation), dgrad and wgrad with it.
         out = _scaled_mm(x_fp8, w_fp8.t(), x_inv, w_inv, inp.dtype, fast_accum=True)
         needs_dgrad, needs_wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -353,7 +361,7 @@ class _Fp8Linear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # dW = dY.T @ X, without the padded rows
             wgrad = _scaled_mm(g_fp8.t(), x_fp8, g_inv, x_inv, ctx.dtypes[1], fast_accum=False)[:ctx.out_rows]
         scaling.backward_done()
-        return dgrad, wgrad, None
+        return dgrad, wgrad, None, None, None
 
 
 def check_fp8_dims(inp: torch.Tensor, weight: torch.Tensor, name: str = "gemm") -> None:
@@ -377,11 +385,18 @@ def _pad_rows(t: torch.Tensor) -> torch.Tensor:
     return F.pad(t, (0, 0, 0, extra)) if extra else t
 
 
-def fp8_linear(inp: torch.Tensor, weight: torch.Tensor, scaling: SiteScaling,
-               name: str = "gemm") -> torch.Tensor:
-    """y = inp @ weight.T as TE's FP8 GEMM under `scaling`; rows (and weight rows) padded to 16."""
+def fp8_linear(inp: torch.Tensor, weight: torch.Tensor, scaling: SiteScaling, name: str = "gemm", *,
+               source: torch.Tensor | None = None, source_amax: torch.Tensor | None = None) -> torch.Tensor:
+    """y = inp @ weight.T as TE's FP8 GEMM under `scaling`; rows (and weight rows) padded to 16.
+
+    The input's FP8 copy is cast from `source` (default `inp`) with a scale from `source_amax`
+    (default amax of `source`): a fused TE kernel writes it from its fp32 result.
+    """
     check_fp8_dims(inp, weight, name)
     rows, out_features = inp.numel() // inp.shape[-1], weight.shape[0]
+    x = _pad_rows(inp.reshape(rows, inp.shape[-1]))
+    x_source = x.detach() if source is None else _pad_rows(source.detach().reshape(rows, source.shape[-1]))
+    amax = tensor_amax(x_source) if source_amax is None else source_amax
     # Weight rows are padded too: CUDA's _scaled_mm wants every dim divisible by 16, TE's rule only 8.
-    out = _Fp8Linear.apply(_pad_rows(inp.reshape(rows, inp.shape[-1])), weight, scaling)
+    out = _Fp8Linear.apply(x, weight, scaling, x_source, amax)
     return out[:rows, :out_features].reshape(*inp.shape[:-1], out_features)

@@ -2,7 +2,8 @@
 
 Keeping every matmul behind `GemmSite` is what lets the FP8 recipe emulation quantize exactly the
 four GEMMs TE runs in FP8, and nothing else (norms, RoPE, attention and residuals stay high
-precision, as in TE).
+precision, as in TE). A GEMM fed by one of TE's fused kernels (RMSNorm -> qkv / fc1, SwiGLU -> fc2)
+takes that kernel's KernelOutput and casts its FP8 input as the kernel would (teswap.precision.fused).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from teswap.precision.emulation import SiteScaling, active_recipe, fp8_linear, site_scaling
+from teswap.precision.fused import KernelOutput, quantization_source
 
 
 class GemmSite:
@@ -22,13 +24,17 @@ class GemmSite:
         # keeps its own fp8_meta); made on first FP8 use, replaced when the recipe or device changes.
         self.fp8_scaling: SiteScaling | None = None
 
-    def __call__(self, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def __call__(self, inp: torch.Tensor | KernelOutput, weight: torch.Tensor) -> torch.Tensor:
         """y = inp @ weight.T (no bias: TE's Llama layers are bias-free); FP8 inside fp8_autocast."""
         recipe = active_recipe()
+        tensor = inp.rounded if isinstance(inp, KernelOutput) else inp
         if recipe is None:
-            return F.linear(inp, weight)
-        self.fp8_scaling = site_scaling(self.fp8_scaling, recipe, inp.device)
-        return fp8_linear(inp, weight, self.fp8_scaling, name=self.name)
+            return F.linear(tensor, weight)
+        self.fp8_scaling = site_scaling(self.fp8_scaling, recipe, tensor.device)
+        if not isinstance(inp, KernelOutput):
+            return fp8_linear(tensor, weight, self.fp8_scaling, name=self.name)
+        source, amax = quantization_source(inp, recipe)
+        return fp8_linear(tensor, weight, self.fp8_scaling, name=self.name, source=source, source_amax=amax)
 
     def __repr__(self) -> str:
         return f"GemmSite({self.name!r})"

@@ -7,8 +7,9 @@ both the torch emulation (teswap.precision.emulation) and TE itself (teswap.prec
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
@@ -80,12 +81,21 @@ class DelayedScaling:
                              f"got {self.amax_compute_algo!r} (callables are not emulated)")
 
 
+def _power_2_scales_default() -> bool:
+    # TE's default (transformer_engine/common/recipe, 2.8+), read when our recipe is made, not at import.
+    return os.getenv("NVTE_FP8_CURRENT_SCALING_POWER_2_SCALES", "0") == "1"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Float8CurrentScaling:
-    """TE's Float8CurrentScaling: every tensor is scaled by its own amax when it is quantized."""
+    """TE's Float8CurrentScaling: every tensor is scaled by its own amax when it is quantized.
+
+    `amax_epsilon` is TE's QParams.amax_epsilon (a floor under amax), which TE's modules read from
+    the recipe's fp8_quant_* QParams; teswap.precision.te_glue sets those on TE's recipe object.
+    """
 
     fp8_format: Format = Format.HYBRID
-    use_power_2_scales: bool = False
+    use_power_2_scales: bool = field(default_factory=_power_2_scales_default)
     amax_epsilon: float = 0.0
 
     def __post_init__(self) -> None:

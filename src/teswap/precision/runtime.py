@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
+from dataclasses import asdict
+from enum import Enum
+from typing import Any
 
 import torch
 
 from teswap.errors import BackendUnavailableError
-from teswap.hardware.probe import Availability, probe_te, probe_te_fp8
+from teswap.hardware.probe import Availability, probe_te
 from teswap.precision.emulation import fp8_autocast
 from teswap.precision.recipes import RECIPES, unsupported_reason
 from teswap.precision.table import Precision, get_precision
@@ -36,8 +39,7 @@ def precision_availability(name: str, backend: str, device: torch.device | str) 
     if backend == "te":
         from teswap.precision.te_glue import te_recipe_availability
 
-        te = probe_te_fp8()
-        return te if not te else te_recipe_availability(name)
+        return te_recipe_availability(name)
     return Availability(False, f"unknown backend {backend!r}")
 
 
@@ -80,3 +82,21 @@ def calibrate(model: torch.nn.Module, inputs: torch.Tensor, name: str,
             if backward:
                 output.loss.backward()
     model.zero_grad(set_to_none=True)
+
+
+def recipe_record(name: str, backend: str) -> dict[str, Any] | None:
+    """The FP8 recipe a swapped model runs under at precision `name`, every field as the backend holds it
+    (TE's own recipe object on `te`, teswap's emulated recipe on `torch`); None without FP8 or for stock."""
+    precision = get_precision(name)
+    if not precision.is_fp8 or backend == "stock":
+        return None
+    if backend == "te":
+        from teswap.precision.te_glue import te_recipe_fields
+
+        return {"name": name, **te_recipe_fields(name)}
+    factory = RECIPES.get(name)
+    if factory is None:  # block scalings: not emulated, so nothing of ours to record
+        return {"name": name, "type": precision.fp8_recipe, "settings": "TransformerEngine defaults (te only)"}
+    recipe = factory()
+    settings = {key: value.name if isinstance(value, Enum) else value for key, value in asdict(recipe).items()}
+    return {"name": name, "type": type(recipe).__name__, **settings}

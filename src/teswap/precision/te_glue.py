@@ -1,18 +1,30 @@
-"""TE's FP8 recipes and autocast, built from teswap's recipe settings (imports TE only when called)."""
+"""TE's FP8 recipe objects and autocast, built from teswap's recipe settings for the installed TE version.
+
+TE's modules do not read Float8CurrentScaling's power-of-2 and epsilon settings from the constructor:
+every TE 2.2 ... 2.20 LayerNormLinear / Linear / LayerNormMLP sets its GEMM quantizers from the
+recipe's `fp8_quant_fwd_inp`, `fp8_quant_fwd_weight`, `fp8_quant_bwd_grad` (QParams(power_2_scale,
+amax_epsilon)), class attributes fixed when transformer_engine.common.recipe is imported (from the
+env var NVTE_FP8_CURRENT_SCALING_POWER_2_SCALES since 2.8, False before). The `use_power_2_scales`
+field (2.8+) reaches only quantizers those modules leave alone. So teswap passes the field where it
+exists and sets the three QParams on the recipe instance, which is what TE's modules read.
+Fields whose TE default comes from the environment (backward_override, 2.15+) are pinned to what the
+torch twin emulates. Imports TE only when called.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import AbstractContextManager as ContextManager
+from enum import Enum
 from typing import Any
 
-from teswap.hardware.probe import Availability
+from teswap.errors import UnsupportedConfigError
+from teswap.hardware import te_api
+from teswap.hardware.probe import Availability, probe_te_recipe
 from teswap.precision.recipes import RECIPES, DelayedScaling, Float8CurrentScaling
 from teswap.precision.table import get_precision
 
-# Which TE availability function gates which recipe class (transformer_engine.pytorch, TE >= 2.9).
-_AVAILABILITY_FUNCTIONS = {"DelayedScaling": "is_fp8_available", "Float8CurrentScaling": "is_fp8_available",
-                           "Float8BlockScaling": "is_fp8_block_scaling_available",
-                           "MXFP8BlockScaling": "is_mxfp8_available"}
+QPARAMS_FIELDS = ("fp8_quant_fwd_inp", "fp8_quant_fwd_weight", "fp8_quant_bwd_grad")
 
 
 def te_recipe(name: str) -> Any:
@@ -22,35 +34,61 @@ def te_recipe(name: str) -> Any:
     recipe_class = get_precision(name).fp8_recipe
     if recipe_class is None:
         raise ValueError(f"no TE recipe for precision {name!r}")
+    installed = te_api.imported_te_version()
+    too_old = te_api.needs_version(recipe_class, te_api.RECIPE_SUPPORT[recipe_class].since, installed)
+    if too_old:
+        raise UnsupportedConfigError(too_old)
     ours = RECIPES[name]() if name in RECIPES else None
+    pinned = {"backward_override": None} if installed >= te_api.BACKWARD_OVERRIDE_SINCE else {}
     if isinstance(ours, DelayedScaling):
         return te.DelayedScaling(margin=ours.margin, fp8_format=te.Format[ours.fp8_format.name],
-                                 amax_history_len=ours.amax_history_len, amax_compute_algo=ours.amax_compute_algo)
+                                 amax_history_len=ours.amax_history_len, amax_compute_algo=ours.amax_compute_algo,
+                                 **pinned)
     if isinstance(ours, Float8CurrentScaling):
-        return te.Float8CurrentScaling(fp8_format=te.Format[ours.fp8_format.name])
+        return _current_scaling(te, ours, installed, pinned)
     return getattr(te, recipe_class)()  # block scalings: TE's own defaults
 
 
+def _current_scaling(te: Any, ours: Float8CurrentScaling, installed: te_api.TEVersion, pinned: dict) -> Any:
+    """Float8CurrentScaling with power-of-2 scales and amax epsilon where TE's modules read them."""
+    if installed >= te_api.POWER_2_FIELD_SINCE:
+        pinned = {**pinned, "use_power_2_scales": ours.use_power_2_scales}
+    recipe = te.Float8CurrentScaling(fp8_format=te.Format[ours.fp8_format.name], **pinned)
+    qparams = te_api.te_attribute(te, "QParams", installed)(power_2_scale=ours.use_power_2_scales,
+                                                           amax_epsilon=float(ours.amax_epsilon))
+    for field in QPARAMS_FIELDS:
+        setattr(recipe, field, qparams)  # shadows the class attribute of the same name, for this recipe only
+    return recipe
+
+
 def te_autocast(name: str) -> ContextManager[None]:
-    """te.pytorch.autocast(recipe=...) (TE >= 2.9), else the older fp8_autocast(fp8_recipe=...)."""
+    """TE's FP8 context with teswap's recipe: autocast(recipe=...) on TE >= 2.9, else fp8_autocast(fp8_recipe=...)."""
     import transformer_engine.pytorch as te
 
-    recipe = te_recipe(name)
-    if hasattr(te, "autocast"):
-        return te.autocast(enabled=True, recipe=recipe)
-    return te.fp8_autocast(enabled=True, fp8_recipe=recipe)
+    entry, recipe_keyword = te_api.autocast_entry(te)
+    return entry(enabled=True, **{recipe_keyword: te_recipe(name)})
 
 
 def te_recipe_availability(name: str) -> Availability:
-    """TE's own answer for this recipe on this GPU (block scaling: SM 9.0 + CUDA 12.9; MXFP8: SM 10.x)."""
-    import transformer_engine.pytorch as te
+    """Whether the installed TE and this GPU can run precision `name`'s recipe, with TE's reason if not."""
+    return probe_te_recipe(get_precision(name).fp8_recipe or "")
 
-    function_name = _AVAILABILITY_FUNCTIONS[get_precision(name).fp8_recipe or ""]
-    function = getattr(te, function_name, None)
-    if function is None:  # TE < 2.9 keeps them on FP8GlobalStateManager, returning (bool, reason)
-        from transformer_engine.pytorch.fp8 import FP8GlobalStateManager
 
-        ok, reason = getattr(FP8GlobalStateManager, function_name)()
-    else:
-        ok, reason = function(return_reason=True)
-    return Availability(bool(ok), "" if ok else f"TransformerEngine: {reason}")
+def te_recipe_fields(name: str) -> dict[str, Any]:
+    """Every field of the TE recipe object teswap builds for `name`, as TE holds it (for records)."""
+    recipe = te_recipe(name)
+    fields = {field.name: getattr(recipe, field.name) for field in dataclasses.fields(recipe)}
+    fields |= {field: getattr(recipe, field) for field in QPARAMS_FIELDS if hasattr(recipe, field)}
+    return {"type": type(recipe).__name__, "te_version": te_api.format_version(te_api.imported_te_version()),
+            **{key: _plain(value) for key, value in fields.items()}}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly form of a recipe field (enums by name, dataclasses as dicts, callables by name)."""
+    if isinstance(value, Enum):
+        return value.name
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {key: _plain(item) for key, item in dataclasses.asdict(value).items()}
+    if callable(value):
+        return getattr(value, "__name__", repr(value))
+    return value

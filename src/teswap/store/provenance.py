@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -14,6 +14,7 @@ import torch
 
 from teswap.hardware.nvml import driver_version
 from teswap.hardware.probe import te_version
+from teswap.hardware.te_api import numerics_environment
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +44,9 @@ class LibraryVersions:
     transformers: str
     transformer_engine: str | None
     teswap: str
+    # Every NVTE_* variable set when the run started (TE reads them for attention backends, norm
+    # kernels, recipe defaults such as NVTE_FP8_CURRENT_SCALING_POWER_2_SCALES); empty in older records.
+    transformer_engine_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +125,7 @@ def library_versions() -> LibraryVersions:
         transformers=_version("transformers"),
         transformer_engine=te_version(),
         teswap=_version("teswap"),
+        transformer_engine_env=numerics_environment(),
     )
 
 

@@ -2,8 +2,10 @@
 
     families.py  model families whose decoder class can be swapped (Llama now), a plain registry
     presets.py   named model configs as Python functions (tiny ones for CPU, real shapes for GPUs)
-    sources.py   a preset name, a config object or a local directory -> a config (and its weights)
+    sources.py   a preset or checkpoint name, a config, a local path -> a config, its weights and tokenizer
+    checkpoints.py  real checkpoints offline: hub-cache snapshots, GGUF converted once, smollm2-135m
     replace.py   `replace_decoder`, the scoped, locked class swap (TE's te_llama pattern)
+    loading.py   from_pretrained under the swap: checkpoint keys mapped to the TE layout, or the load fails
     metadata.py  HF's model-level metadata made to follow the swap (output recording, no-split, TP)
     mapping.py   HF <-> TE state-dict mapping (split or fused QKV), raising on any key it cannot place
     pair.py      `build_pair`: stock and swapped models with identical weights, from one seed
