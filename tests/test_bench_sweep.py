@@ -278,7 +278,9 @@ def test_an_oom_cell_is_recorded_the_sweep_goes_on_and_a_rerun_keeps_it(tmp_path
 def test_the_sweeps_noise_policy_is_the_one_its_cells_are_judged_by(tmp_path, provenance):
     """--max-cv / --remeasure reach the cells: a bound nothing meets marks every cell noisy, after one try."""
     strict = NoisePolicy(max_cv=1e-9, remeasure=0)
-    result = run_sweep(spec(backends=("stock",), noise=strict), results_root=tmp_path, provenance=provenance)
+    policy = TimingPolicy(warmup=1, min_samples=4, max_samples=4, budget_s=0.02)  # 4: enough for a CV
+    result = run_sweep(spec(backends=("stock",), noise=strict, policy=policy), results_root=tmp_path,
+                       provenance=provenance)
     (record,) = result.records.values()
     assert record["noise"]["noisy"] and record["noise"]["attempts"] == 1
     assert record["settings"]["noise"]["remeasure"] == 0

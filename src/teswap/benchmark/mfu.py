@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
+from teswap.benchmark.workloads import WORKLOADS
 from teswap.precision.table import PRECISIONS
-
-WORKLOADS = ("prefill", "train", "decode")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -170,7 +170,8 @@ def _decode_axes(spec: SweepSpec, workload: str, backend: str) -> list[tuple[int
 
 
 def plan_cells(spec: SweepSpec) -> list[Cell]:
-    """Every cell of the sweep, in run order: per model and dtype, stock then each backend; prefill first."""
+    """Every cell of the sweep, in run order: per model and dtype, stock then each backend; prefill and decode
+    before training (whose steps change the weights)."""
     device = str(resolve_device(spec.device))
     dtypes = list(dict.fromkeys(baseline_precision(p) for p in spec.precisions))
     cells: list[Cell] = []

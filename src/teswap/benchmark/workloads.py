@@ -27,7 +27,7 @@ from teswap.benchmark.decode_setup import prepare_decode
 from teswap.benchmark.timing import STEP_TIME, StepTimings, Timer
 from teswap.precision.runtime import calibrate, swapped_autocast
 
-WORKLOADS = ("prefill", "train", "decode")
+WORKLOADS = ("prefill", "decode", "train")  # run order: inference before training changes the weights
 TRAIN_LR = 1.41e-5  # TE's te_llama tutorial; small enough that timed steps do not disturb the weights much
 
 
