@@ -83,8 +83,12 @@ def test_swapped_rows_carry_the_paired_ttft_tpot_and_e2e_ratios_with_their_cis(t
                 own["ratio"], own["ci_low"], own["ci_high"])
             assert row[f"{phase}_ci_low"] <= row[f"{phase}_ratio"] <= row[f"{phase}_ci_high"]
         assert (row["speedup"], row["speedup_basis"]) == (paired["speedup"], "paired")
+        for phase in ("ttft", "tpot"):  # stock's medians in the same rounds, what the ratios compare against
+            stock_samples = [s for block in paired["phases"][f"{phase}_s"]["baseline_samples"] for s in block]
+            assert row[f"stock_{phase}_s"] == pytest.approx(float(np.median(stock_samples)))
     stock = _row(table, "stock", "bf16", "", 512, 8)
     assert np.isnan(stock["ttft_ratio"]) and np.isnan(stock["speedup"]) and stock["parity"] == "stock"
+    assert np.isnan(stock["stock_ttft_s"])
 
 
 def test_vs_hf_reads_the_ladder_against_plain_stock_of_the_same_shape(table):
@@ -95,6 +99,10 @@ def test_vs_hf_reads_the_ladder_against_plain_stock_of_the_same_shape(table):
     for rung in rungs:
         assert rung["vs_hf"] == pytest.approx(rung["e2e_tokens_per_s"] / plain)
     assert [r["vs_hf"] for r in rungs] == sorted(r["vs_hf"] for r in rungs)  # each rung faster in this data
+    shown = display.decode_results_table(table)
+    column = list(shown.headers).index("vs HF")
+    texts = [shown.rows[list(table.index).index(rung.name)][column].text for rung in rungs]
+    assert texts[0] == "1.00×" and all(t.endswith(display.UNPAIRED) for t in texts[1:])  # two cells: unpaired
 
 
 def test_a_skipped_cell_shows_its_status_and_reason(table):
@@ -114,7 +122,9 @@ def test_the_published_decode_table_prints_milliseconds_and_intervals(table):
     row = _row(table, "te", "bf16", "cuda-graphs", 512, 1)
     texts = [cell.text for cell in shown.rows[list(table.index).index(row.name)]]
     assert texts[headers.index("variant")] == "te+cuda-graphs bf16"
-    assert texts[headers.index("TTFT ms")] == f"{row['ttft_s'] * 1e3:.3g}"
+    assert texts[headers.index("TTFT ms")] == display.milliseconds(row["ttft_s"])
+    assert texts[headers.index("stock TTFT / TPOT ms, same rounds")] == (
+        f"{display.milliseconds(row['stock_ttft_s'])} / {display.milliseconds(row['stock_tpot_s'])}")
     assert texts[headers.index("TPOT vs stock")] == (f"{row['tpot_ratio']:.2f}× [{row['tpot_ci_low']:.2f}, "
                                                      f"{row['tpot_ci_high']:.2f}]")
     assert texts[headers.index("decode tok/s")] == f"{row['decode_tokens_per_s']:,.0f}"
@@ -195,3 +205,8 @@ def test_report_cli_prints_the_decode_table(store, capsys):
     frame = load_frame(store)
     published = display.decode_results_table(decode_table(bench_frame(frame), parity_frame(frame)))
     assert formats.to_markdown(published) in out
+
+
+def test_milliseconds_keep_three_digits_without_an_exponent():
+    assert [display.milliseconds(v) for v in (0.00231, 0.0782, 0.157, 2.4812)] == ["2.31", "78.2", "157", "2,481"]
+    assert display.milliseconds(None) == display.MISSING

@@ -3,8 +3,10 @@
 One row per decode cell (the newest run of each, per machine and commit): TTFT, TPOT, ITL p50/p90/p99,
 decode and end-to-end tokens/s and energy per output token. A swapped row adds its TTFT and TPOT
 ratios to its stock baseline (stock time / swapped time, from the same paired rounds, with the 95%
-CI issue 14's rounds give every timed phase), its end-to-end speedup with its CI and basis (as in
-the comparison table), noise and parity; and every row its end-to-end throughput over plain stock
+CI issue 14's rounds give every timed phase), stock's own TTFT and TPOT medians in those rounds
+(`stock_ttft_s`, `stock_tpot_s`: what the ratios compare against; the stock rows are stock's own
+cells, timed alone, at another moment), its end-to-end speedup with its CI and basis (as in the
+comparison table), noise and parity; and every row its end-to-end throughput over plain stock
 (`vs_hf`: the HF model without speed options, same shape and model dtype; a ratio of two cells'
 medians, unpaired), which reads the ladder HF -> TE -> +graphs -> +FP8 weights down one shape's rows.
 """
@@ -26,7 +28,7 @@ DECODE_COLUMNS = [
     "machine", "commit", "model", "seq_len", "new_tokens", "batch", "device", "backend", "precision", "options",
     "status", "reason", "ttft_s", "tpot_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "decode_tokens_per_s",
     "e2e_tokens_per_s", "energy_per_output_token_j", "ttft_ratio", "ttft_ci_low", "ttft_ci_high", "tpot_ratio",
-    "tpot_ci_low", "tpot_ci_high", *FROM_COMPARISON, "vs_hf",
+    "tpot_ci_low", "tpot_ci_high", "stock_ttft_s", "stock_tpot_s", *FROM_COMPARISON, "vs_hf",
 ]
 BACKEND_ORDER = {"stock": 0, "torch": 1, "te": 2}
 
@@ -51,11 +53,19 @@ def decode_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) -> pd.
                                          for r in table[stock]["own_noise_reasons"]]
     table.loc[stock, "parity"] = "stock"
     table["flagged"] = table["flagged"].fillna(False).astype(bool)
+    for phase in ("ttft", "tpot"):
+        table[f"stock_{phase}_s"] = [_median_of_rounds(rounds) for rounds in table[f"{phase}_stock_samples"]]
     table["vs_hf"] = _vs_hf(table)
     order = table["backend"].map(BACKEND_ORDER).fillna(9) * 100 + table["options"].map(lambda o: len(option_names(o)))
     table = table.assign(_order=order).sort_values(["machine", "model", "new_tokens", "batch", "seq_len", "_order",
                                                      "precision"])
     return table.reindex(columns=DECODE_COLUMNS).reset_index(drop=True)
+
+
+def _median_of_rounds(rounds: object) -> float:
+    """The median of a paired phase's baseline samples (a list per round); NaN when not paired."""
+    values = [value for block in rounds for value in block] if isinstance(rounds, list) else []
+    return float(np.median(values)) if values else np.nan
 
 
 def _own_noise(row: pd.Series) -> str:

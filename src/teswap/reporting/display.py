@@ -205,8 +205,11 @@ DECODE_LEGEND = ("One row per decode cell: a prompt of `prompt` tokens, then exa
                  "after the first, pooled, at p50/p90/p99. decode tok/s = batch x (new - 1) / decode time; e2e tok/s "
                  "= batch x new / end-to-end time. TTFT, TPOT and e2e ratios are stock time / swapped time from the "
                  "same interleaved rounds, with the 95% CI (bootstrap over rounds); the baseline is stock with the "
-                 "options stock can run (cuda-graphs). vs HF: e2e tok/s over the plain stock cell (no options, the "
-                 "row's model dtype), two cells' medians (unpaired): the ladder HF -> TE -> +graphs -> +FP8 weights. "
+                 "options stock can run (cuda-graphs), and its TTFT / TPOT medians in those rounds stand beside "
+                 "them. A stock row is stock's own cell, timed alone at another moment: on a machine whose load "
+                 f"changes, compare the ratios, not figures across rows. vs HF {UNPAIRED}: e2e tok/s over the plain "
+                 "stock cell (no options, the row's model dtype), two cells' medians (unpaired): the ladder HF -> "
+                 "TE -> +graphs -> +FP8 weights. "
                  "J/token: NVML energy of whole generations (prefill included) per output token.")
 
 
@@ -218,23 +221,46 @@ def _ratio_text(row: pd.Series, name: str) -> str:
     return f"{float(ratio):.2f}×" + (f" [{float(low):.2f}, {float(high):.2f}]" if bounded else "")
 
 
+def milliseconds(value: Any) -> str:
+    """Seconds as ms with three significant digits and no exponent (2.3, 78.2, 157, 2,480), or —."""
+    if _missing(value):
+        return MISSING
+    ms = float(value) * 1e3
+    return f"{ms:,.0f}" if abs(ms) >= 100 else f"{ms:.3g}"
+
+
+def _paired_stock_text(row: pd.Series) -> str:
+    """Stock's TTFT / TPOT medians (ms) in a swapped row's paired rounds, e.g. `160 / 74.4`."""
+    if _missing(row["stock_ttft_s"]) and _missing(row["stock_tpot_s"]):
+        return MISSING
+    return f"{milliseconds(row['stock_ttft_s'])} / {milliseconds(row['stock_tpot_s'])}"
+
+
+def _vs_hf_text(row: pd.Series) -> str:
+    """e2e tok/s over plain stock's, marked unpaired except on plain stock's own row (1.00×)."""
+    if _missing(row["vs_hf"]):
+        return MISSING
+    plain_stock = row["backend"] == "stock" and not row["options"]
+    return f"{float(row['vs_hf']):.2f}×" + ("" if plain_stock else f" {UNPAIRED}")
+
+
 def _decode_figures(row: pd.Series) -> list[str]:
     """A decode row's figures in the table's order; a stock row has no ratios to itself."""
     swapped = row["backend"] != "stock"
-    itl = "/".join(number(row[f"itl_p{q}_s"], "{:.3g}", 1e3) for q in (50, 90, 99))
-    return [number(row["ttft_s"], "{:.3g}", 1e3), _ratio_text(row, "ttft") if swapped else "",
-            number(row["tpot_s"], "{:.3g}", 1e3), _ratio_text(row, "tpot") if swapped else "", itl,
+    itl = "/".join(milliseconds(row[f"itl_p{q}_s"]) for q in (50, 90, 99))
+    return [milliseconds(row["ttft_s"]), _ratio_text(row, "ttft") if swapped else "",
+            milliseconds(row["tpot_s"]), _ratio_text(row, "tpot") if swapped else "",
+            _paired_stock_text(row) if swapped else "", itl,
             number(row["decode_tokens_per_s"], "{:,.0f}"), number(row["e2e_tokens_per_s"], "{:,.0f}"),
-            speedup_text(row) if swapped else "", number(row["vs_hf"], "{:.2f}×"),
-            number(row["energy_per_output_token_j"], "{:.3g}")]
+            speedup_text(row) if swapped else "", _vs_hf_text(row), number(row["energy_per_output_token_j"], "{:.3g}")]
 
 
 def decode_results_table(table: pd.DataFrame) -> Table:
     """The published decode table (see decode.decode_table): stock rows first in each shape; a cell that did
     not run shows its status and why (a GPU-only speed option on a CPU, TE's FP8 rows rule)."""
     headers = ["model", "prompt", "new", "batch", "variant", "TTFT ms", "TTFT vs stock", "TPOT ms", "TPOT vs stock",
-               "ITL p50/p90/p99 ms", "decode tok/s", "e2e tok/s", "e2e vs stock", "vs HF", "J/token", "noise",
-               "parity", "reason"]
+               "stock TTFT / TPOT ms, same rounds", "ITL p50/p90/p99 ms", "decode tok/s", "e2e tok/s", "e2e vs stock",
+               "vs HF", "J/token", "noise", "parity", "reason"]
     rows = []
     for _, row in table.iterrows():
         flag, status = bool(row["flagged"]), _status_text(row)

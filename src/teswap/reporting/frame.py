@@ -35,7 +35,7 @@ BENCH_COLUMNS = (*CELL_COLUMNS, "status", "reason", "stats.median_s", "stats.iqr
                  "paired.samples_s", "paired.baseline_samples_s", "noise.noisy", "noise.reasons",
                  *(f"metrics.{name}" for name in DECODE_METRICS),
                  *(f"paired.phases.{phase}.{part}" for phase in DECODE_PHASES
-                   for part in ("ratio", "ci_low", "ci_high")))
+                   for part in ("ratio", "ci_low", "ci_high", "baseline_samples")))
 PARITY_COLUMNS = (*CASE_COLUMNS, "passed", "status", "reason", "policy.name", "policy.version",
                   "first_divergent_layer")
 INTEGER_COLUMNS = ("cell.seq_len", "cell.batch", "cell.new_tokens", "case.seq_len", "case.batch", "case.seed")

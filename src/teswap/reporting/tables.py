@@ -39,7 +39,8 @@ _METRICS = {"metrics.tokens_per_s": "tokens_per_s", "metrics.peak_allocated_byte
             "mfu_vs_precision_peak", "metrics.mfu_vs_bf16_peak": "mfu_vs_bf16_peak",
             "paired.speedup": "paired_speedup", "paired.speedup_ci_low": "paired_ci_low",
             "paired.speedup_ci_high": "paired_ci_high", "paired.baseline_tokens_per_s": "paired_stock_tokens_per_s"}
-_KEPT = {"stats.samples_s": "samples_s", "noise.noisy": "noisy", "noise.reasons": "noise_reasons"}
+_KEPT = {"stats.samples_s": "samples_s", "noise.noisy": "noisy", "noise.reasons": "noise_reasons"} | {
+    f"paired.phases.{phase}.baseline_samples": f"{phase.removesuffix('_s')}_stock_samples" for phase in DECODE_PHASES}
 # Decode cells' figures (schema 3): inference metrics, and the paired TTFT / TPOT ratios with their CIs.
 _DECODE = {f"metrics.{name}": name for name in DECODE_METRICS} | {
     f"paired.phases.{phase}.{part}": f"{phase.removesuffix('_s')}_{part}"
