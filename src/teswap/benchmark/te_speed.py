@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -126,8 +126,10 @@ class TEGraphDecoder(Decoder):
         self.eager.cache.state.pre_step(_te(), [1] * token.shape[0], self._buffer)
         return self._replay(self._buffer)[:, None].clone()  # the graph's output is overwritten by its next replay
 
-    def tensors(self):  # type: ignore[no-untyped-def]
-        return iter(() if self._buffer is None else (self._buffer,))
+    def tensors(self) -> Iterator[torch.Tensor]:
+        yield from self.eager.tensors()  # the TE cache's buffers
+        if self._buffer is not None:
+            yield self._buffer
 
     def release(self) -> None:
         self.eager.reset()  # the graph points at this cache's buffers: keep them, empty
