@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check: what a lent GPU machine (H100/H200, no network, no TE unless installed)
-# runs as ONE command, in under 8 minutes. Records go to the directory given as the argument.
+# runs as ONE command, in under 10 minutes (8 before the decode steps, whose time on a GPU is an estimate
+# until they have run there). Records go to the directory given as the argument.
 #
 #   bash scripts/gpu-check.sh OUT_DIR        # e.g. results, or $OUT on the device tool
 #
@@ -19,6 +20,9 @@ MODEL=${TESWAP_CHECK_MODEL:-llama3.2-1b}
 CHECK_SEQ=${TESWAP_CHECK_SEQ:-2048}
 BENCH_SEQS=${TESWAP_BENCH_SEQS:-512,2048}
 BENCH_BUDGET_S=${TESWAP_BENCH_BUDGET_S:-3}  # sampling time per cell (paired rounds stop earlier once the CI is tight)
+DECODE_SEQS=${TESWAP_DECODE_SEQS:-128,512}  # decode prompt lengths; the graphed ladder runs at the last one
+DECODE_BATCHES=${TESWAP_DECODE_BATCHES:-1,8}  # the graphed ladder runs at the last one (TE's FP8 rows rule: 8)
+DECODE_NEW_TOKENS=${TESWAP_DECODE_NEW_TOKENS:-32}
 LOG="$OUT/gpu-check.log"
 failures=0
 unavailable=0
@@ -60,9 +64,23 @@ done
 # A short sweep with NVML energy: prefill and training step, stock vs swapped, two lengths.
 SWEEP_BACKENDS=stock,torch
 [ "$TE" = yes ] && SWEEP_BACKENDS=stock,torch,te
-step "bench $MODEL" 240 "$PY" -m teswap.cli bench --models "$MODEL" --backends "$SWEEP_BACKENDS" \
-  --precisions bf16,fp8-delayed,fp8-current --seq-lens "$BENCH_SEQS" --batches 1 --results "$OUT" \
-  --budget-s "$BENCH_BUDGET_S" --min-energy-window-s 2 --idle-s 2
+step "bench $MODEL" 240 "$PY" -m teswap.cli bench --models "$MODEL" --workloads prefill,train \
+  --backends "$SWEEP_BACKENDS" --precisions bf16,fp8-delayed,fp8-current --seq-lens "$BENCH_SEQS" --batches 1 \
+  --results "$OUT" --budget-s "$BENCH_BUDGET_S" --min-energy-window-s 2 --idle-s 2
+
+# A short decode sweep (a prompt's prefill, then DECODE_NEW_TOKENS forced greedy tokens over the KV cache):
+# TTFT, TPOT, decode tokens/s, stock vs swapped at bf16, eager, over prompt length x batch. Then the ladder
+# HF -> TE -> +CUDA graphs -> +FP8 weights at one shape: graphs compile once per model and shape (stock and
+# torch: torch.compile reduce-overhead; te: make_graphed_callables), so they run at one prompt and batch only.
+DECODE_TIMING=(--new-tokens "$DECODE_NEW_TOKENS" --warmup 2 --min-samples 6 --min-rounds 4 --budget-s 1 --remeasure 0
+  --min-energy-window-s 1 --idle-s 1 --results "$OUT")
+step "decode $MODEL" 100 "$PY" -m teswap.cli bench --models "$MODEL" --workloads decode --backends "$SWEEP_BACKENDS" \
+  --precisions bf16 --options none --seq-lens "$DECODE_SEQS" --batches "$DECODE_BATCHES" "${DECODE_TIMING[@]}"
+GRAPH_PRECISIONS=bf16 GRAPH_OPTIONS=cuda-graphs
+[ "$TE" = yes ] && GRAPH_PRECISIONS=bf16,fp8-delayed GRAPH_OPTIONS=cuda-graphs,cuda-graphs+fp8-weights
+step "decode graphs $MODEL" 150 "$PY" -m teswap.cli bench --models "$MODEL" --workloads decode \
+  --backends "$SWEEP_BACKENDS" --precisions "$GRAPH_PRECISIONS" --options "$GRAPH_OPTIONS" \
+  --seq-lens "${DECODE_SEQS##*,}" --batches "${DECODE_BATCHES##*,}" "${DECODE_TIMING[@]}"
 
 step report 60 "$PY" -m teswap.cli report --results "$OUT" --out "$OUT/report"
 echo "gpu-check: $failures failed step(s), $unavailable precision(s) unavailable here; records under $OUT" \

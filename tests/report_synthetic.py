@@ -214,3 +214,110 @@ def make_site_store(root: Path) -> dict:
                      slow={("te", "bf16"): 1 / 0.9} if index == 2 else {},
                      failing_parity=[("te", "fp8-delayed")] if index == 2 else [])
     return {"repo": root / "repo", "results": root / "results", "shas": shas}
+
+
+# Decode on an H200 (llama3.2-1b, bf16): per variant (backend, precision, options), the prefill's speed
+# relative to stock and the time per output token at batch 1, ms: the ladder HF -> TE -> +graphs -> +FP8 weights.
+DECODE_VARIANTS = {("stock", "bf16", ""): (1.0, 14.0), ("stock", "bf16", "cuda-graphs"): (1.0, 7.0),
+                   ("te", "bf16", ""): (1.12, 11.0), ("te", "bf16", "cuda-graphs"): (1.12, 4.6),
+                   ("te", "fp8-delayed", "cuda-graphs+fp8-weights"): (1.3, 3.6)}
+DECODE_PREFILL_TOKENS_PER_S = 60_000.0  # stock's prefill at batch 1
+
+
+def decode_marks(rng: np.random.Generator, ttft_s: float, tpot_s: float, new_tokens: int, factor: float) -> list[float]:
+    """One generation's token marks (s from the prefill's start): the prefill, then lognormal gaps."""
+    gaps = tpot_s * rng.lognormal(0.0, 0.03, size=new_tokens - 1)
+    return list(np.cumsum([ttft_s * rng.lognormal(0.0, 0.02), *gaps]) * factor)
+
+
+def _decode_times(variant: tuple[str, str, str], seq_len: int, batch: int) -> tuple[float, float]:
+    prefill_speed, tpot_ms = DECODE_VARIANTS[variant]
+    ttft_s = batch * seq_len / (DECODE_PREFILL_TOKENS_PER_S * prefill_speed)
+    return ttft_s, tpot_ms / 1e3 * (1 + 0.04 * (batch - 1)) * (1 + seq_len / 8192)
+
+
+def _generations(rng, variant, seq_len, batch, new_tokens, factors) -> list[list[list[float]]]:
+    """Per round, two generations' timings each (step_timings of their marks)."""
+    from teswap.benchmark.decode_metrics import step_timings
+
+    ttft_s, tpot_s = _decode_times(variant, seq_len, batch)
+    return [[step_timings(decode_marks(rng, ttft_s, tpot_s, new_tokens, f)) for _ in range(2)] for f in factors]
+
+
+def _pooled(rounds: list[list[dict]]) -> dict[str, list]:
+    return {name: [g[name] for r in rounds for g in r] for name in rounds[0][0]}
+
+
+def decode_bench_fields(rng: np.random.Generator, model: str, variant: tuple[str, str, str], seq_len: int,
+                        batch: int, new_tokens: int, rounds: int = 6) -> dict:
+    """One decode cell's record fields (schema 3): its generations timed in rounds with stock (the options
+    stock can run), every metric computed by the real decode_metrics and statistics from token marks."""
+    from teswap.benchmark.decode_metrics import decode_summary
+    from teswap.benchmark.decode_options import option_reason
+    from teswap.speed_options import stock_options
+    from teswap.statistics import paired_ratio
+
+    backend, precision, options = variant
+    cell = {"model": model, "workload": "decode", "backend": backend, "precision": precision, "seq_len": seq_len,
+            "batch": batch, "device": "cuda", "new_tokens": new_tokens, "options": options}
+    spec = MODELS[model]
+    model_config = {"hidden_size": spec["hidden_size"], "num_hidden_layers": spec["num_hidden_layers"],
+                    "params": spec["params"]}
+    reason = option_reason(backend=backend, precision=precision, options=options, batch=batch)
+    if reason:
+        return {"cell": cell, "model_config": model_config, "status": "skipped", "reason": reason, "stats": None,
+                "metrics": {}}
+    factors = rng.lognormal(0.0, 0.04, size=rounds)  # the machine's drift, shared by both sides of a round
+    measured = _generations(rng, variant, seq_len, batch, new_tokens, factors)
+    timings = _pooled(measured)
+    metrics = decode_summary(timings, batch=batch, new_tokens=new_tokens)
+    steps = timings["step_s"]
+    median_s = float(np.median(steps))
+    power_w = 480.0 + 40 * rng.random()
+    paired = None
+    if backend != "stock":
+        baseline = _generations(rng, ("stock", "bf16", stock_options(options)), seq_len, batch, new_tokens, factors)
+        side = {name: [[g[name] for g in r] for r in measured] for name in ("step_s", "ttft_s", "tpot_s")}
+        base = {name: [[g[name] for g in r] for r in baseline] for name in side}
+        ratio = paired_ratio(base["step_s"], side["step_s"])
+        phases = {}
+        for name in ("ttft_s", "tpot_s"):
+            phase = paired_ratio(base[name], side[name])
+            phases[name] = {"samples": side[name], "baseline_samples": base[name], "ratio": phase.estimate,
+                            "ci_low": phase.ci_low, "ci_high": phase.ci_high}
+        paired = {"baseline": {**cell, "backend": "stock", "precision": "bf16", "options": stock_options(options)},
+                  "order": "abba", "placement": "resident", "rounds": rounds, "block_steps": 2,
+                  "samples_s": side["step_s"], "baseline_samples_s": base["step_s"], "speedup": ratio.estimate,
+                  "speedup_ci_low": ratio.ci_low, "speedup_ci_high": ratio.ci_high, "confidence": ratio.confidence,
+                  "method": ratio.method, "baseline_median_s": float(np.median(base["step_s"])),
+                  "baseline_tokens_per_s": batch * new_tokens / float(np.median(base["step_s"])), "phases": phases}
+    return {
+        "cell": cell, "model_config": model_config, "status": "ok", "reason": "", "paired": paired,
+        "noise": {"noisy": False, "reasons": [], "figures": {}, "attempts": 1, "earlier_reasons": []},
+        "stats": {"median_s": median_s, "iqr_s": float(np.subtract(*np.percentile(steps, [75, 25]))),
+                  "mean_s": float(np.mean(steps)), "std_s": float(np.std(steps)), "min_s": float(np.min(steps)),
+                  "count": len(steps), "warmup": 3, "samples_s": steps},
+        "metrics": {**metrics, "tokens_per_s": batch * new_tokens / median_s,
+                    "energy_per_output_token_j": power_w * median_s / (batch * new_tokens),
+                    "energy_per_token_j": power_w * median_s / (batch * new_tokens),
+                    "peak_allocated_bytes": int(spec["params"] * 2 + 2**20 * batch * (seq_len + new_tokens))},
+        "decode": {"prompt_tokens": seq_len, "new_tokens": new_tokens, "batch": batch, "options": options,
+                   "cache": "te" if backend == "te" else "static" if options else "dynamic",
+                   "generations": len(steps), "ttft_s": timings["ttft_s"], "tpot_s": timings["tpot_s"],
+                   "itl_s": timings["itl_s"]},
+    }
+
+
+def write_decode_commit(root: Path, sha: str, utc_time: str, *, seed: int, model: str = "llama3.2-1b",
+                        seq_lens: Iterable[int] = (128, 512, 2048), batches: Iterable[int] = (1, 8),
+                        new_tokens: int = 32, variants: Iterable[tuple[str, str, str]] = tuple(DECODE_VARIANTS),
+                        machine: MachineInfo = H200) -> Path:
+    """One decode run at commit `sha`: every variant of the ladder at each prompt length and batch (FP8
+    weights skip at batch 1 with TE's rows rule)."""
+    rng = np.random.default_rng(seed)
+    writer = open_run(root, provenance(sha, utc_time, machine))
+    for batch in batches:
+        for seq_len in seq_lens:
+            for variant in variants:
+                writer.append("bench", decode_bench_fields(rng, model, variant, seq_len, batch, new_tokens))
+    return writer.path

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from teswap.benchmark.errors import BenchConfigError
+from teswap.benchmark.noise import NoisePolicy
 from teswap.benchmark.plan import SweepSpec, describe, plan_cells
-from teswap.benchmark.records import CELL_FIELDS, METRIC_FIELDS, MODEL_CONFIG_FIELDS, STATS_FIELDS
+from teswap.benchmark.records import (
+    CELL_FIELDS,
+    DECODE_CELL_FIELDS,
+    METRIC_FIELDS,
+    MODEL_CONFIG_FIELDS,
+    STATS_FIELDS,
+)
 from teswap.benchmark.summary import COLUMNS, summary_legend, summary_rows, summary_table
 from teswap.benchmark.sweep import run_sweep
 from teswap.benchmark.timing import TimingPolicy
@@ -49,7 +56,7 @@ def test_plan_runs_one_stock_baseline_per_dtype_and_prefill_before_train():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(workloads=("decode",)), "workloads: unknown 'decode'"),
+    (dict(workloads=("serve",)), "workloads: unknown 'serve'"),
     (dict(backends=("stock", "jax")), "backends: unknown 'jax'"),
     (dict(precisions=("fp4",)), "precisions: unknown 'fp4'"),
     (dict(seq_lens=()), "seq_lens"),
@@ -69,7 +76,9 @@ def test_each_cell_becomes_one_complete_record(tmp_path, provenance):
     assert len(records) == 4 and {r["run_id"] for r in records} == {result.run_path.stem.split("_")[-1]}
     for record in records:
         assert record["schema_version"] == SCHEMA_VERSION and record["status"] == "ok"
-        assert set(record["cell"]) == set(CELL_FIELDS) and set(MODEL_CONFIG_FIELDS) <= set(record["model_config"])
+        assert set(record["cell"]) == {*CELL_FIELDS, *DECODE_CELL_FIELDS} and record["decode"] is None
+        assert (record["cell"]["new_tokens"], record["cell"]["options"]) == (0, "")  # not a decode cell
+        assert set(MODEL_CONFIG_FIELDS) <= set(record["model_config"])
         assert set(STATS_FIELDS) <= set(record["stats"]) and set(METRIC_FIELDS) <= set(record["metrics"])
         assert record["model_config"]["params"] == 500_352
         prov = record["provenance"]
@@ -264,3 +273,14 @@ def test_an_oom_cell_is_recorded_the_sweep_goes_on_and_a_rerun_keeps_it(tmp_path
         ("stock", 16, "ok"), ("stock", 32, "oom"), ("stock", 48, "ok"),
         ("torch", 16, "ok"), ("torch", 32, "oom"), ("torch", 48, "ok")]
     assert run_sweep(the_spec, results_root=tmp_path, provenance=provenance).written == 0  # oom counts as done
+
+
+def test_the_sweeps_noise_policy_is_the_one_its_cells_are_judged_by(tmp_path, provenance):
+    """--max-cv / --remeasure reach the cells: a bound nothing meets marks every cell noisy, after one try."""
+    strict = NoisePolicy(max_cv=1e-9, remeasure=0)
+    policy = TimingPolicy(warmup=1, min_samples=4, max_samples=4, budget_s=0.02)  # 4: enough for a CV
+    result = run_sweep(spec(backends=("stock",), noise=strict, policy=policy), results_root=tmp_path,
+                       provenance=provenance)
+    (record,) = result.records.values()
+    assert record["noise"]["noisy"] and record["noise"]["attempts"] == 1
+    assert record["settings"]["noise"]["remeasure"] == 0

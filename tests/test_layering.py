@@ -19,7 +19,7 @@ PACKAGE = SRC / "teswap"
 LAYERS = {
     "errors": 0,
     "hardware": 1,
-    "store": 2, "precision": 2, "statistics": 2,
+    "store": 2, "precision": 2, "statistics": 2, "speed_options": 2,
     "layers": 3,
     "swap": 4,
     "parity": 5, "benchmark": 5, "reporting": 5,

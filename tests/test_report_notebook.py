@@ -1,4 +1,5 @@
-"""notebooks/analysis.ipynb runs top to bottom against a synthetic store and shows the tables and charts."""
+"""notebooks/analysis.ipynb runs top to bottom against a synthetic store and shows the tables and charts,
+decode's included."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from report_synthetic import make_site_store
+from report_synthetic import make_site_store, write_decode_commit
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is in the test dependency group")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is in the test dependency group")
@@ -26,6 +27,8 @@ def test_notebook_is_clean_and_uses_only_teswap_functions():
 
 def test_notebook_executes_against_a_store(tmp_path, monkeypatch):
     store = make_site_store(tmp_path)
+    write_decode_commit(store["results"], store["shas"][-1], "2026-04-03T09:00:00+00:00", seed=5, seq_lens=(128, 512),
+                        new_tokens=16)
     monkeypatch.setenv("TESWAP_RESULTS", str(store["results"]))
     monkeypatch.setenv("TESWAP_REPO", str(store["repo"]))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -37,6 +40,8 @@ def test_notebook_executes_against_a_store(tmp_path, monkeypatch):
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert html.count('<table class="results">') == 1 and 'class="flag num"' in html
-    assert "regressed" in html and len(images) == 4  # throughput, speedup, memory/energy, history
+    assert html.count('<table class="decode">') == 1 and "TPOT vs stock" in html
+    # throughput, speedup, memory/energy; decode latency, speedup, throughput; history
+    assert "regressed" in html and len(images) == 7
     streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
     assert "regression at the newest commit: True" in streams

@@ -103,14 +103,16 @@ def test_migration_refuses_newer_and_unversioned_records():
 
 
 def test_schema_1_bench_records_migrate_to_unpaired_unchecked_ones(tmp_path, provenance):
-    """A schema-1 bench record was timed alone: it reads back with no rounds, noise verdict or clocks."""
+    """A schema-1 bench record was timed alone: it reads back with no rounds, noise verdict or clocks, and
+    (schema 3) as no decode cell."""
     writer = open_run(tmp_path, provenance)
     old = {"schema_version": 1, "kind": "bench", "run_id": "old", "cell": {"backend": "torch"}, "status": "ok"}
     writer.path.parent.mkdir(parents=True)
     writer.path.write_text(json.dumps(old) + "\n" + json.dumps({**old, "kind": "parity", "case": {}}) + "\n")
     bench, parity = read_records(writer.path)
-    assert bench["schema_version"] == parity["schema_version"] == SCHEMA_VERSION == 2
+    assert bench["schema_version"] == parity["schema_version"] == SCHEMA_VERSION == 3
     assert (bench["paired"], bench["noise"], bench["clocks"]) == (None, None, None) and bench["status"] == "ok"
+    assert bench["decode"] is None and bench["cell"] == {"backend": "torch", "new_tokens": 0, "options": ""}
     assert "paired" not in parity and parity["case"] == {}
     current = migrate({**old, "schema_version": SCHEMA_VERSION, "paired": {"speedup": 1.2}})
     assert current["paired"] == {"speedup": 1.2}  # a current record passes through untouched

@@ -9,6 +9,12 @@ which depends on the number of query heads only.
 
 Prefill keeps only the last position's logits (as generation does), so its lm_head runs once per
 sequence; its FLOPs per token carry the lm_head divided by T.
+
+Decode counts its N - 1 one-token forwards over the cache (the prefill that gives the first token is
+prefill's business): each costs 2 FLOPs per matmul parameter, lm_head included (every token's logits),
+plus 4·L·H·Q·c for one query over the c keys in the cache. Forward i (1..N-1) sees c = P + i keys for
+a prompt of P tokens, so per decode token c averages P + N/2. Decode MFU is taken at the decode
+tokens/s (batch × (N - 1) / decode time), and is small by nature: decode reads every weight per token.
 """
 
 from __future__ import annotations
@@ -18,9 +24,8 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
+from teswap.benchmark.workloads import WORKLOADS
 from teswap.precision.table import PRECISIONS
-
-WORKLOADS = ("prefill", "train")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,13 +81,20 @@ def attention_flops_per_token(shape: ModelShape, seq_len: int) -> int:
     return 4 * shape.num_hidden_layers * shape.num_attention_heads * shape.head_dim * seq_len
 
 
-def flops_per_token(shape: ModelShape, seq_len: int, workload: str) -> float:
-    """Model FLOPs per processed token for `workload` ("train": fwd+bwd; "prefill": last-token logits)."""
+def flops_per_token(shape: ModelShape, seq_len: int, workload: str, new_tokens: int = 0) -> float:
+    """Model FLOPs per processed token for `workload` ("train": fwd+bwd; "prefill": last-token logits;
+    "decode": a one-token forward over a cache of the prompt's seq_len tokens and those generated)."""
     if workload == "train":
         return 6 * shape.matmul_params + 3 * attention_flops_per_token(shape, seq_len)
     if workload == "prefill":
         body = shape.matmul_params - shape.lm_head_params
         return 2 * body + attention_flops_per_token(shape, seq_len) + 2 * shape.lm_head_params / seq_len
+    if workload == "decode":
+        if new_tokens < 2:
+            raise ValueError(f"decode FLOPs need new_tokens >= 2, got {new_tokens}")
+        mean_context = seq_len + new_tokens / 2  # forwards 1..N-1 see P + 1 .. P + N - 1 keys
+        return 2 * shape.matmul_params + 4 * shape.num_hidden_layers * shape.num_attention_heads * shape.head_dim \
+            * mean_context
     raise ValueError(f"unknown workload {workload!r}; choose one of {WORKLOADS}")
 
 
@@ -136,9 +148,10 @@ def precision_peak(peak: PeakFlops, precision: str) -> tuple[float | None, str |
 
 
 def model_flops_utilization(*, shape: ModelShape, seq_len: int, workload: str, precision: str,
-                            tokens_per_s: float | None, device_type: str, device_name: str | None) -> MfuResult:
+                            tokens_per_s: float | None, device_type: str, device_name: str | None,
+                            new_tokens: int = 0) -> MfuResult:
     """FLOPs per token and MFU against the BF16 peak and the precision's peak, null with a reason."""
-    flops = flops_per_token(shape, seq_len, workload)
+    flops = flops_per_token(shape, seq_len, workload, new_tokens)
     reasons: list[str] = []
     peak = None
     if tokens_per_s is None:

@@ -1,6 +1,8 @@
 """What a sweep measures: the settings (`SweepSpec`), its cells, and the defaults for this hardware.
 
-A cell is one (model, workload, backend, precision, seq_len, batch, device). The stock model runs at
+A cell is one (model, workload, backend, precision, seq_len, batch, device); a decode cell adds
+new_tokens (generated after a prompt of seq_len tokens) and its speed options (teswap.speed_options;
+a stock decode cell has the options stock can run). The stock model runs at
 the model dtype of the precisions asked for (fp32, or bf16 as the baseline of bf16 and the FP8
 recipes), once per (model, workload, seq_len, batch, dtype); the swapped model runs once per backend
 and precision. Cells are grouped by (model, dtype) so each pair is built once, and ordered prefill
@@ -20,8 +22,12 @@ from teswap.benchmark.noise import NoisePolicy
 from teswap.benchmark.timing import TimingPolicy
 from teswap.benchmark.workloads import WORKLOADS
 from teswap.precision.table import PRECISIONS, baseline_precision
+from teswap.speed_options import NONE, option_names, options_label, parse_options, stock_options
 
 SWAPPED_BACKENDS = ("torch", "te")
+# The CPU default leaves decode out: `teswap run` and the test suite run that sweep, and decode's cells
+# (a generation per step) would double its time; `--workloads decode` runs them.
+CPU_WORKLOADS = ("prefill", "train")
 BACKENDS = ("stock", *SWAPPED_BACKENDS)
 BUILD_ON = ("host", "device")
 
@@ -34,19 +40,24 @@ class Cell:
     workload: str
     backend: str  # "stock", "torch" or "te"
     precision: str
-    seq_len: int
+    seq_len: int  # tokens per row of a forward (prefill, train) or of the prompt (decode)
     batch: int
     device: str
+    new_tokens: int = 0  # decode: tokens generated after the prompt; 0 for prefill and train
+    options: str = ""  # decode speed options, canonical (teswap.speed_options); "" for none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def tokens_per_step(self) -> int:
-        return self.seq_len * self.batch
+        """Tokens a step processes: batch x seq_len, or for decode the output tokens, batch x new_tokens."""
+        return self.batch * (self.new_tokens if self.workload == "decode" else self.seq_len)
 
     def label(self) -> str:
-        return f"{self.model} {self.workload} {self.backend}/{self.precision} s={self.seq_len} b={self.batch}"
+        decode = f" n={self.new_tokens}" if self.workload == "decode" else ""
+        return (f"{self.model} {self.workload} {self.backend}/{self.precision}{options_label(self.options)} "
+                f"s={self.seq_len}{decode} b={self.batch}")
 
 
 def resolve_device(text: str) -> torch.device:
@@ -88,9 +99,11 @@ class SweepSpec:
     workloads: tuple[str, ...]
     backends: tuple[str, ...]
     precisions: tuple[str, ...]
-    seq_lens: tuple[int, ...]
+    seq_lens: tuple[int, ...]  # prefill/train lengths, and decode prompt lengths
     batches: tuple[int, ...]
     device: str
+    new_tokens: tuple[int, ...] = (16,)  # decode: tokens generated after each prompt
+    options: tuple[str, ...] = ("",)  # decode speed option sets, each a cell variant ("" = none)
     seed: int = 0
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     noise: NoisePolicy = field(default_factory=NoisePolicy)
@@ -110,6 +123,16 @@ class SweepSpec:
         _require_choices("precisions", self.precisions, tuple(PRECISIONS))
         _require_positive("seq_lens", self.seq_lens)
         _require_positive("batches", self.batches)
+        if not self.new_tokens or any(n < 2 for n in self.new_tokens):
+            raise BenchConfigError(f"new_tokens: need integers >= 2 (TPOT divides by N - 1), "
+                                   f"got {list(self.new_tokens)}")
+        try:
+            canonical = tuple(dict.fromkeys(parse_options(text) for text in self.options))
+        except ValueError as err:
+            raise BenchConfigError(f"options: {err}") from None
+        if not canonical:
+            raise BenchConfigError(f"options: give at least one set ({NONE} for none)")
+        object.__setattr__(self, "options", canonical)
         for name in ("min_energy_window_s", "idle_s", "cooldown_s"):
             if getattr(self, name) < 0:
                 raise BenchConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -138,8 +161,17 @@ def _ordered(values: Sequence[str], order: Sequence[str]) -> list[str]:
     return [v for v in order if v in values]
 
 
+def _decode_axes(spec: SweepSpec, workload: str, backend: str) -> list[tuple[int, str]]:
+    """(new_tokens, options) of a workload's cells: decode's axes (stock: the options it can run), else one."""
+    if workload != "decode":
+        return [(0, "")]
+    options = dict.fromkeys(stock_options(o) if backend == "stock" else o for o in spec.options)
+    return [(new, option) for option in options for new in dict.fromkeys(spec.new_tokens)]
+
+
 def plan_cells(spec: SweepSpec) -> list[Cell]:
-    """Every cell of the sweep, in run order: per model and dtype, stock then each backend; prefill first."""
+    """Every cell of the sweep, in run order: per model and dtype, stock then each backend; prefill and decode
+    before training (whose steps change the weights)."""
     device = str(resolve_device(spec.device))
     dtypes = list(dict.fromkeys(baseline_precision(p) for p in spec.precisions))
     cells: list[Cell] = []
@@ -151,19 +183,21 @@ def plan_cells(spec: SweepSpec) -> list[Cell]:
                     for precision in ([dtype] if backend == "stock" else precisions):
                         cells.extend(
                             Cell(model=model, workload=workload, backend=backend, precision=precision,
-                                 seq_len=seq_len, batch=batch, device=device)
+                                 seq_len=seq_len, batch=batch, device=device, new_tokens=new, options=option)
+                            for new, option in _decode_axes(spec, workload, backend)
                             for seq_len in dict.fromkeys(spec.seq_lens) for batch in dict.fromkeys(spec.batches)
                         )
     return cells
 
 
 def default_spec(device: torch.device, te_available: bool) -> tuple[SweepSpec, str]:
-    """This hardware's sweep, and why. CPU: the tiny preset at short lengths (well under a minute).
-    GPU: an 8B shape, 512…8192 tokens, bf16 and every FP8 recipe."""
+    """This hardware's sweep, and why. CPU: the tiny preset at short lengths, prefill and training (well under
+    a minute; `--workloads decode` adds decode, 16 new tokens a prompt). GPU: an 8B shape, 512…8192 tokens,
+    bf16 and every FP8 recipe, every workload, 128 new tokens a decode, with and without CUDA graphs."""
     if device.type == "cpu":
         spec = SweepSpec(
-            models=("tiny",), workloads=WORKLOADS, backends=("stock", "torch"), precisions=("fp32",),
-            seq_lens=(32, 64, 128), batches=(2,), device=str(device),
+            models=("tiny",), workloads=CPU_WORKLOADS, backends=("stock", "torch"), precisions=("fp32",),
+            seq_lens=(32, 64, 128), batches=(2,), device=str(device), new_tokens=(16,),
             policy=TimingPolicy(warmup=3, min_samples=10, target_rel_ci=0.02, budget_s=0.75, block_steps=2,
                                 min_rounds=6),
             # One intra-op thread: with OpenMP's barriers, a core taken by another process stalls every
@@ -176,6 +210,7 @@ def default_spec(device: torch.device, te_available: bool) -> tuple[SweepSpec, s
         models=("llama3-8b",), workloads=WORKLOADS, backends=("stock", swapped),
         precisions=("bf16", *(name for name, p in PRECISIONS.items() if p.is_fp8)),
         seq_lens=(512, 1024, 2048, 4096, 8192), batches=(1,), device=str(device),
+        new_tokens=(128,), options=("", "cuda-graphs"),
         policy=TimingPolicy(warmup=5, min_samples=10, target_rel_ci=0.01, budget_s=10.0, block_steps=1,
                             min_rounds=6),
         min_energy_window_s=5.0, idle_s=5.0, threads=None, build_on="device",
@@ -196,6 +231,10 @@ def describe(spec: SweepSpec) -> str:
     rounds = "ABBA rounds" if spec.policy.order == "abba" else "randomised rounds"
     pairing = (f"each swapped cell paired with stock in {rounds} of {spec.policy.block_steps}-step blocks"
                if spec.paired and "stock" in spec.backends and swapped else "each cell timed on its own")
+    decode = ""
+    if "decode" in spec.workloads:
+        sets = [" + ".join(option_names(o)) or NONE for o in spec.options]
+        decode = f"; decode: {_join(spec.new_tokens)} new tokens, options {_join(sets)}"
     return (f"{_join(spec.models)}; {_join(spec.workloads)}; {backends}; {_join(spec.precisions)}; "
-            f"seq {_join(spec.seq_lens)} x batch {_join(spec.batches)}; {spec.device}, {threads} "
+            f"seq {_join(spec.seq_lens)} x batch {_join(spec.batches)}{decode}; {spec.device}, {threads} "
             f"thread{'s' if threads != 1 else ''}{'' if spec.threads is not None else ' (torch default)'}; {pairing}")

@@ -22,11 +22,13 @@ from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.plan import Cell
 from teswap.precision.runtime import recipe_record
 from teswap.store.provenance import Provenance
-from teswap.store.records import BenchRecord
+from teswap.store.records import DECODE_METRICS, BenchRecord
 from teswap.store.runs import load_records, machine_slug
 
 FINISHED = ("ok", "oom")  # a rerun of the same sweep on the same commit and machine skips these
 CELL_FIELDS = ("model", "workload", "backend", "precision", "seq_len", "batch", "device")
+# Cell fields added by schema 3 (decode); in the resume identity only when set, so older cells keep their keys.
+DECODE_CELL_FIELDS = {"new_tokens": 0, "options": ""}
 MODEL_CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                        "num_key_value_heads", "head_dim", "vocab_size", "params")
 STATS_FIELDS = ("median_s", "iqr_s", "mean_s", "std_s", "min_s", "count", "warmup", "samples_s")
@@ -34,7 +36,7 @@ METRIC_FIELDS = (
     "tokens_per_s", "peak_allocated_bytes", "peak_reserved_bytes", "peak_memory_method", "energy_j",
     "energy_per_token_j", "power_avg_w", "power_peak_w", "temperature_max_c", "sm_clock_avg_mhz", "energy_method",
     "energy_null_reason", "flops_per_token", "mfu_vs_bf16_peak", "mfu_vs_precision_peak", "mfu_null_reason",
-    "idle_power_w",
+    "idle_power_w", *DECODE_METRICS,
 )
 
 
@@ -58,8 +60,9 @@ def recipe_fields(precision: str, backend: str) -> dict[str, Any] | None:
 def cell_key(cell: dict[str, Any], model_config: dict[str, Any], provenance: dict[str, Any]) -> str:
     """Identity of a measured cell for resuming: the cell, the model shape, the commit and the machine."""
     git = provenance.get("git", {})
+    decode = {name: cell[name] for name, unset in DECODE_CELL_FIELDS.items() if cell.get(name, unset) != unset}
     identity = {
-        "cell": {name: cell.get(name) for name in CELL_FIELDS},
+        "cell": {**{name: cell.get(name) for name in CELL_FIELDS}, **decode},
         "model_config": {name: model_config.get(name) for name in MODEL_CONFIG_FIELDS},
         "commit": git.get("sha"), "dirty": git.get("dirty"), "machine": machine_slug(provenance),
     }
@@ -69,7 +72,8 @@ def cell_key(cell: dict[str, Any], model_config: dict[str, Any], provenance: dic
 def bench_record(*, cell: Cell, model_config: dict[str, Any], provenance: Provenance, status: str,
                  reason: str | None, stats: dict[str, Any] | None, metrics: dict[str, Any],
                  gpu: dict[str, Any], settings: dict[str, Any], paired: dict[str, Any] | None = None,
-                 noise: dict[str, Any] | None = None, clocks: dict[str, Any] | None = None) -> BenchRecord:
+                 noise: dict[str, Any] | None = None, clocks: dict[str, Any] | None = None,
+                 decode: dict[str, Any] | None = None) -> BenchRecord:
     """The record of one cell; every METRIC_FIELDS key is present in its metrics (None when unmeasured).
 
     A skipped cell records no recipe: its backend never held one (and may not be importable).
@@ -81,7 +85,7 @@ def bench_record(*, cell: Cell, model_config: dict[str, Any], provenance: Proven
         recipe=None if status == "skipped" else recipe_fields(cell.precision, cell.backend),
         model_config=model_config, status=status,
         reason=reason, stats=stats, metrics={**dict.fromkeys(METRIC_FIELDS), **metrics}, gpu=gpu,
-        settings=settings, paired=paired, noise=noise, clocks=clocks,
+        settings=settings, paired=paired, noise=noise, clocks=clocks, decode=decode,
     )
 
 

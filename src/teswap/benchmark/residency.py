@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import torch
 
-from teswap.benchmark.workloads import PreparedStep, drop_state
+from teswap.benchmark.workloads import WorkloadStep, drop_state
 from teswap.swap.pair import Pair
 
 HOST = torch.device("cpu")
@@ -131,7 +131,7 @@ def _on(model: torch.nn.Module, device: torch.device) -> None:
     move(model, device)
 
 
-def hooks_for(placement: Placement, model: torch.nn.Module, step: PreparedStep) -> dict[str, Callable[[], None]]:
+def hooks_for(placement: Placement, model: torch.nn.Module, step: WorkloadStep) -> dict[str, Callable[[], None]]:
     """A side's enter/leave (around each block) and dismiss (after the rounds) under `placement`."""
     def off() -> None:
         drop_state(step)

@@ -7,10 +7,11 @@ AABB: each side gets two blocks per round, and whatever slows the machine during
 both. A side's `enter`/`leave` run around each of its blocks: no-ops while both models stay on the
 device, moves on and off it when they take turns. The clocks are read after every block.
 
-A step's timings come from its workload (`PreparedStep.timed`): the step time, plus any phases the
-workload times inside a step (a decode workload's time to first token and time per output token).
-Every phase is kept per side and round, so it is paired exactly like the step time, and
-`paired_fields` turns the rounds into the record's "paired" field, a ratio and CI per phase included.
+A step's timings come from its workload (`PreparedStep.timed`, `DecodeStep.timed`): the step time,
+plus any phases the workload times inside a step (a decode workload's time to first token and time
+per output token), plus per-token series (its inter-token latencies). Every phase is kept per side and
+round, so it is paired exactly like the step time, and `paired_fields` turns the rounds into the
+record's "paired" field, a ratio and CI per phase included; series are kept per step, not paired.
 
 Sampling stops at the first of: every side has `min_samples` (and, paired, `min_rounds` rounds) and
 the 95% CI of the step time is tight (the paired speedup's, or a lone side's median), the budget is
@@ -28,8 +29,17 @@ from typing import Any
 
 from teswap.benchmark.clocks import ClockLog
 from teswap.benchmark.plan import Cell
-from teswap.benchmark.timing import Clock, Timer, TimingPolicy, TimingStats, ci_is_tight, summarize
-from teswap.benchmark.workloads import STEP_TIME, PreparedStep
+from teswap.benchmark.timing import (
+    STEP_TIME,
+    Clock,
+    StepTimings,
+    Timer,
+    TimingPolicy,
+    TimingStats,
+    ci_is_tight,
+    summarize,
+)
+from teswap.benchmark.workloads import WorkloadStep
 from teswap.statistics import RESAMPLES, RatioEstimate, paired_ratio, round_ratios
 
 STOP_CHECK_RESAMPLES = 500  # enough to judge "tight yet?"; the recorded interval uses RESAMPLES
@@ -48,7 +58,7 @@ class Side:
     """
 
     cell: Cell
-    step: PreparedStep
+    step: WorkloadStep
     enter: Callable[[], None] = _nothing
     leave: Callable[[], None] = _nothing
     dismiss: Callable[[], None] = _nothing
@@ -67,6 +77,7 @@ class Rounds:
     block_steps: int
     samples: list[list[list[float]]] = field(default_factory=list)  # [side][round] -> step times
     phases: dict[str, list[list[list[float]]]] = field(default_factory=dict)  # name -> [side][round] -> times
+    series: dict[str, list[list[list[list[float]]]]] = field(default_factory=dict)  # name -> [side][round] -> per step
     clocks: ClockLog = field(default_factory=lambda: ClockLog(meter=None))
     stop_reason: str = ""
     timer: str = ""
@@ -84,12 +95,24 @@ class Rounds:
         """Completed rounds."""
         return min(len(rounds) for rounds in self.samples)
 
-    def add(self, side: int, round_index: int, block: list[dict[str, float]]) -> None:
-        """A block's timings (one dict per step): the step time, and any phases the workload timed."""
-        _append(self.samples, side, round_index, [timings[STEP_TIME] for timings in block])
+    def add(self, side: int, round_index: int, block: list[StepTimings]) -> None:
+        """A block's timings (one dict per step): the step time, any phases and series the workload timed."""
+        _append(self.samples, side, round_index, [float(timings[STEP_TIME]) for timings in block])  # type: ignore[arg-type]
         for name in dict.fromkeys(name for timings in block for name in timings if name != STEP_TIME):
-            per_side = self.phases.setdefault(name, [[] for _ in range(self.sides)])
-            _append(per_side, side, round_index, [timings[name] for timings in block if name in timings])
+            values = [timings[name] for timings in block if name in timings]
+            kept = self.series if isinstance(values[0], list) else self.phases
+            per_side = kept.setdefault(name, [[] for _ in range(self.sides)])  # type: ignore[attr-defined]
+            _append(per_side, side, round_index, values)
+
+    def timings_of(self, side: int) -> dict[str, list]:
+        """One side's timings over its complete rounds, one entry per step in time order: the step time,
+        each phase (floats) and each series (a list per step)."""
+        rounds = self.count
+        out: dict[str, list] = {STEP_TIME: [s for block in self.samples[side][:rounds] for s in block]}
+        for kept in (self.phases, self.series):
+            for name, per_side in kept.items():
+                out[name] = [value for block in per_side[side][:rounds] for value in block]
+        return out
 
     def phase_ratio(self, name: str, *, seed: int = 0) -> RatioEstimate | None:
         """A timed phase's paired ratio (baseline / measured) over the complete rounds; None with one side."""
@@ -121,7 +144,7 @@ class Rounds:
         return summarize(self.of(side), warmup=warmup, stop_reason=self.stop_reason, timer=self.timer)
 
 
-def _append(samples: list[list[list[float]]], side: int, round_index: int, values: list[float]) -> None:
+def _append(samples: list[list[list]], side: int, round_index: int, values: list) -> None:
     rounds = samples[side]
     while len(rounds) <= round_index:
         rounds.append([])
@@ -139,13 +162,13 @@ def block_order(sides: int, round_index: int, order: str, rng: random.Random) ->
     return [0, 1, 1, 0] if round_index % 2 == 0 else [1, 0, 0, 1]
 
 
-def timed_step(step: Callable[[], object], timer: Timer) -> dict[str, float]:
+def timed_step(step: Callable[[], object], timer: Timer) -> StepTimings:
     """One step's timings: the workload's own (`PreparedStep.timed`), or the step time of a plain callable."""
     timed = getattr(step, "timed", None)
     return timed(timer) if callable(timed) else {STEP_TIME: timer.time(step)}
 
 
-def _run_block(side: Side, policy: TimingPolicy, timer: Timer) -> list[dict[str, float]]:
+def _run_block(side: Side, policy: TimingPolicy, timer: Timer) -> list[StepTimings]:
     side.enter()
     try:
         for _ in range(policy.block_warmup):
@@ -191,7 +214,7 @@ def run_rounds(sides: Sequence[Side], policy: TimingPolicy, timer: Timer, *, clo
             clocks.read()
             rounds.add(index, round_index, block)
             for timings in block:
-                bisect.insort(ordered[index], timings[STEP_TIME])
+                bisect.insort(ordered[index], float(timings[STEP_TIME]))  # type: ignore[arg-type]
         round_index += 1
         reason = _stop_reason(rounds, policy, ordered, clock() - started)
         if reason:

@@ -23,13 +23,14 @@ import torch
 from teswap.benchmark.clocks import ClockLog
 from teswap.benchmark.energy import EnergyMetrics, EnergyWindow
 from teswap.benchmark.memory import MemoryResult, MemoryTracker
-from teswap.benchmark.mfu import ModelShape, model_flops_utilization
+from teswap.benchmark.metrics import cell_metrics, decode_fields
+from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.noise import NoisePolicy, NoiseVerdict, assess
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.residency import Placement, hooks_for
 from teswap.benchmark.rounds import Rounds, Side, paired_fields, run_rounds
 from teswap.benchmark.timing import Clock, Timer, TimingPolicy, TimingStats, timer_for, warm_up
-from teswap.benchmark.workloads import PreparedStep, make_input_ids, prepare_step, release
+from teswap.benchmark.workloads import WorkloadStep, make_input_ids, prepare_step, release
 from teswap.hardware.nvml import PowerMeter
 
 OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -63,6 +64,7 @@ class CellOutcome:
     paired: dict[str, Any] | None = None
     noise: dict[str, Any] | None = None
     clocks: dict[str, Any] | None = None
+    decode: dict[str, Any] | None = None  # a decode cell's per-generation phases and per-token latencies
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,10 +78,6 @@ class Baseline:
 def first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _device_name(device: torch.device) -> str | None:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
 # Times the rounds of a measurement (its sides, in order: baseline first), reading clocks into the log.
@@ -114,7 +112,7 @@ def _timed(sides: Sequence[Side], ctx: CellContext, time_rounds: TimeRounds) -> 
     raise AssertionError("unreachable")
 
 
-def _energy_and_memory(step: PreparedStep, device: torch.device, ctx: CellContext,
+def _energy_and_memory(step: WorkloadStep, device: torch.device, ctx: CellContext,
                        tracker: MemoryTracker) -> EnergyMetrics:
     """The measured model alone: memory peaks from here, energy over >= 1 step extended to the minimum window."""
     tracker.start()
@@ -148,12 +146,13 @@ def measure(sides: Sequence[Side], shape: ModelShape, ctx: CellContext, tracker:
     samples = rounds.of(len(sides) - 1)
     stats = rounds.stats(len(sides) - 1, ctx.policy.warmup) if samples else None  # none: pytest --benchmark-disable
     tokens_per_s = measured.step.tokens_per_step / stats.median_s if stats else None  # at the median step time
+    decode_metrics, decode = decode_fields(measured.step, rounds.timings_of(len(sides) - 1)) if stats else ({}, None)
     metrics = cell_metrics(measured.cell, shape, device, tokens_per_s=tokens_per_s, memory=tracker.result(),
-                           energy=energy, idle=_idle(ctx))
+                           energy=energy, idle=_idle(ctx), decode=decode_metrics)
     paired = paired_fields(rounds, sides[0], placement, ctx.policy.warmup) if rounds.paired and stats else None
     noise = {**verdict.to_dict(), "attempts": attempts, "earlier_reasons": earlier} if stats else None
     return CellOutcome(status="ok", reason=None, stats=stats, metrics=metrics, paired=paired, noise=noise,
-                       clocks=rounds.clocks.to_dict())
+                       clocks=rounds.clocks.to_dict(), decode=decode)
 
 
 @contextmanager
@@ -163,17 +162,6 @@ def _placed(side: Side) -> Iterator[None]:
         yield
     finally:
         side.leave()
-
-
-def cell_metrics(cell: Cell, shape: ModelShape, device: torch.device, *, tokens_per_s: float | None,
-                 memory: MemoryResult, energy: EnergyMetrics, idle: dict[str, Any]) -> dict[str, Any]:
-    """A finished cell's "metrics": throughput, memory, energy and MFU, each with its method or null reason."""
-    mfu = model_flops_utilization(shape=shape, seq_len=cell.seq_len, workload=cell.workload, precision=cell.precision,
-                                  tokens_per_s=tokens_per_s, device_type=device.type, device_name=_device_name(device))
-    return {"tokens_per_s": tokens_per_s, **memory.to_dict(), **energy.to_dict(),
-            "flops_per_token": mfu.flops_per_token, "mfu_vs_bf16_peak": mfu.mfu_vs_bf16_peak,
-            "mfu_vs_precision_peak": mfu.mfu_vs_precision_peak, "mfu_null_reason": mfu.mfu_null_reason,
-            "mfu_peak_gpu": mfu.peak_gpu, **idle}
 
 
 def _idle(ctx: CellContext) -> dict[str, Any]:
@@ -203,10 +191,11 @@ def _prepared_side(cell: Cell, model: torch.nn.Module, ids: torch.Tensor, placem
     hooks = placement.hooks(model)
     hooks.enter()
     try:
-        step = prepare_step(cell.workload, model, ids, backend=cell.backend, precision=cell.precision)
+        step = prepare_step(cell.workload, model, ids, backend=cell.backend, precision=cell.precision,
+                            new_tokens=cell.new_tokens, options=cell.options)
     finally:
         hooks.leave()
-    return Side(cell=cell, step=step, **hooks_for(placement, model, step))
+    return Side(cell=cell, step=step, **hooks_for(placement, step.model, step))  # the model the step runs
 
 
 def measure_cell(cell: Cell, model: torch.nn.Module, shape: ModelShape, ctx: CellContext, *,

@@ -1,17 +1,20 @@
 """Run a sweep: build each pair once, time stock cells alone and swapped cells paired with stock, store each cell.
 
-Pairing: every swapped cell is timed against its stock baseline (same model, workload, shape and
-model dtype) in interleaved rounds (runner.measure_cell with a Baseline), so drift and noisy
-neighbours hit both; its record keeps both sides' samples per round and the speedup's CI. The stock
-cells are also measured alone first, for their own tokens/s, memory and energy. A swapped cell whose
-stock cell is not in the sweep, or did not finish ok, is timed alone (its speedup is then unpaired).
+Pairing: every swapped cell is timed against its stock baseline (same model, workload, shape, model
+dtype and the speed options stock can run) in interleaved rounds (runner.measure_cell with a
+Baseline), so drift and noisy neighbours hit both; its record keeps both sides' samples per round and
+the speedup's CI. The stock cells are also measured alone first, for their own tokens/s, memory and
+energy. A swapped cell whose stock cell is not in the sweep, or did not finish ok, is timed alone
+(its speedup is then unpaired).
 
 Residency: pairs are kept in host memory and visit the device. A lone cell's model is the only one
 there. A paired cell has both models there when twice the stock cell's peak fits (residency.py),
-else they take turns block by block; either way the stock model leaves before the swapped model's
-memory and energy are taken. A pair is built on the host, or (`build_on="device"`, the GPU default:
-random init and weight checksums of an 8B model take minutes on a CPU) on the device and offloaded
-at once, which needs room for both models during the build only. On a CPU device nothing moves.
+else they take turns block by block (not with cuda-graphs: a recorded graph keeps its weights'
+addresses, so such a cell is then timed alone); either way the stock model leaves before the swapped
+model's memory and energy are taken. A pair is built on the host, or (`build_on="device"`, the GPU
+default: random init and weight checksums of an 8B model take minutes on a CPU) on the device and
+offloaded at once, which needs room for both models during the build only. On a CPU device nothing
+moves.
 
 Durability and resume: each finished cell is appended to the results store (locked, fsynced) before
 the next starts, with SIGINT/SIGTERM held off while it is written. A rerun of the same sweep on the
@@ -30,6 +33,7 @@ from typing import Any
 
 import torch
 
+from teswap.benchmark.decode_options import decode_skip_reason
 from teswap.benchmark.energy import idle_power_w
 from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.plan import Cell, SweepSpec, plan_cells, resolve_device
@@ -44,6 +48,7 @@ from teswap.hardware.nvml import NvmlError, PowerMeter, power_meter
 from teswap.layers.backends import get_backend
 from teswap.precision.runtime import require_precision
 from teswap.precision.table import PRECISIONS, baseline_precision
+from teswap.speed_options import option_names, stock_options
 from teswap.store.provenance import Provenance
 from teswap.store.runs import RunWriter, open_run
 from teswap.swap.pair import Pair, build_pair
@@ -92,7 +97,7 @@ class _Sweep:
             cell=cell, model_config=self.configs[cell.model], provenance=self.provenance, status=outcome.status,
             reason=outcome.reason, stats=outcome.stats.to_dict() if outcome.stats else None,
             metrics=outcome.metrics, gpu=self.gpu, settings=self.spec.settings(), paired=outcome.paired,
-            noise=outcome.noise, clocks=outcome.clocks,
+            noise=outcome.noise, clocks=outcome.clocks, decode=outcome.decode,
         )
         with self.guard.deferred():  # a signal waits until the record is stored and counted
             self.result.records[record.cell_key] = self.writer.write(record)
@@ -114,13 +119,12 @@ class _Sweep:
             self.write(cell, unmeasured(status, reason, self.ctx))
 
     def skip_reason(self, cell: Cell) -> str | None:
-        if cell.backend == "stock":
-            return None
-        try:
-            require_precision(cell.precision, cell.backend, cell.device)
-        except TeswapError as err:
-            return str(err)
-        return None
+        if cell.backend != "stock":
+            try:
+                require_precision(cell.precision, cell.backend, cell.device)
+            except TeswapError as err:
+                return str(err)
+        return decode_skip_reason(cell)
 
     def run_cells(self, cells: list[Cell], measure_one: Callable[[Cell], CellOutcome]) -> None:
         """Each cell through `measure_one(cell)`, with the cooldown between cells and skips written."""
@@ -132,7 +136,8 @@ class _Sweep:
 
     def baseline_record(self, cell: Cell) -> tuple[Cell, dict[str, Any]] | None:
         """The stock cell `cell` pairs with and its ok record; None when pairing is off or it has none."""
-        stock = replace(cell, backend="stock", precision=baseline_precision(cell.precision))
+        stock = replace(cell, backend="stock", precision=baseline_precision(cell.precision),
+                        options=stock_options(cell.options))
         if not self.spec.paired:
             return None
         record = self.result.records.get(self.key(stock))
@@ -148,6 +153,8 @@ class _Sweep:
         if fits_together(device, record["metrics"].get("peak_allocated_bytes")):
             with resident(pair.stock, device):
                 return measure_cell(cell, pair.swapped, shape, self.ctx, baseline=baseline)
+        if "cuda-graphs" in option_names(cell.options):  # a graph keeps its weights' addresses: no moves
+            return measure_cell(cell, pair.swapped, shape, self.ctx)
         move(pair.swapped, HOST)  # they take turns: both start in host memory
         try:
             # every block moves a model in: one untimed step after the move, and blocks long enough to amortise it
@@ -268,7 +275,8 @@ def run_sweep(spec: SweepSpec, *, results_root: Path | str, provenance: Provenan
     with terminate_as_interrupt() as guard, torch_threads(spec.threads), power_meter(device) as (meter, meter_reason):
         try:
             idle, idle_reason = _measure_idle(meter, meter_reason, spec)
-            ctx = CellContext(policy=spec.policy, seed=spec.seed, meter=meter, energy_null_reason=meter_reason,
+            ctx = CellContext(policy=spec.policy, noise=spec.noise, seed=spec.seed, meter=meter,
+                              energy_null_reason=meter_reason,
                               min_energy_window_s=spec.min_energy_window_s, sample_interval_s=spec.sample_interval_s,
                               idle_power_w=idle, idle_power_null_reason=idle_reason)
             sweep = _Sweep(spec=spec, provenance=provenance, writer=writer, guard=guard, progress=progress, ctx=ctx,

@@ -21,9 +21,14 @@ from typing import Any
 import torch
 
 from teswap.benchmark.errors import BenchConfigError
+from teswap.benchmark.token_clock import CudaEventTokenClock, HostTokenClock, TokenClock
 
 Step = Callable[[], object]
 Clock = Callable[[], float]
+STEP_TIME = "step_s"  # the timing every workload has: one whole step
+# One step's timings by name, in seconds: STEP_TIME, phases timed inside the step (floats, each paired
+# like the step time), and per-token series (lists, kept but not paired), e.g. a decode step's.
+StepTimings = dict[str, float | list[float]]
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
@@ -73,6 +78,10 @@ class Timer(ABC):
     def time(self, step: Step) -> float:
         """Seconds the step took."""
 
+    def token_clock(self) -> TokenClock:
+        """The clock a step that times its own tokens (decode) marks them with: this timer's kind of clock."""
+        return HostTokenClock()
+
 
 class PerfCounterTimer(Timer):
     """Host wall clock; right for CPU tensors, where a returned op has finished."""
@@ -94,6 +103,10 @@ class CudaEventTimer(Timer):
         self.device = device
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
+        self._tokens = CudaEventTokenClock(device)
+
+    def token_clock(self) -> TokenClock:
+        return self._tokens
 
     def time(self, step: Step) -> float:
         with torch.cuda.device(self.device):

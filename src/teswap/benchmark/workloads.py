@@ -1,14 +1,16 @@
-"""The two measured workloads as callables: inference prefill and one training step.
+"""The measured workloads as callables: inference prefill, one training step, and decode.
 
 - prefill: one forward over `batch` × `seq_len` tokens with no grad, keeping only the last position's
   logits (`logits_to_keep=1`), as generation's prefill does.
 - train: forward with labels, backward, AdamW step and zero_grad(set_to_none=True), as TE's te_llama
   tutorial times a fine-tuning step. Weights stay in the model dtype (pure bf16 training on GPUs).
+- decode: a prompt of `seq_len` tokens, then exactly `new_tokens` greedy tokens over the KV cache, each
+  token timed (decode.py; its cache and speed options: decode_setup.py).
 
 The swapped model runs inside `swapped_autocast(precision, backend)` (FP8 recipes keep bf16 weights);
 the stock model runs plain. Both are eval() for prefill and train() for training; dropout is 0 in both.
-Both run with use_cache=False: the swapped layers keep no KV cache, and a stock cache would add
-memory and copies the swapped model does not do.
+Prefill and train run with use_cache=False: a cache would add memory and copies a forward without
+decoding does not need.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from teswap.benchmark.timing import Timer
+from teswap.benchmark.decode import DecodeStep
+from teswap.benchmark.decode_setup import prepare_decode
+from teswap.benchmark.timing import STEP_TIME, StepTimings, Timer
 from teswap.precision.runtime import calibrate, swapped_autocast
 
-WORKLOADS = ("prefill", "train")
-STEP_TIME = "step_s"  # the timing every workload has: one whole step
+WORKLOADS = ("prefill", "decode", "train")  # run order: inference before training changes the weights
 TRAIN_LR = 1.41e-5  # TE's te_llama tutorial; small enough that timed steps do not disturb the weights much
 
 
@@ -62,7 +65,7 @@ class PreparedStep:
     def __call__(self) -> object:
         return self._run()
 
-    def timed(self, timer: Timer) -> dict[str, float]:
+    def timed(self, timer: Timer) -> StepTimings:
         """One step, timed: {STEP_TIME: seconds}. A workload that times phases inside its step (decode:
         time to first token, time per output token) returns them too, keyed by name (unit in the name),
         and the paired rounds give each its own ratio and CI."""
@@ -94,12 +97,19 @@ class PreparedStep:
         yield self.input_ids
 
 
+WorkloadStep = PreparedStep | DecodeStep  # what prepare_step returns: call it to run one step
+
+
 def prepare_step(workload: str, model: torch.nn.Module, input_ids: torch.Tensor, *, backend: str,
-                 precision: str) -> PreparedStep:
-    """Bind `workload` to `model`; a DelayedScaling prefill is calibrated first so its scales are not 1.0."""
+                 precision: str, new_tokens: int = 0, options: str = "") -> WorkloadStep:
+    """Bind `workload` to `model`; a DelayedScaling prefill (or decode) is calibrated first so its scales
+    are not 1.0. Decode takes `new_tokens` and its speed `options` (decode_setup.py)."""
     if workload not in WORKLOADS:
         raise ValueError(f"unknown workload {workload!r}; choose one of {WORKLOADS}")
     autocast = autocast_for(backend, precision)
+    if workload == "decode":
+        return prepare_decode(model, input_ids, backend=backend, precision=precision, new_tokens=new_tokens,
+                              options=options, autocast=autocast)
     if workload == "train":
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=TRAIN_LR)
@@ -111,14 +121,18 @@ def prepare_step(workload: str, model: torch.nn.Module, input_ids: torch.Tensor,
     return PreparedStep(workload=workload, model=model, input_ids=input_ids, autocast=autocast)
 
 
-def drop_state(step: PreparedStep) -> None:
-    """Drop gradients and optimizer state (rebuilt by the next training step), keeping the model's mode."""
+def drop_state(step: WorkloadStep) -> None:
+    """Drop gradients, optimizer state and a decode cache (rebuilt by the next step), keeping the model's mode."""
     step.model.zero_grad(set_to_none=True)
     if step.optimizer is not None:
         step.optimizer.state.clear()
+    if isinstance(step, DecodeStep):
+        step.drop_state()
 
 
-def release(step: PreparedStep) -> None:
-    """Drop gradients and optimizer state so the next cell starts from weights alone."""
+def release(step: WorkloadStep) -> None:
+    """Drop gradients and optimizer state (and close a decode step) so the next cell starts from weights alone."""
     drop_state(step)
+    if isinstance(step, DecodeStep):
+        step.close()
     step.model.eval()

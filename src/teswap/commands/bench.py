@@ -16,11 +16,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `teswap bench`; unset ones take the defaults for this hardware."""
     sweep = parser.add_argument_group("sweep (defaults by hardware: tiny/fp32 on CPU, llama3-8b/bf16+FP8 on GPU)")
     sweep.add_argument("--models", "--model", type=name_list, help="presets or local directories, comma-separated")
-    sweep.add_argument("--workloads", "--workload", type=name_list, help="prefill,train")
+    sweep.add_argument("--workloads", "--workload", type=name_list,
+                       help="prefill,train,decode (default: prefill,train on CPU, all three on GPU)")
     sweep.add_argument("--backends", "--backend", type=name_list, help="stock,torch,te")
     sweep.add_argument("--precisions", "--precision", type=name_list,
                        help="fp32,bf16,fp8-delayed,fp8-current,fp8-block,mxfp8 (stock runs at the model dtype)")
-    sweep.add_argument("--seq-lens", type=int_list, help="e.g. 512,1024,2048")
+    sweep.add_argument("--seq-lens", type=int_list, help="e.g. 512,1024,2048 (decode: prompt lengths)")
+    sweep.add_argument("--new-tokens", type=int_list,
+                       help="decode: tokens generated after each prompt, >= 2 (default 16 on CPU, 128 on GPU)")
+    sweep.add_argument("--options", type=name_list, metavar="SETS",
+                       help="decode speed option sets, each a cell variant: none, cuda-graphs, fp8-weights, "
+                            "combined with + (e.g. none,cuda-graphs,cuda-graphs+fp8-weights)")
     sweep.add_argument("--batches", "--batch", type=int_list, help="e.g. 1,2")
     sweep.add_argument("--device", help="cpu or cuda[:N] (default: cuda if present)")
     sweep.add_argument("--seed", type=int, default=0)
@@ -62,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("bench", help="benchmark stock vs swapped: tokens/s, memory, energy, MFU")
+    parser = sub.add_parser("bench", help="benchmark stock vs swapped: tokens/s, TTFT/TPOT, memory, energy, MFU")
     add_arguments(parser)
 
 
@@ -80,7 +86,8 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, str, bool]:
                                       if getattr(args, name) is not None})
     spec = default.overriding(
         models=args.models, workloads=args.workloads, backends=args.backends, precisions=args.precisions,
-        seq_lens=args.seq_lens, batches=args.batches, seed=args.seed, policy=policy, noise=noise,
+        seq_lens=args.seq_lens, batches=args.batches, new_tokens=args.new_tokens, options=args.options,
+        seed=args.seed, policy=policy, noise=noise,
         paired=False if args.sequential else None,
         min_energy_window_s=args.min_energy_window_s, sample_interval_s=args.sample_interval_s,
         idle_s=args.idle_s, cooldown_s=args.cooldown_s, threads=args.threads, build_on=args.build_on,
@@ -114,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         return _import_pytest_json(args)
     from teswap.benchmark.plan import describe, plan_cells
     from teswap.benchmark.progress import TqdmProgress
-    from teswap.benchmark.summary import summary_legend, summary_table
+    from teswap.benchmark.summary import decode_table, summary_legend, summary_table
     from teswap.benchmark.sweep import run_sweep
     from teswap.store.provenance import capture_provenance
     from teswap.swap.sources import resolve_source
@@ -132,6 +139,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     records = [result.records[key] for key in result.keys if key in result.records]
     print(summary_table(records))
+    decode = decode_table(records)
+    if decode:
+        print(f"\ndecode (TTFT, TPOT: medians over generations; ITL: all inter-token gaps)\n{decode}")
     print(summary_legend(records))
     for record in records:
         if record["status"] != "ok":
@@ -149,5 +159,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _label(cell: dict[str, Any]) -> str:
-    return (f"{cell['model']} {cell['workload']} {cell['backend']}/{cell['precision']} "
-            f"s={cell['seq_len']} b={cell['batch']}")
+    from teswap.speed_options import options_label
+
+    decode = f" n={cell['new_tokens']}" if cell["workload"] == "decode" else ""
+    return (f"{cell['model']} {cell['workload']} {cell['backend']}/{cell['precision']}"
+            f"{options_label(cell.get('options', ''))} s={cell['seq_len']}{decode} b={cell['batch']}")

@@ -105,3 +105,10 @@ def packed_causal_mask(cu_seqlens: torch.Tensor, tokens: int) -> torch.Tensor:
     sequence = torch.searchsorted(cu_seqlens[1:].to(arange.dtype), arange, right=True)
     same = sequence[:, None] == sequence[None, :]
     return (same & (arange[:, None] >= arange[None, :]))[None, None]
+
+
+def cache_kwarg(forward: Any) -> str:
+    """The name a model's forward takes its cache by: `cache` (transformers >= 5.2x) or `past_key_values` (5.17)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"

@@ -26,7 +26,7 @@ class RopeTable:
 
     def __init__(self, rotary_emb: nn.Module) -> None:
         self.rotary_emb = rotary_emb  # the HF model's module (not registered: no state-dict entry)
-        self._cached: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._cached: tuple[torch.Tensor, tuple[int, int | None], torch.Tensor] | None = None
         # What one forward's first layer works out for all layers of the model (the te backend's TEBatch).
         self.per_forward: dict[str, Any] = {}
 
@@ -43,7 +43,8 @@ class RopeTable:
         inv_freq = self.rotary_emb.get_buffer("inv_freq")
         if torch.compiler.is_compiling():  # no Python-side cache in a traced graph
             return self._angles(self._positions(position_ids, seq_len, device), inv_freq)
-        version = inv_freq._version  # dynamic rope rewrites inv_freq in place
+        # Dynamic rope rewrites inv_freq in place; a decode loop may advance one position tensor in place.
+        version = (inv_freq._version, None if position_ids is None else position_ids._version)
         cached = self._cached
         if cached is not None and cached[0] is position_ids and cached[1] == version and position_ids is not None:
             return cached[2]

@@ -50,10 +50,12 @@ class TEKVState:
 
         TE's cache managers add exactly one token to a sequence they already hold (NonPagedKVCacheManager
         .pre_step: `self.sequences[i] += 1`), so after the prompt every forward must bring one token per row.
+        After `reset` (TE's InferenceParams.reset empties the rows and keeps the buffers) the next forward is
+        a new prompt, of at most the batch the buffers were made for.
         """
         if self.params is None:
             self.params = self._make_params(te_module, len(new_lengths), hidden_states.dtype)
-        else:
+        elif self.params.cache_manager.sequences:  # a reset cache (no rows held) takes a new prompt
             held = list(self.params.cache_manager.sequences.values())
             if len(new_lengths) != len(held) or any(n != 1 for n in new_lengths):
                 raise UnsupportedInputError(

@@ -103,7 +103,7 @@ class LayerNormLinear(nn.Module):
             return self.weight
         parts = [getattr(self, name) for name in self.split_names]
         fused = self._fused_buffer
-        if fused is None or not is_view_chain(fused, parts):  # after .to(), load or re-assignment
+        if fused is None or not _still_fused(fused, parts):  # after .to(), load or re-assignment
             fused = self._fused_buffer = fuse_in_place(parts)
         if not torch.is_grad_enabled() or not any(p.requires_grad for p in parts):
             return fused  # nothing to route gradients to
@@ -112,6 +112,15 @@ class LayerNormLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = rms_norm_output(x, self.layer_norm_weight, self.eps, self.zero_centered_gamma)
         return self.gemm(normed, self.gemm_weight())  # under FP8 the norm's fused cast feeds the GEMM
+
+
+def _still_fused(fused: torch.Tensor, parts: list[torch.Tensor]) -> bool:
+    """Whether the split parameters are still views of `fused`. Data pointers cannot be read while
+    torch.compile traces (a compiled decode step after an eager prefill): there device and dtype are
+    checked, the pointers having been checked by the eager forward before."""
+    if torch.compiler.is_compiling():
+        return fused.device == parts[0].device and fused.dtype == parts[0].dtype
+    return is_view_chain(fused, parts)
 
 
 class Linear(nn.Module):

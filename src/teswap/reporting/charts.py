@@ -226,8 +226,10 @@ def history_chart(history: pd.DataFrame, key: ConfigKey, metric: str = "tokens_p
 
 
 def chart_groups(table: pd.DataFrame) -> list[tuple[str, str]]:
-    """The (model, workload) pairs of `table`, one set of charts each."""
-    return sorted(set(zip(table["model"], table["workload"], strict=True)))
+    """The (model, workload) pairs of `table`, one set of charts each. Decode cells have their own charts
+    (decode_charts.py): these would draw every speed option and number of new tokens of a shape as one line."""
+    rows = table[table["workload"] != "decode"]
+    return sorted(set(zip(rows["model"], rows["workload"], strict=True)))
 
 
 def save_figure(fig: Figure, directory: Path | str, stem: str) -> list[Path]:

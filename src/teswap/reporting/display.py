@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from teswap.reporting.formats import FLAG, Cell, Table
+from teswap.speed_options import options_label
 
 MISSING = "—"
 FLAG_LEGEND = (f"{FLAG} parity failed (or errored) for this model, backend and precision at this commit: "
@@ -22,6 +23,8 @@ RESULTS_LEGEND = ("Speedup is stock step time / swapped step time, against stock
                   "its median from the first to the last third of its samples; round speedups CV: the spread of the "
                   "per-round ratios; GPU clocks, slowdown reasons, temperature); — : not checked (before schema 2). "
                   "Δ mem is against the same stock cell; MFU is against the GPU's peak at the cell's precision.")
+DECODE_ROWS_LEGEND = (" Decode rows: seq is prompt+new tokens, tok/s counts output tokens end to end, a step is one "
+                      "generation and MFU is at the decode tokens/s (TTFT, TPOT and more in the decode table).")
 
 
 def _missing(value: Any) -> bool:
@@ -70,6 +73,17 @@ def _stock_tokens(row: pd.Series) -> str:
     return number(value, "{:,.0f}") + f" ({row['stock_precision']})"
 
 
+def _seq_text(row: pd.Series) -> str:
+    """The sequence length, or for a decode cell its prompt + new tokens (e.g. 512+128)."""
+    new = row.get("new_tokens", 0)
+    return f"{row['seq_len']}+{int(new)}" if row["workload"] == "decode" else str(row["seq_len"])
+
+
+def _backend_text(row: pd.Series) -> str:
+    options = row.get("options")
+    return str(row["backend"]) + ("" if _missing(options) else options_label(str(options)))
+
+
 def results_table(table: pd.DataFrame) -> Table:
     """The published table: one row per swapped cell (see tables.comparison_table)."""
     headers = ["model", "workload", "seq", "batch", "backend", "precision", "stock tok/s", "tok/s", "speedup",
@@ -81,8 +95,8 @@ def results_table(table: pd.DataFrame) -> Table:
         mark = f"{FLAG} " if flag else ""
         parity_text = {"failed": "FAILED", "error": "ERROR"}.get(row["parity"], row["parity"])
         rows.append([
-            Cell(str(row["model"])), Cell(str(row["workload"])), Cell(str(row["seq_len"]), numeric=True),
-            Cell(str(row["batch"]), numeric=True), Cell(str(row["backend"])), Cell(str(row["precision"])),
+            Cell(str(row["model"])), Cell(str(row["workload"])), Cell(_seq_text(row), numeric=True),
+            Cell(str(row["batch"]), numeric=True), Cell(_backend_text(row)), Cell(str(row["precision"])),
             Cell(_stock_tokens(row), numeric=True),
             Cell(status or mark + number(row["tokens_per_s"], "{:,.0f}"), flag=flag, numeric=True),
             Cell(status or mark + speedup_text(row), flag=flag, numeric=True),
@@ -95,7 +109,8 @@ def results_table(table: pd.DataFrame) -> Table:
                  flag=flag),
         ])
     flagged = any(row[7].flag for row in rows)
-    return Table(headers=headers, rows=rows, legend=(FLAG_LEGEND if flagged else "") + RESULTS_LEGEND)
+    decode = DECODE_ROWS_LEGEND if len(table) and (table["workload"] == "decode").any() else ""
+    return Table(headers=headers, rows=rows, legend=(FLAG_LEGEND if flagged else "") + RESULTS_LEGEND + decode)
 
 
 PARITY_LEGEND = ("Each cell is swapped / stock, both against the same high-precision reference run of stock on "
@@ -182,3 +197,81 @@ def commits_display(commits: pd.DataFrame) -> Table:
 
 def _time(value: Any) -> str:
     return MISSING if _missing(value) or value is pd.NaT else pd.Timestamp(value).strftime("%Y-%m-%d %H:%M")
+
+
+DECODE_LEGEND = ("One row per decode cell: a prompt of `prompt` tokens, then exactly `new` greedy tokens over the KV "
+                 "cache (no early stop). TTFT: time to the first token (the prefill); TPOT: (end to end - TTFT) / "
+                 "(new - 1); both medians over the timed generations. ITL: every gap between consecutive tokens "
+                 "after the first, pooled, at p50/p90/p99. decode tok/s = batch x (new - 1) / decode time; e2e tok/s "
+                 "= batch x new / end-to-end time. TTFT, TPOT and e2e ratios are stock time / swapped time from the "
+                 "same interleaved rounds, with the 95% CI (bootstrap over rounds); the baseline is stock with the "
+                 "options stock can run (cuda-graphs), and its TTFT / TPOT medians in those rounds stand beside "
+                 "them. A stock row is stock's own cell, timed alone at another moment: on a machine whose load "
+                 f"changes, compare the ratios, not figures across rows. vs HF {UNPAIRED}: e2e tok/s over the plain "
+                 "stock cell (no options, the row's model dtype), two cells' medians (unpaired): the ladder HF -> "
+                 "TE -> +graphs -> +FP8 weights. "
+                 "J/token: NVML energy of whole generations (prefill included) per output token.")
+
+
+def _ratio_text(row: pd.Series, name: str) -> str:
+    ratio, low, high = row[f"{name}_ratio"], row[f"{name}_ci_low"], row[f"{name}_ci_high"]
+    if _missing(ratio):
+        return MISSING
+    bounded = not (_missing(low) or _missing(high))
+    return f"{float(ratio):.2f}×" + (f" [{float(low):.2f}, {float(high):.2f}]" if bounded else "")
+
+
+def milliseconds(value: Any) -> str:
+    """Seconds as ms with three significant digits and no exponent (2.3, 78.2, 157, 2,480), or —."""
+    if _missing(value):
+        return MISSING
+    ms = float(value) * 1e3
+    return f"{ms:,.0f}" if abs(ms) >= 100 else f"{ms:.3g}"
+
+
+def _paired_stock_text(row: pd.Series) -> str:
+    """Stock's TTFT / TPOT medians (ms) in a swapped row's paired rounds, e.g. `160 / 74.4`."""
+    if _missing(row["stock_ttft_s"]) and _missing(row["stock_tpot_s"]):
+        return MISSING
+    return f"{milliseconds(row['stock_ttft_s'])} / {milliseconds(row['stock_tpot_s'])}"
+
+
+def _vs_hf_text(row: pd.Series) -> str:
+    """e2e tok/s over plain stock's, marked unpaired except on plain stock's own row (1.00×)."""
+    if _missing(row["vs_hf"]):
+        return MISSING
+    plain_stock = row["backend"] == "stock" and not row["options"]
+    return f"{float(row['vs_hf']):.2f}×" + ("" if plain_stock else f" {UNPAIRED}")
+
+
+def _decode_figures(row: pd.Series) -> list[str]:
+    """A decode row's figures in the table's order; a stock row has no ratios to itself."""
+    swapped = row["backend"] != "stock"
+    itl = "/".join(milliseconds(row[f"itl_p{q}_s"]) for q in (50, 90, 99))
+    return [milliseconds(row["ttft_s"]), _ratio_text(row, "ttft") if swapped else "",
+            milliseconds(row["tpot_s"]), _ratio_text(row, "tpot") if swapped else "",
+            _paired_stock_text(row) if swapped else "", itl,
+            number(row["decode_tokens_per_s"], "{:,.0f}"), number(row["e2e_tokens_per_s"], "{:,.0f}"),
+            speedup_text(row) if swapped else "", _vs_hf_text(row), number(row["energy_per_output_token_j"], "{:.3g}")]
+
+
+def decode_results_table(table: pd.DataFrame) -> Table:
+    """The published decode table (see decode.decode_table): stock rows first in each shape; a cell that did
+    not run shows its status and why (a GPU-only speed option on a CPU, TE's FP8 rows rule)."""
+    headers = ["model", "prompt", "new", "batch", "variant", "TTFT ms", "TTFT vs stock", "TPOT ms", "TPOT vs stock",
+               "stock TTFT / TPOT ms, same rounds", "ITL p50/p90/p99 ms", "decode tok/s", "e2e tok/s", "e2e vs stock",
+               "vs HF", "J/token", "noise", "parity", "reason"]
+    rows = []
+    for _, row in table.iterrows():
+        flag, status = bool(row["flagged"]), _status_text(row)
+        mark = f"{FLAG} " if flag else ""
+        figures = [mark + text if text and text != MISSING else text for text in _decode_figures(row)]
+        if status:
+            figures = [status, *[MISSING] * (len(figures) - 1)]
+        rows.append([Cell(str(row["model"])), Cell(str(row["seq_len"]), numeric=True),
+                     Cell(str(row["new_tokens"]), numeric=True), Cell(str(row["batch"]), numeric=True),
+                     Cell(f"{_backend_text(row)} {row['precision']}"),
+                     *(Cell(text, flag=flag, numeric=True) for text in figures), Cell(_noise_text(row)),
+                     Cell(MISSING if _missing(row["parity"]) else str(row["parity"]), flag=flag),
+                     Cell("" if status is None or _missing(row["reason"]) else str(row["reason"]))])
+    return Table(headers=headers, rows=rows, legend=DECODE_LEGEND, kind="decode")

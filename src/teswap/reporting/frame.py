@@ -16,10 +16,14 @@ from typing import Any
 import pandas as pd
 
 from teswap.reporting.errors import ReportError
+from teswap.speed_options import options_label
+from teswap.store.records import DECODE_METRICS, DECODE_PHASES
 from teswap.store.runs import iter_run_files, read_records
 
-# The fields that name one benchmark cell; with the machine they name one configuration.
-CELL_FIELDS = ("model", "workload", "backend", "precision", "seq_len", "batch", "device")
+# The fields that name one benchmark cell; with the machine they name one configuration. new_tokens and
+# options (schema 3) are 0 and "" outside decode cells.
+CELL_FIELDS = ("model", "workload", "backend", "precision", "seq_len", "batch", "device", "new_tokens", "options")
+CELL_DEFAULTS = {"cell.new_tokens": 0, "cell.options": ""}
 CELL_COLUMNS = tuple(f"cell.{name}" for name in CELL_FIELDS)
 CASE_COLUMNS = tuple(f"case.{name}" for name in ("model", "backend", "precision", "seq_len", "batch", "device",
                                                    "fuse_qkv", "seed"))
@@ -28,10 +32,13 @@ BENCH_COLUMNS = (*CELL_COLUMNS, "status", "reason", "stats.median_s", "stats.iqr
                  "metrics.tokens_per_s", "metrics.peak_allocated_bytes", "metrics.energy_per_token_j",
                  "metrics.mfu_vs_bf16_peak", "metrics.mfu_vs_precision_peak", "paired.speedup",
                  "paired.speedup_ci_low", "paired.speedup_ci_high", "paired.baseline_tokens_per_s",
-                 "paired.samples_s", "paired.baseline_samples_s", "noise.noisy", "noise.reasons")
+                 "paired.samples_s", "paired.baseline_samples_s", "noise.noisy", "noise.reasons",
+                 *(f"metrics.{name}" for name in DECODE_METRICS),
+                 *(f"paired.phases.{phase}.{part}" for phase in DECODE_PHASES
+                   for part in ("ratio", "ci_low", "ci_high", "baseline_samples")))
 PARITY_COLUMNS = (*CASE_COLUMNS, "passed", "status", "reason", "policy.name", "policy.version",
                   "first_divergent_layer")
-INTEGER_COLUMNS = ("cell.seq_len", "cell.batch", "case.seq_len", "case.batch", "case.seed")
+INTEGER_COLUMNS = ("cell.seq_len", "cell.batch", "cell.new_tokens", "case.seq_len", "case.batch", "case.seed")
 COMMON_COLUMNS = ("kind", "run_id", "machine", "source", "sha", "commit", "dirty", "utc_time")
 
 
@@ -84,11 +91,14 @@ def load_frame(root: Path | str, skip_bad: bool = False) -> pd.DataFrame:
     return frame_from_records(rows)
 
 
-def _kind(frame: pd.DataFrame, kind: str, columns: Iterable[str]) -> pd.DataFrame:
+def _kind(frame: pd.DataFrame, kind: str, columns: Iterable[str],
+          defaults: Mapping[str, Any] | None = None) -> pd.DataFrame:
     part = frame[frame["kind"] == kind].dropna(axis=1, how="all").copy()
     for column in (*COMMON_COLUMNS, *columns):
         if column not in part:
             part[column] = None
+    for column, value in (defaults or {}).items():  # cells written before a field existed (or by hand)
+        part[column] = part[column].where(part[column].notna(), value) if len(part) else part[column]
     for column in INTEGER_COLUMNS:  # float after the concat with the other kind's NaNs; int again here
         if column in part and part[column].notna().all() and len(part):
             part[column] = part[column].astype(int)
@@ -97,7 +107,7 @@ def _kind(frame: pd.DataFrame, kind: str, columns: Iterable[str]) -> pd.DataFram
 
 def bench_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The benchmark records, with every column the reporting code reads present."""
-    return _kind(frame, "bench", BENCH_COLUMNS)
+    return _kind(frame, "bench", BENCH_COLUMNS, CELL_DEFAULTS)
 
 
 def parity_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -130,12 +140,15 @@ class ConfigKey:
     seq_len: int
     batch: int
     device: str
+    new_tokens: int = 0
+    options: str = ""
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> ConfigKey:
         """The configuration of one flat bench row."""
         cell = {name: row[f"cell.{name}"] for name in CELL_FIELDS}
-        return cls(machine=row["machine"], **{**cell, "seq_len": int(cell["seq_len"]), "batch": int(cell["batch"])})
+        return cls(machine=row["machine"], **{**cell, "seq_len": int(cell["seq_len"]), "batch": int(cell["batch"]),
+                                              "new_tokens": int(cell["new_tokens"]), "options": str(cell["options"])})
 
     def mask(self, bench: pd.DataFrame) -> pd.Series:
         """Which rows of `bench` belong to this configuration."""
@@ -146,13 +159,18 @@ class ConfigKey:
         return mask
 
     def label(self) -> str:
-        """A short human name, e.g. `llama3-8b prefill seq=2048 batch=1 te/bf16 cuda`."""
-        return (f"{self.model} {self.workload} seq={self.seq_len} batch={self.batch} "
-                f"{self.backend}/{self.precision} {self.device}")
+        """A short human name, e.g. `llama3-8b prefill seq=2048 batch=1 te/bf16 cuda`
+        (decode: `... seq=512 new=128 batch=1 te/bf16+cuda-graphs cuda`)."""
+        new = f" new={self.new_tokens}" if self.workload == "decode" else ""
+        options = options_label(self.options)
+        return (f"{self.model} {self.workload} seq={self.seq_len}{new} batch={self.batch} "
+                f"{self.backend}/{self.precision}{options} {self.device}")
 
     def slug(self) -> str:
         """A file-name-safe form of the label."""
-        return "_".join(str(v) for k, v in asdict(self).items() if k != "machine").replace("/", "-").replace(" ", "-")
+        parts = [str(v) for k, v in asdict(self).items() if k != "machine" and not (k in ("new_tokens", "options")
+                                                                                   and self.workload != "decode")]
+        return "_".join(parts).replace("/", "-").replace(" ", "-").replace("+", "-")
 
 
 def config_keys(bench: pd.DataFrame) -> list[ConfigKey]:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from teswap.reporting.errors import ReportError
+from teswap.reporting.frame import ConfigKey
 from teswap.reporting.history import metric_samples
 from teswap.reporting.tables import comparison_table
 
@@ -23,12 +24,13 @@ SMALLER_IS_BETTER = "customSmallerIsBetter"
 # (column of the flat bench frame, name suffix, unit, scale) of each smaller-is-better metric.
 SMALLER_METRICS = (("stats.median_s", "time", "ms", 1e3),
                    ("metrics.energy_per_token_j", "energy per token", "mJ/token", 1e3),
-                   ("metrics.peak_allocated_bytes", "peak memory", "GiB", 2 ** -30))
+                   ("metrics.peak_allocated_bytes", "peak memory", "GiB", 2 ** -30),
+                   ("metrics.ttft_s", "TTFT", "ms", 1e3), ("metrics.tpot_s", "TPOT", "ms", 1e3))
 
 
 def _name(row: pd.Series) -> str:
-    return (f"{row['cell.model']} {row['cell.workload']} seq={row['cell.seq_len']} batch={row['cell.batch']} "
-            f"{row['cell.backend']}/{row['cell.precision']}")
+    """The configuration's label (decode cells with their new tokens and speed options), machine aside."""
+    return ConfigKey.of(row).label().rsplit(" ", 1)[0]  # the device is the machine's, named in `extra`
 
 
 def _checked(bench: pd.DataFrame) -> pd.DataFrame:

@@ -52,8 +52,10 @@ def _section_html(part: Section, root: Path) -> str:
     figures = [_figure(paths[0], root, caption) for caption, paths in write_charts(part, root / "charts")]
     parity = parity_table(part.parity)
     footer = "".join(f"<p>{escape(line)}</p>" for line in part.footer)
+    decode = (f'<h3>Decode</h3><div class="scroll">{formats.to_html(display.decode_results_table(part.decode))}'
+              "</div>\n") if len(part.decode) else ""
     return (f'<section id="results-{escape(part.machine)}"><h2>{escape(heading)}</h2>\n'
-            f'<div class="scroll">{formats.to_html(display.results_table(part.table))}</div>\n'
+            f'<div class="scroll">{formats.to_html(display.results_table(part.table))}</div>\n{decode}'
             f'<h3>Charts</h3><div class="charts">{"".join(figures)}</div>\n'
             f"<details><summary>Parity cases at this commit ({len(parity)})</summary>"
             f'<div class="scroll">{formats.to_html(display.parity_cases_table(parity))}</div></details>\n'

@@ -1,17 +1,20 @@
 """The published report: one section per machine (its newest commit, or a chosen one), rendered as
-Markdown, HTML, CSV or LaTeX, plus the charts of each section and the per-commit history charts."""
+Markdown, HTML, CSV or LaTeX, plus the charts of each section and the per-commit history charts. A
+section with decode cells adds the decode table (TTFT, TPOT, ITL, decode tokens/s, stock beside
+swapped) and its charts."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
 import pandas as pd
 
-from teswap.reporting import charts, display, formats
+from teswap.reporting import charts, decode_charts, display, formats
 from teswap.reporting.commits import commit_order
+from teswap.reporting.decode import decode_groups, decode_table, empty_decode_table
 from teswap.reporting.errors import ReportError
 from teswap.reporting.footer import provenance_lines
 from teswap.reporting.frame import ConfigKey, bench_frame, parity_frame, select
@@ -24,13 +27,14 @@ FORMATS = ("md", "html", "csv", "tex")
 
 @dataclass(frozen=True, kw_only=True)
 class Section:
-    """One machine at one commit: its records, the comparison table and the provenance footer."""
+    """One machine at one commit: its records, the comparison table, the provenance footer and the decode table."""
 
     machine: str
     sha: str
     records: pd.DataFrame
     table: pd.DataFrame
     footer: list[str]
+    decode: pd.DataFrame = field(default_factory=empty_decode_table)  # decode.decode_table: empty without decode cells
 
     @property
     def title(self) -> str:
@@ -64,8 +68,8 @@ def sections(frame: pd.DataFrame, *, machine: str | None = None, sha: str | None
         if bench_frame(records).empty:
             continue
         table = comparison_table(bench_frame(records), parity_frame(records))
-        out.append(Section(machine=name, sha=chosen, records=records, table=table,
-                           footer=provenance_lines(records)))
+        out.append(Section(machine=name, sha=chosen, records=records, table=table, footer=provenance_lines(records),
+                           decode=decode_table(bench_frame(records), parity_frame(records))))
     if not out:
         raise ReportError("no benchmark records to report" + (f" at commit {sha[:7]}" if sha else "")
                           + (f" on {machine}" if machine else ""))
@@ -82,16 +86,21 @@ def render(parts: list[Section], fmt: str) -> str:
     for part in parts:
         table = display.results_table(part.table)
         parity = display.parity_cases_table(parity_table(part.parity))
+        decode = display.decode_results_table(part.decode) if len(part.decode) else None
         if fmt == "md":
             footer = "\n".join(f"<sub>{line}</sub><br>" for line in part.footer)
-            chunks.append(f"## {part.title}\n\n{formats.to_markdown(table)}\n### Parity\n\n"
+            decode_md = f"### Decode\n\n{formats.to_markdown(decode)}\n" if decode else ""
+            chunks.append(f"## {part.title}\n\n{formats.to_markdown(table)}\n{decode_md}### Parity\n\n"
                           f"{formats.to_markdown(parity)}\n{footer}\n")
         elif fmt == "html":
             footer = "".join(f"<p>{escape(line)}</p>" for line in part.footer)
-            chunks.append(f"<h2>{escape(part.title)}</h2>\n{formats.to_html(table)}<h3>Parity</h3>\n"
+            decode_html = f"<h3>Decode</h3>\n{formats.to_html(decode)}" if decode else ""
+            chunks.append(f"<h2>{escape(part.title)}</h2>\n{formats.to_html(table)}{decode_html}<h3>Parity</h3>\n"
                           f'{formats.to_html(parity)}<footer class="provenance">{footer}</footer>\n')
         else:
             chunks.append(formats.to_latex(table, caption=f"{part.title}. " + " ".join(part.footer)))
+            if decode:
+                chunks.append(formats.to_latex(decode, caption=f"{part.title}: decode, stock beside swapped."))
             chunks.append(formats.to_latex(parity, caption=f"{part.title}: parity of swapped and stock."))
     return "\n".join(chunks)
 
@@ -102,7 +111,8 @@ def render_parity_csv(parts: list[Section]) -> str:
 
 
 def write_tables(parts: list[Section], directory: Path | str, stem: str = "results") -> list[Path]:
-    """`<stem>.md`, `.html`, `.csv` and `.tex` under `directory`, and the parity cases as `<stem>-parity.csv`."""
+    """`<stem>.md`, `.html`, `.csv` and `.tex` under `directory`, the parity cases as `<stem>-parity.csv` and
+    the decode table (when there are decode cells) as `<stem>-decode.csv`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -112,21 +122,39 @@ def write_tables(parts: list[Section], directory: Path | str, stem: str = "resul
         paths.append(path)
     path = directory / f"{stem}-parity.csv"
     path.write_text(render_parity_csv(parts), encoding="utf-8")
-    return [*paths, path]
+    paths.append(path)
+    decode = [p.decode for p in parts if len(p.decode)]
+    if decode:
+        path = directory / f"{stem}-decode.csv"
+        path.write_text(pd.concat(decode).to_csv(index=False), encoding="utf-8")
+        paths.append(path)
+    return paths
 
 
 CHARTS = {"throughput": charts.throughput_chart, "speedup": charts.speedup_chart,
           "memory_energy": charts.memory_energy_chart}
 
 
+DECODE_CHARTS = {"latency": decode_charts.decode_latency_chart, "speedup": decode_charts.decode_speedup_chart,
+                 "throughput": decode_charts.decode_throughput_chart}
+DECODE_CAPTIONS = {"latency": "TTFT and TPOT vs prompt length", "speedup": "TTFT and TPOT speedups with CIs",
+                   "throughput": "decode tokens/s vs batch"}
+
+
 def write_charts(part: Section, directory: Path | str) -> Iterator[tuple[str, list[Path]]]:
     """Each chart of a section as PNG and SVG, yielded as (caption, paths)."""
     folder = Path(directory) / part.machine
-    for model, workload in charts.chart_groups(part.table):
+    for model, workload in charts.chart_groups(part.table):  # decode cells: their own charts, below
         for name, chart in CHARTS.items():
             figure = chart(part.table, model, workload)
             stem = f"{part.sha[:7]}_{model}_{workload}_{name}"
             yield f"{model} {workload}: {name.replace('_', ' and ')}", charts.save_figure(figure, folder, stem)
+    for model, new_tokens in decode_groups(part.decode):
+        for name, decode_chart in DECODE_CHARTS.items():
+            figure = decode_chart(part.decode, model, new_tokens)
+            stem = f"{part.sha[:7]}_{model}_decode{new_tokens}_{name}"
+            caption = f"{model} decode ({new_tokens} new tokens): {DECODE_CAPTIONS[name]}"
+            yield caption, charts.save_figure(figure, folder, stem)
 
 
 def write_history_charts(frame: pd.DataFrame, directory: Path | str, metric: str = "tokens_per_s", *,

@@ -16,8 +16,10 @@ import pandas as pd
 
 from teswap.precision.table import baseline_precision
 from teswap.reporting.frame import CELL_COLUMNS
+from teswap.speed_options import stock_options
 from teswap.statistics import independent_ratio
 from teswap.store.ranks import aggregate_ranks
+from teswap.store.records import DECODE_METRICS, DECODE_PHASES
 
 # Parity verdicts, worst first: the verdict of a group of cases is its worst member's.
 PARITY_ORDER = ("failed", "error", "passed", "skipped")
@@ -25,7 +27,8 @@ FLAGGED_PARITY = ("failed", "error")
 UNTESTED = "untested"
 
 TABLE_COLUMNS = [
-    "machine", "commit", "model", "workload", "seq_len", "batch", "device", "backend", "precision", "status",
+    "machine", "commit", "model", "workload", "seq_len", "batch", "device", "new_tokens", "options", "backend",
+    "precision", "status",
     "reason", "tokens_per_s", "stock_precision", "stock_tokens_per_s", "speedup", "speedup_ci_low",
     "speedup_ci_high", "speedup_basis", "paired_stock_tokens_per_s", "noise", "noise_reasons",
     "peak_allocated_bytes", "stock_peak_allocated_bytes", "peak_memory_change", "energy_per_token_j",
@@ -36,9 +39,14 @@ _METRICS = {"metrics.tokens_per_s": "tokens_per_s", "metrics.peak_allocated_byte
             "mfu_vs_precision_peak", "metrics.mfu_vs_bf16_peak": "mfu_vs_bf16_peak",
             "paired.speedup": "paired_speedup", "paired.speedup_ci_low": "paired_ci_low",
             "paired.speedup_ci_high": "paired_ci_high", "paired.baseline_tokens_per_s": "paired_stock_tokens_per_s"}
-_KEPT = {"stats.samples_s": "samples_s", "noise.noisy": "noisy", "noise.reasons": "noise_reasons"}
+_KEPT = {"stats.samples_s": "samples_s", "noise.noisy": "noisy", "noise.reasons": "noise_reasons"} | {
+    f"paired.phases.{phase}.baseline_samples": f"{phase.removesuffix('_s')}_stock_samples" for phase in DECODE_PHASES}
+# Decode cells' figures (schema 3): inference metrics, and the paired TTFT / TPOT ratios with their CIs.
+_DECODE = {f"metrics.{name}": name for name in DECODE_METRICS} | {
+    f"paired.phases.{phase}.{part}": f"{phase.removesuffix('_s')}_{part}"
+    for phase in DECODE_PHASES for part in ("ratio", "ci_low", "ci_high")}
 STEADY, NOISY, UNCHECKED = "steady", "noisy", "unchecked"
-_JOIN = ["machine", "sha", "model", "workload", "seq_len", "batch", "device"]
+_JOIN = ["machine", "sha", "model", "workload", "seq_len", "batch", "device", "new_tokens"]
 
 
 def latest_cells(bench: pd.DataFrame) -> pd.DataFrame:
@@ -51,14 +59,13 @@ def latest_cells(bench: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows["run_id"] == rows["newest_run"]].drop(columns="newest_run")
     if "rank.world_size" in rows and (rows["rank.world_size"].fillna(1) > 1).any():
         rows = merge_ranks(rows)
-    cells = rows.rename(columns={c: c.removeprefix("cell.") for c in CELL_COLUMNS} | _METRICS | _KEPT)
+    cells = rows.rename(columns={c: c.removeprefix("cell.") for c in CELL_COLUMNS} | _METRICS | _KEPT | _DECODE)
     keep = ["machine", "sha", "commit", *(c.removeprefix("cell.") for c in CELL_COLUMNS), "status", "reason",
-            *_METRICS.values(), *_KEPT.values()]
+            *_METRICS.values(), *_KEPT.values(), *_DECODE.values()]
     cells = cells.reindex(columns=keep).copy()
-    for column in _METRICS.values():
+    for column in (*_METRICS.values(), *_DECODE.values()):
         cells[column] = pd.to_numeric(cells[column], errors="coerce")
-    for column in _METRICS.values():  # a cell that did not run has no numbers, whatever it recorded
-        cells.loc[cells["status"] != "ok", column] = np.nan
+        cells.loc[cells["status"] != "ok", column] = np.nan  # a cell that did not run has no numbers
     return cells.reset_index(drop=True)
 
 
@@ -124,10 +131,12 @@ def comparison_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) ->
     stock = cells[cells["backend"] == "stock"]
     swapped = cells[cells["backend"] != "stock"].copy()
     swapped["stock_precision"] = swapped["precision"].map(baseline_precision)
+    swapped["stock_options"] = swapped["options"].map(stock_options)
     renamed = ("tokens_per_s", "peak_allocated_bytes", "energy_per_token_j", "samples_s", "noisy", "noise_reasons")
-    baseline = stock.rename(columns={"precision": "stock_precision"} | {name: f"stock_{name}" for name in renamed})
-    baseline = baseline[[*_JOIN, "stock_precision", *(f"stock_{name}" for name in renamed)]]
-    table = swapped.merge(baseline, on=[*_JOIN, "stock_precision"], how="left")
+    baseline = stock.rename(columns={"precision": "stock_precision", "options": "stock_options"}
+                            | {name: f"stock_{name}" for name in renamed})
+    baseline = baseline[[*_JOIN, "stock_precision", "stock_options", *(f"stock_{name}" for name in renamed)]]
+    table = swapped.merge(baseline, on=[*_JOIN, "stock_precision", "stock_options"], how="left")
     speedups = pd.DataFrame([_speedup(row) for _, row in table.iterrows()], index=table.index,
                             columns=["speedup", "speedup_ci_low", "speedup_ci_high", "speedup_basis"])
     table[speedups.columns] = speedups
@@ -142,7 +151,8 @@ def comparison_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) ->
     table["parity"] = table["parity"].fillna(UNTESTED)
     table["parity_cases"] = table["parity_cases"].fillna("0/0")
     table["flagged"] = table["parity"].isin(FLAGGED_PARITY)
-    table = table.sort_values(["machine", "model", "workload", "batch", "seq_len", "backend", "precision"])
+    table = table.sort_values(["machine", "model", "workload", "new_tokens", "batch", "seq_len", "backend",
+                               "precision", "options"])
     return table[TABLE_COLUMNS].reset_index(drop=True)
 
 

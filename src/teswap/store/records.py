@@ -13,6 +13,13 @@ from typing import Any, ClassVar
 
 BENCH_STATUSES = ("ok", "oom", "error", "skipped")
 PARITY_STATUSES = ("passed", "failed", "skipped", "error")
+# A decode cell's inference metrics, in every bench record's "metrics" (null outside decode cells;
+# definitions in teswap.benchmark.decode_metrics), and the phases a decode step times inside itself,
+# which a paired record's "paired.phases" gives a ratio and CI each. The benchmark writes these and
+# the reports read them: named once, here.
+DECODE_METRICS = ("ttft_s", "tpot_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "decode_tokens_per_s",
+                  "e2e_tokens_per_s", "energy_per_output_token_j")
+DECODE_PHASES = ("ttft_s", "tpot_s")
 
 
 def _pick(cls: type, record: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +47,7 @@ class BenchRecord:
     paired: dict[str, Any] | None = None  # a swapped cell timed with its stock baseline: both sides' rounds, speedup CI
     noise: dict[str, Any] | None = None  # the noise guard's verdict: noisy, reasons, figures, attempts
     clocks: dict[str, Any] | None = None  # GPU clocks, temperature and clock event reasons while timed
+    decode: dict[str, Any] | None = None  # a decode cell's per-generation phases and per-token latencies
 
     def __post_init__(self) -> None:
         if self.status not in BENCH_STATUSES:

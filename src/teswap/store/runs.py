@@ -30,7 +30,7 @@ from teswap.store.provenance import Provenance
 from teswap.store.ranks import RankInfo, rank_info
 from teswap.store.records import Record
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RECORD_KINDS = ("parity", "bench")
 
 
@@ -167,5 +167,17 @@ def _bench_1_to_2(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "schema_version": 2}
 
 
+def _bench_2_to_3(record: dict[str, Any]) -> dict[str, Any]:
+    """Schema 3 adds the decode workload: a cell's `new_tokens` (0 outside decode) and speed `options`
+    ("" for none), and a record's `decode` field (null outside decode). Older cells had none of them."""
+    if record.get("kind") == "bench":
+        cell = record.get("cell")
+        if isinstance(cell, dict):
+            record = {**record, "cell": {**cell, "new_tokens": cell.get("new_tokens", 0),
+                                         "options": cell.get("options", "")}}
+        record = {"decode": None, **record}
+    return {**record, "schema_version": 3}
+
+
 # _MIGRATIONS[v] turns a version-v record into version v+1.
-_MIGRATIONS: dict[int, Any] = {1: _bench_1_to_2}
+_MIGRATIONS: dict[int, Any] = {1: _bench_1_to_2, 2: _bench_2_to_3}
