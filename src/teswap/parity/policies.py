@@ -14,7 +14,7 @@ that matched stock on a trained model (SmolLM2-135M: fp32 gradients 1.71e-4 vs s
 bf16 swapped closer to the reference than stock). Slacks and floors were set from
 scripts/calibrate_policies.py (clean swaps of random-init presets and of SmolLM2-135M on real text);
 the numbers each bound rests on are in its provenance. Its last run (`--quick --mutations`, CPU, torch
-backend, commit 6a4e4e5-era main, 2026-11-30): over the clean
+backend, at commit a75fac0, 2026-11-30): over the clean
 swaps of tiny, tiny-llama3 and SmolLM2-135M the worst swapped/stock ratio was 1.00 at fp32, 1.34 at
 bf16 (greedy prefix; 1.05 on every other bound), 1.22 at fp8-delayed and 1.13 at fp8-current, against
 the factor 2 (4 on KL); the lowest FP8 rel_rms ratio was 0.85, against the floor 0.5 that a skipped
