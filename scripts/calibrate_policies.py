@@ -8,6 +8,11 @@ real model and prints whether the swap verdict caught it. The policy slacks and 
 teswap.parity.policies cite what this prints. CPU:
 
     .venv/bin/python scripts/calibrate_policies.py [--quick] [--mutations] [--json OUT]
+
+A part of the grid, e.g. the FP8 rows of two mutations only:
+
+    .venv/bin/python scripts/calibrate_policies.py --no-clean --mutations --only rope-base-10000,fp8-skipped \
+        --precisions fp8-delayed,fp8-current --json OUT
 """
 
 from __future__ import annotations
@@ -25,10 +30,10 @@ PRECISIONS = ("fp32", "bf16", "fp8-delayed", "fp8-current")
 REAL = "smollm2-135m"
 
 
-def clean_cases(quick: bool) -> list[ParityCase]:
+def clean_cases(quick: bool, precisions: tuple[str, ...] = PRECISIONS) -> list[ParityCase]:
     """Random-init presets at two shapes and seeds, and the real model at two shapes."""
     cases = []
-    for precision in PRECISIONS:
+    for precision in precisions:
         for source in ("tiny", "tiny-llama3"):
             for seed in (0,) if quick else (0, 1):
                 for batch, seq_len in ((2, 128),) if quick else ((2, 64), (2, 128)):
@@ -39,11 +44,12 @@ def clean_cases(quick: bool) -> list[ParityCase]:
     return cases
 
 
-def mutation_cases() -> list[tuple[str, ParityCase]]:
+def mutation_cases(names: tuple[str, ...] = tuple(MUTATIONS),
+                   precisions: tuple[str, ...] = PRECISIONS) -> list[tuple[str, ParityCase]]:
     """Every mutation at every precision it applies to, on the real model at a short shape."""
     out = []
-    for name in MUTATIONS:
-        for precision in PRECISIONS:
+    for name in names:
+        for precision in precisions:
             if name == "fp8-skipped" and not precision.startswith("fp8"):
                 continue  # nothing to skip
             out.append((name, ParityCase(source=REAL, precision=precision, batch=2, seq_len=64, batches=1,
@@ -81,23 +87,39 @@ def print_clean(rows: list[dict]) -> None:
                       f"{values['swapped']:11.4g} {str(values['stock_passed']):>9}")
 
 
+def _names(allowed: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown {unknown or text!r}; choose from {','.join(allowed)}")
+        return names
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, one shape")
     parser.add_argument("--mutations", action="store_true", help="also run every mutation on the real model")
     parser.add_argument("--json", help="write every case's summary here")
+    parser.add_argument("--no-clean", action="store_true", help="skip the clean swaps (with --mutations)")
+    parser.add_argument("--precisions", type=_names(PRECISIONS), default=PRECISIONS,
+                        help=f"comma-separated subset of {','.join(PRECISIONS)}")
+    parser.add_argument("--only", type=_names(tuple(MUTATIONS)), default=tuple(MUTATIONS),
+                        help=f"comma-separated subset of the mutations: {','.join(MUTATIONS)}")
     args = parser.parse_args()
     started, rows = time.perf_counter(), []
-    for case in clean_cases(args.quick):
+    for case in () if args.no_clean else clean_cases(args.quick, args.precisions):
         report = run_parity_case(case)
         rows.append(summarise(report))
         verdict = "PASS" if report.passed else "FAIL " + report.failure_summary()
         print(f"clean {case.source_name:12} {case.precision:12} {case.batch}x{case.seq_len} seed {case.seed}: "
               f"{verdict} (precision {report.precision_verdict})")
-    print_clean(rows)
+    if rows:
+        print_clean(rows)
     caught = []
     if args.mutations:
-        for name, case in mutation_cases():
+        for name, case in mutation_cases(args.only, args.precisions):
             with mutation(name):
                 report = run_parity_case(case)
             caught.append({"mutation": name, **summarise(report)})
@@ -107,6 +129,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"provenance": capture_provenance().to_dict(), "backend": "torch", "quick": args.quick,
+                       "precisions": list(args.precisions), "mutations_run": list(args.only) if args.mutations else [],
                        "clean": rows, "mutations": caught}, handle, indent=1, default=str)
 
 
