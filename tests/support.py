@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import LlamaConfig
+
+from teswap.hardware.nvml import PowerMeter
 
 
 def llama(**overrides) -> LlamaConfig:
@@ -50,3 +54,27 @@ def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(ids).logits
 
 
+
+
+class MeterOnClock(PowerMeter):
+    """A GPU drawing a constant `power_w`: NVML's total-energy counter (mJ) follows `clock` (seconds), whether
+    that is the wall clock or a test's scripted one. 50 °C, 1500 MHz, 1 GiB used."""
+
+    def __init__(self, clock: Callable[[], float], power_w: float) -> None:
+        self.clock, self.power = clock, power_w
+        self.start = clock()
+
+    def total_energy_mj(self) -> int:
+        return round((self.clock() - self.start) * self.power * 1e3)
+
+    def power_w(self) -> float:
+        return self.power
+
+    def temperature_c(self) -> float:
+        return 50.0
+
+    def sm_clock_mhz(self) -> float:
+        return 1500.0
+
+    def memory_used_bytes(self) -> int:
+        return 1 << 30

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
+from support import MeterOnClock
 from teswap import build_pair
 from teswap.benchmark import runner
 from teswap.benchmark.mfu import ModelShape
@@ -12,7 +15,6 @@ from teswap.benchmark.plan import Cell
 from teswap.benchmark.records import METRIC_FIELDS
 from teswap.benchmark.runner import CellContext, measure_cell
 from teswap.benchmark.timing import TimingPolicy
-from teswap.hardware.nvml import PowerMeter
 
 FAST = TimingPolicy(warmup=1, min_samples=3, max_samples=5, budget_s=0.05)
 
@@ -85,34 +87,9 @@ def test_keyboard_interrupt_is_not_swallowed(pair, monkeypatch):
         measure_cell(cell(), pair.swapped, ModelShape.from_config(pair.config), CellContext(policy=FAST))
 
 
-class SteadyMeter(PowerMeter):
-    """A 400 W GPU whose counter follows the wall clock exactly."""
-
-    def __init__(self) -> None:
-        import time
-
-        self.clock = time.perf_counter
-        self.start = self.clock()
-
-    def total_energy_mj(self) -> int:
-        return int((self.clock() - self.start) * 400_000)
-
-    def power_w(self) -> float:
-        return 400.0
-
-    def temperature_c(self) -> float:
-        return 50.0
-
-    def sm_clock_mhz(self) -> float:
-        return 1500.0
-
-    def memory_used_bytes(self) -> int:
-        return 1 << 30
-
-
 def test_energy_window_runs_the_measured_model_until_its_minimum_length(pair):
-    ctx = CellContext(policy=FAST, meter=SteadyMeter(), energy_null_reason=None, min_energy_window_s=0.3,
-                      idle_power_w=60.0)
+    ctx = CellContext(policy=FAST, meter=MeterOnClock(time.perf_counter, 400.0), energy_null_reason=None,
+                      min_energy_window_s=0.3, idle_power_w=60.0)
     the_cell = cell()
     outcome = measure_cell(the_cell, pair.swapped, ModelShape.from_config(pair.config), ctx)
     metrics = outcome.metrics

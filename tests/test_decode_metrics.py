@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from support import llama
+from support import MeterOnClock, llama
 from teswap.benchmark.decode import DecodeStep, HFCacheDecoder
 from teswap.benchmark.decode_metrics import decode_summary, percentile, step_timings
 from teswap.benchmark.mfu import ModelShape, flops_per_token
@@ -14,7 +14,6 @@ from teswap.benchmark.plan import Cell
 from teswap.benchmark.runner import CellContext, measure_cell
 from teswap.benchmark.timing import PerfCounterTimer, TimingPolicy
 from teswap.benchmark.token_clock import HostTokenClock
-from teswap.hardware.nvml import PowerMeter
 from teswap.swap.pair import build_pair
 
 
@@ -110,28 +109,6 @@ def test_decode_flops_per_token_count_one_query_over_the_mean_context():
         flops_per_token(shape, prompt, "decode", 1)
 
 
-class CounterOnTheScriptedClock(PowerMeter):
-    """NVML's total-energy counter (mJ) of a GPU drawing `power_w` whenever the scripted clock moves."""
-
-    def __init__(self, clock: ScriptedClock, power_w: float) -> None:
-        self.clock, self.power = clock, power_w
-
-    def total_energy_mj(self) -> int:
-        return round(self.clock() * self.power * 1e3)
-
-    def power_w(self) -> float:
-        return self.power
-
-    def temperature_c(self) -> float:
-        return 50.0
-
-    def sm_clock_mhz(self) -> float:
-        return 1500.0
-
-    def memory_used_bytes(self) -> int:
-        return 1 << 30
-
-
 def test_a_decode_cells_energy_per_output_token_is_the_counter_over_its_generations_output_tokens(tiny_pair):
     """Through the sweep's own measurement: a generation takes 0.25 s + 3 x 0.01 s at 300 W, so whatever the
     window's length, energy per output token is 300 W x 0.28 s / (batch 2 x 4 tokens) = 10.5 J."""
@@ -139,7 +116,7 @@ def test_a_decode_cells_energy_per_output_token_is_the_counter_over_its_generati
     clock = ScriptedClock(prefill_s=0.25, token_s=0.01)
     handle = model.register_forward_pre_hook(clock.hook, with_kwargs=True)
     ctx = CellContext(policy=TimingPolicy(warmup=1, min_samples=3, max_samples=3, block_steps=1, budget_s=1e-9),
-                      noise=NoisePolicy(remeasure=0), meter=CounterOnTheScriptedClock(clock, 300.0),
+                      noise=NoisePolicy(remeasure=0), meter=MeterOnClock(clock, 300.0),
                       energy_null_reason=None, min_energy_window_s=1.0, clock=clock, timer=ScriptedTimer(clock))
     cell = Cell(model="tiny", workload="decode", backend="stock", precision="fp32", seq_len=6, batch=2, device="cpu",
                 new_tokens=4)
