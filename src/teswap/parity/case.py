@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from teswap.parity.capture import layer_outputs
-from teswap.parity.generation import Context, matched_tokens
+from teswap.parity.generation import Context, greedy_continuations, matched_tokens, nullcontext_factory
 from teswap.parity.inputs import CaseInputs, case_inputs
 from teswap.parity.metrics import (
     TokenErrors,
@@ -147,11 +147,71 @@ def reference_dtype_for(device: torch.device, precision: str = "fp32") -> torch.
     return torch.float64 if device.type == "cpu" and precision == "fp32" else torch.float32
 
 
-def run_parity_case(case: ParityCase, policy: Policy | None = None, pair: Pair | None = None) -> ParityReport:
+class ReferenceRuns:
+    """The reference model of one pair at one dtype, one case's inputs, and what it gives on them, each run once.
+
+    bf16 and the FP8 recipes share a pair (bf16 weights) and an fp32 reference, and a case's inputs depend
+    only on its shape and seed, so the reference's forwards, gradients and greedy continuations of the
+    first such case serve the others (and the FP8 cases' second look at the first batch). Held: the
+    reference's logits and hidden states per batch, its gradients and continuations.
+    """
+
+    def __init__(self, pair: Pair, dtype: torch.dtype, inputs_key: tuple, inputs: CaseInputs) -> None:
+        self.pair, self.dtype, self.inputs_key, self.inputs = pair, dtype, inputs_key, inputs
+        self.model = copy.deepcopy(pair.stock).to(dtype=dtype)  # type: ignore[call-arg]  # transformers wraps .to
+        self._forwards: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._grads: tuple[torch.Tensor, float, dict[str, torch.Tensor]] | None = None
+        self._continuations: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def serves(self, pair: Pair, dtype: torch.dtype, inputs_key: tuple) -> bool:
+        return self.pair is pair and self.dtype == dtype and self.inputs_key == inputs_key
+
+    def forward(self, index: int, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and per-layer hidden states of input batch `index` (`ids`)."""
+        if index not in self._forwards:
+            self._forwards[index] = _forward(self.model, ids, nullcontext)
+        logits, hidden = self._forwards[index]
+        return logits, list(hidden)
+
+    def loss_and_grads(self, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+        """Loss and every parameter's gradient on `ids` (one batch: the first)."""
+        if self._grads is None or not torch.equal(self._grads[0], ids):
+            self._grads = (ids, *_loss_and_grads(self.model, ids, nullcontext))
+        return self._grads[1], self._grads[2]
+
+    def continuations(self, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """[prompts, new_tokens] greedy continuation of `prompts`."""
+        key = (prompts.shape[0], new_tokens)
+        if key not in self._continuations or not torch.equal(self._continuations[key][0], prompts):
+            self._continuations[key] = (prompts, greedy_continuations(self.model, prompts, new_tokens,
+                                                                      nullcontext_factory))
+        return self._continuations[key][1]
+
+
+class ReferenceCache:
+    """The last case's ReferenceRuns, handed to the next case when it has the same pair, dtype and inputs."""
+
+    def __init__(self) -> None:
+        self.runs: ReferenceRuns | None = None
+
+    def clear(self) -> None:
+        self.runs = None
+
+    def runs_for(self, pair: Pair, dtype: torch.dtype, case: ParityCase) -> ReferenceRuns:
+        key = (case.seq_len, case.batch, case.batches, case.seed, case.gen_prompts if case.gen_tokens else 0)
+        if self.runs is None or not self.runs.serves(pair, dtype, key):
+            self.runs = None  # one reference in memory at a time
+            self.runs = ReferenceRuns(pair, dtype, key, _inputs(case, pair))
+        return self.runs
+
+
+def run_parity_case(case: ParityCase, policy: Policy | None = None, pair: Pair | None = None,
+                    references: ReferenceCache | None = None) -> ParityReport:
     """Measure both models of the case's pair against the reference (the pair is built unless given).
 
     A given pair must be the case's: same source, backend, model dtype and QKV layout (cases at bf16
-    and the FP8 recipes can share one; nothing here changes its weights).
+    and the FP8 recipes can share one; nothing here changes its weights). A given ReferenceCache hands
+    back the reference runs of an earlier case with the same pair, reference dtype and inputs.
     """
     precision = require_precision(case.precision, case.backend, case.device)
     policy = policy or get_policy(case.precision)
@@ -159,8 +219,8 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None, pair: Pair |
                               device=case.device, fuse_qkv=case.fuse_qkv)
     _check_pair(pair, case, precision.model_dtype)
     ref_dtype = reference_dtype_for(pair.device, precision.name)
-    reference = copy.deepcopy(pair.stock).to(dtype=ref_dtype)  # type: ignore[call-arg]  # transformers wraps .to
-    inputs = _inputs(case, pair)
+    reference = (references or ReferenceCache()).runs_for(pair, ref_dtype, case)
+    inputs = reference.inputs
     models = {"stock": pair.stock, "swapped": pair.swapped}
     contexts = {"stock": stock_autocast(pair.stock, precision.name),
                 "swapped": lambda: swapped_autocast(precision.name, case.backend)}
@@ -210,14 +270,14 @@ class _Forwards:
 
 
 @torch.no_grad()
-def _compare_forwards(reference: nn.Module, models: Mapping[str, nn.Module], contexts: Mapping[str, Context],
+def _compare_forwards(reference: ReferenceRuns, models: Mapping[str, nn.Module], contexts: Mapping[str, Context],
                       inputs: CaseInputs) -> _Forwards:
     errors: dict[str, list[TokenErrors]] = {name: [] for name in MODELS}
     layer_sums = {name: torch.zeros(0) for name in MODELS}
     nll: dict[str, list[torch.Tensor]] = {name: [] for name in ("reference", *MODELS)}
     scale, blocks = 0.0, []
     for index, ids in enumerate(inputs.batches):
-        ref_logits, ref_hidden = _forward(reference, ids, nullcontext)
+        ref_logits, ref_hidden = reference.forward(index, ids)
         scale = scale or robust_scale(ref_logits)
         nll["reference"].append(token_nll(ref_logits, ids))
         batch, positions = ids.shape
@@ -255,13 +315,13 @@ def _samples(forward: _Forwards, case: ParityCase) -> dict[str, PairedSamples]:
     }
 
 
-def _localise_without_fp8(models: Mapping[str, nn.Module], ids: torch.Tensor, reference: nn.Module) -> int | None:
+def _localise_without_fp8(models: Mapping[str, nn.Module], ids: torch.Tensor, reference: ReferenceRuns) -> int | None:
     """Look for the diverging layer again with FP8 off (bf16 weights as built).
 
     FP8 noise (~4e-2 per layer) can hide a wrong RoPE or a half-swapped MLP in the hidden states
     while the loss and gradients still show it; without the quantization the same fault stands out.
     """
-    _, ref_hidden = _forward(reference, ids, nullcontext)
+    _, ref_hidden = reference.forward(0, ids)
     sums = {name: _layer_sums(torch.zeros(0), _forward(model, ids, nullcontext)[1], ref_hidden)
             for name, model in models.items()}
     errors = {name: [math.sqrt(e / r) if r else 0.0 for e, r in s.tolist()] for name, s in sums.items()}
@@ -282,17 +342,18 @@ def _loss_and_grads(model: nn.Module, ids: torch.Tensor, context: Context) -> tu
         with context():
             loss = model(ids, labels=ids, use_cache=False).loss
         loss.backward()  # outside the autocast, as TE's users do; FP8 state was saved in forward
-        grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+        # set_to_none drops the model's hold on each .grad: the tensors are ours without a copy.
+        grads = {name: p.grad.detach() for name, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
         return loss.item(), grads
     finally:
         model.eval()
 
 
-def _add_loss_and_grads(pair: Pair, reference: nn.Module, ids: torch.Tensor, contexts: Mapping[str, Context],
+def _add_loss_and_grads(pair: Pair, reference: ReferenceRuns, ids: torch.Tensor, contexts: Mapping[str, Context],
                         metrics: dict[str, dict[str, float]]) -> str:
     """Loss difference and global gradient error of both models; the swapped model's worst parameter."""
-    ref_loss, ref_grads = _loss_and_grads(reference, ids, nullcontext)
+    ref_loss, ref_grads = reference.loss_and_grads(ids)
     worst_name = ""
     for name, model in (("stock", pair.stock), ("swapped", pair.swapped)):
         loss, grads = _loss_and_grads(model, ids, contexts[name])
@@ -305,13 +366,14 @@ def _add_loss_and_grads(pair: Pair, reference: nn.Module, ids: torch.Tensor, con
     return worst_name
 
 
-def _add_generation(case: ParityCase, reference: nn.Module, models: Mapping[str, nn.Module],
+def _add_generation(case: ParityCase, reference: ReferenceRuns, models: Mapping[str, nn.Module],
                     contexts: Mapping[str, Context], inputs: CaseInputs, metrics: dict[str, dict[str, float]],
                     samples: dict[str, PairedSamples]) -> dict[str, float]:
     """Greedy continuations of the prompts: matched prefix per prompt for stock and swapped."""
     if not case.gen_tokens or not case.gen_prompts:
         return {}
-    matched = matched_tokens(dict(models), dict(contexts), reference, inputs.prompts, case.gen_tokens)
+    expected = reference.continuations(inputs.prompts, case.gen_tokens)
+    matched = matched_tokens(dict(models), dict(contexts), expected, inputs.prompts, case.gen_tokens)
     for name in MODELS:
         metrics[name]["prefix_match_rate"] = matched[name].mean().item() / case.gen_tokens
     samples["prefix_match_rate"] = PairedSamples(

@@ -34,10 +34,9 @@ def greedy_continuations(model: nn.Module, prompts: torch.Tensor, new_tokens: in
     return out[:, prompts.shape[1]:]
 
 
-def matched_tokens(models: dict[str, nn.Module], contexts: dict[str, Context], reference: nn.Module,
+def matched_tokens(models: dict[str, nn.Module], contexts: dict[str, Context], expected: torch.Tensor,
                    prompts: torch.Tensor, new_tokens: int) -> dict[str, torch.Tensor]:
-    """Per prompt, each model's matched prefix (tokens) against the reference's greedy continuation."""
-    expected = greedy_continuations(reference, prompts, new_tokens, nullcontext_factory)
+    """Per prompt, each model's matched prefix (tokens) against `expected`, the reference's greedy continuation."""
     return {name: matched_prefix_lengths(greedy_continuations(model, prompts, new_tokens, contexts[name]), expected)
             for name, model in models.items()}
 
