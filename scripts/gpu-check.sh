@@ -42,12 +42,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log it, keep go
 }
 
 cd "$REPO"
-step environment 60 "$PY" -m teswap.cli env --json
-"$PY" -m teswap.cli env --json > "$OUT/env.json" 2>/dev/null
+step environment 60 bash -o pipefail -c '"$1" -m teswap.cli env --json | tee "$2"' env "$PY" "$OUT/env.json"
 nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm,memory.total --format=csv >> "$LOG" 2>&1 \
   || echo "nvidia-smi: not available" >> "$LOG"
 
-TE=$("$PY" -c "from teswap.hardware.probe import probe_te; print('yes' if probe_te() else 'no')" 2>/dev/null || echo no)
+# What the environment step found (read as JSON: no second import of torch and transformers).
+TE=$("$PY" -c "import json, sys; print('yes' if json.load(open(sys.argv[1]))['backends']['te'] == 'available' else 'no')" \
+  "$OUT/env.json" 2>/dev/null || echo no)
 BACKENDS=torch
 [ "$TE" = yes ] && BACKENDS="torch te"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from teswap import build_pair
-from teswap.parity.case import ParityCase, run_parity_case
+from teswap.parity.case import ParityCase, ReferenceCache, run_parity_case
 from teswap.parity.mutations import mutation
 
 SHORT = dict(source="smollm2-135m", seq_len=48, batch=2, batches=1, gen_prompts=16, gen_tokens=6, grads=False)
@@ -23,6 +23,12 @@ def pairs(smollm2):
     return {torch.float32: build_pair("smollm2-135m"), torch.bfloat16: build_pair("smollm2-135m", dtype=torch.bfloat16)}
 
 
+@pytest.fixture(scope="module")
+def references():
+    """The clean bf16 and FP8 cases share one pair and inputs, so one fp32 reference run serves them all."""
+    return ReferenceCache()
+
+
 def _case(precision: str, **overrides) -> ParityCase:
     return ParityCase(precision=precision, **(SHORT | overrides))
 
@@ -32,8 +38,9 @@ def _pair_for(pairs, precision):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp8-delayed", "fp8-current"])
-def test_a_clean_swap_of_the_trained_model_passes(pairs, precision):
-    report = run_parity_case(_case(precision, grads=precision == "fp32"), pair=_pair_for(pairs, precision))
+def test_a_clean_swap_of_the_trained_model_passes(pairs, references, precision):
+    report = run_parity_case(_case(precision, grads=precision == "fp32"), pair=_pair_for(pairs, precision),
+                             references=references)
     assert report.passed, report.failure_summary()
     assert "real text" in report.inputs
     if not precision.startswith("fp8"):  # FP8 stock (q, k, v scaled apart) and TE (one QKV scale) differ more
