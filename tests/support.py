@@ -54,8 +54,6 @@ def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(ids).logits
 
 
-
-
 class MeterOnClock(PowerMeter):
     """A GPU drawing a constant `power_w`: NVML's total-energy counter (mJ) follows `clock` (seconds), whether
     that is the wall clock or a test's scripted one. 50 °C, 1500 MHz, 1 GiB used."""

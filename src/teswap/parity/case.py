@@ -160,32 +160,31 @@ class ReferenceRuns:
         self.pair, self.dtype, self.inputs_key, self.inputs = pair, dtype, inputs_key, inputs
         self.model = copy.deepcopy(pair.stock).to(dtype=dtype)  # type: ignore[call-arg]  # transformers wraps .to
         self._forwards: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
-        self._grads: tuple[torch.Tensor, float, dict[str, torch.Tensor]] | None = None
-        self._continuations: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._grads: tuple[float, dict[str, torch.Tensor]] | None = None
+        self._continuations: dict[int, torch.Tensor] = {}
 
     def serves(self, pair: Pair, dtype: torch.dtype, inputs_key: tuple) -> bool:
         return self.pair is pair and self.dtype == dtype and self.inputs_key == inputs_key
 
-    def forward(self, index: int, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits and per-layer hidden states of input batch `index` (`ids`)."""
+    def forward(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and per-layer hidden states of input batch `index`."""
         if index not in self._forwards:
-            self._forwards[index] = _forward(self.model, ids, nullcontext)
+            self._forwards[index] = _forward(self.model, self.inputs.batches[index], nullcontext)
         logits, hidden = self._forwards[index]
         return logits, list(hidden)
 
-    def loss_and_grads(self, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
-        """Loss and every parameter's gradient on `ids` (one batch: the first)."""
-        if self._grads is None or not torch.equal(self._grads[0], ids):
-            self._grads = (ids, *_loss_and_grads(self.model, ids, nullcontext))
-        return self._grads[1], self._grads[2]
+    def loss_and_grads(self) -> tuple[float, dict[str, torch.Tensor]]:
+        """Loss and every parameter's gradient on the first input batch."""
+        if self._grads is None:
+            self._grads = _loss_and_grads(self.model, self.inputs.batches[0], nullcontext)
+        return self._grads
 
-    def continuations(self, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        """[prompts, new_tokens] greedy continuation of `prompts`."""
-        key = (prompts.shape[0], new_tokens)
-        if key not in self._continuations or not torch.equal(self._continuations[key][0], prompts):
-            self._continuations[key] = (prompts, greedy_continuations(self.model, prompts, new_tokens,
-                                                                      nullcontext_factory))
-        return self._continuations[key][1]
+    def continuations(self, new_tokens: int) -> torch.Tensor:
+        """[prompts, new_tokens] greedy continuation of the inputs' prompts."""
+        if new_tokens not in self._continuations:
+            self._continuations[new_tokens] = greedy_continuations(self.model, self.inputs.prompts, new_tokens,
+                                                                   nullcontext_factory)
+        return self._continuations[new_tokens]
 
 
 class ReferenceCache:
@@ -236,7 +235,7 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None, pair: Pair |
     divergent = first_divergent_layer(forward.layers["swapped"], forward.layers["stock"],
                                       floor=LAYER_FLOOR.get(precision.name, LAYER_FLOOR_FP8))
     if divergent is None and precision.is_fp8:
-        divergent = _localise_without_fp8(models, inputs.batches[0], reference)
+        divergent = _localise_without_fp8(models, reference)
     return ParityReport(case=case, policy=policy, verdict=verdict,
                         reference_dtype=str(ref_dtype).removeprefix("torch."), swapped=metrics["swapped"],
                         stock=metrics["stock"], swapped_layer_errors=forward.layers["swapped"],
@@ -277,7 +276,7 @@ def _compare_forwards(reference: ReferenceRuns, models: Mapping[str, nn.Module],
     nll: dict[str, list[torch.Tensor]] = {name: [] for name in ("reference", *MODELS)}
     scale, blocks = 0.0, []
     for index, ids in enumerate(inputs.batches):
-        ref_logits, ref_hidden = reference.forward(index, ids)
+        ref_logits, ref_hidden = reference.forward(index)
         scale = scale or robust_scale(ref_logits)
         nll["reference"].append(token_nll(ref_logits, ids))
         batch, positions = ids.shape
@@ -315,13 +314,14 @@ def _samples(forward: _Forwards, case: ParityCase) -> dict[str, PairedSamples]:
     }
 
 
-def _localise_without_fp8(models: Mapping[str, nn.Module], ids: torch.Tensor, reference: ReferenceRuns) -> int | None:
+def _localise_without_fp8(models: Mapping[str, nn.Module], reference: ReferenceRuns) -> int | None:
     """Look for the diverging layer again with FP8 off (bf16 weights as built).
 
     FP8 noise (~4e-2 per layer) can hide a wrong RoPE or a half-swapped MLP in the hidden states
     while the loss and gradients still show it; without the quantization the same fault stands out.
     """
-    _, ref_hidden = reference.forward(0, ids)
+    ids = reference.inputs.batches[0]
+    _, ref_hidden = reference.forward(0)
     sums = {name: _layer_sums(torch.zeros(0), _forward(model, ids, nullcontext)[1], ref_hidden)
             for name, model in models.items()}
     errors = {name: [math.sqrt(e / r) if r else 0.0 for e, r in s.tolist()] for name, s in sums.items()}
@@ -353,7 +353,7 @@ def _loss_and_grads(model: nn.Module, ids: torch.Tensor, context: Context) -> tu
 def _add_loss_and_grads(pair: Pair, reference: ReferenceRuns, ids: torch.Tensor, contexts: Mapping[str, Context],
                         metrics: dict[str, dict[str, float]]) -> str:
     """Loss difference and global gradient error of both models; the swapped model's worst parameter."""
-    ref_loss, ref_grads = reference.loss_and_grads(ids)
+    ref_loss, ref_grads = reference.loss_and_grads()
     worst_name = ""
     for name, model in (("stock", pair.stock), ("swapped", pair.swapped)):
         loss, grads = _loss_and_grads(model, ids, contexts[name])
@@ -372,7 +372,7 @@ def _add_generation(case: ParityCase, reference: ReferenceRuns, models: Mapping[
     """Greedy continuations of the prompts: matched prefix per prompt for stock and swapped."""
     if not case.gen_tokens or not case.gen_prompts:
         return {}
-    expected = reference.continuations(inputs.prompts, case.gen_tokens)
+    expected = reference.continuations(case.gen_tokens)
     matched = matched_tokens(dict(models), dict(contexts), expected, inputs.prompts, case.gen_tokens)
     for name in MODELS:
         metrics[name]["prefix_match_rate"] = matched[name].mean().item() / case.gen_tokens
