@@ -68,11 +68,19 @@ def test_missing_and_empty_stores_are_one_line_errors(tmp_path, capsys):
     assert "does not exist" in err[0] and "empty" in err[1] and "invalid choice: 'xlsx'" in err[2]
 
 
-def test_corrupted_line_names_file_and_line_and_can_be_skipped(tmp_path, capsys):
+def test_a_torn_last_line_is_reported_with_a_warning_a_corrupt_one_is_an_error(tmp_path, capsys):
     path = write_commit(tmp_path, fake_sha(1), "2026-01-01T10:00:00+00:00", seed=1)
     total = len(path.read_text().splitlines())
     with open(path, "a") as handle:
         handle.write('{"schema_version": 1, "kind": "bench", "cell": {"mod')  # a writer killed mid-line
+    out = tmp_path.parent / "report"
+    assert teswap(["report", "--results", str(tmp_path), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("teswap: warning: ") and f"{path.name}:{total + 1}" in err and "torn last line" in err
+    published = (out / "results.md").read_text()
+    assert "| llama3.2-1b |" in published and f"{path.name}:{total + 1}" in published  # named in the report
+    with open(path, "a") as handle:  # more lines after it: now a corrupt line in the middle of the file
+        handle.write("\n" + path.read_text().splitlines()[0] + "\n")
     with pytest.raises(StoreError, match=rf"{path.name}:{total + 1}: unreadable record"):
         load_frame(tmp_path)
     assert teswap(["report", "--results", str(tmp_path)]) == 2
@@ -81,9 +89,9 @@ def test_corrupted_line_names_file_and_line_and_can_be_skipped(tmp_path, capsys)
     assert teswap(["report", "--results", str(tmp_path), "--skip-bad"]) == 0
     captured = capsys.readouterr()
     assert captured.err.startswith("teswap: warning: ") and "skipped" in captured.err
-    assert "| llama3.2-1b |" in captured.out
+    assert "| llama3.2-1b |" in captured.out and f"{path.name}:{total + 1}" in captured.out
     with pytest.warns(UserWarning, match="skipped"):
-        assert len(load_frame(tmp_path, skip_bad=True)) == total
+        assert len(load_frame(tmp_path, skip_bad=True)) == total + 1
 
 
 def test_records_from_a_newer_teswap_are_refused_by_line(tmp_path):
@@ -120,8 +128,8 @@ def test_concurrent_writers_and_a_killed_one_leave_a_loadable_store(tmp_path):
     (killed,) = tmp_path.glob(f"*/*{fake_sha(3)[:7]}*")
     with open(killed, "a") as handle:  # what a kill in the middle of a write would leave
         handle.write('{"schema_version": 1, "kind": "bench", "cel')
-    with pytest.warns(UserWarning, match="skipped"):
-        bench = bench_frame(load_frame(tmp_path, skip_bad=True))
+    with pytest.warns(UserWarning, match="torn last line"):
+        bench = bench_frame(load_frame(tmp_path))
     for sha in (fake_sha(1), fake_sha(2)):
         assert sorted(select(bench, sha=sha)["cell.seq_len"]) == [128 * (i + 1) for i in range(60)]
     survived = select(bench, sha=fake_sha(3))["cell.seq_len"].tolist()

@@ -12,7 +12,15 @@ from dataclasses import replace
 import pytest
 
 from teswap.store.provenance import capture_provenance
-from teswap.store.runs import SCHEMA_VERSION, StoreError, load_records, migrate, open_run, read_records
+from teswap.store.runs import (
+    SCHEMA_VERSION,
+    StoreError,
+    TornRecordWarning,
+    load_records,
+    migrate,
+    open_run,
+    read_records,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +86,13 @@ def test_killed_writer_keeps_finished_records_and_store_stays_loadable(tmp_path,
     proc.join()
     with open(path, "a") as handle:  # what a writer killed mid-write would leave
         handle.write('{"schema_version": 1, "kind": "bench", "i": ')
-    with pytest.raises(StoreError, match=r"killed\.jsonl:\d+: unreadable record"):
-        load_records(tmp_path)
-    with pytest.warns(UserWarning, match="skipped"):
-        records = load_records(tmp_path, skip_bad=True)
+    with pytest.warns(TornRecordWarning, match=r"killed\.jsonl:\d+: unreadable record .* torn last line"):
+        records = load_records(tmp_path)  # no skip_bad needed: a torn last line is what a crash leaves
     assert [r["i"] for r in records] == list(range(len(records))) and len(records) > 10
+    with open(path, "a") as handle:  # the torn line is now in the middle: corruption, not a crash
+        handle.write("\n" + json.dumps({"schema_version": 1, "kind": "bench", "i": -1}) + "\n")
+    with pytest.raises(StoreError, match=rf"killed\.jsonl:{len(records) + 1}: unreadable record"):
+        load_records(tmp_path)
 
 
 def test_corrupt_line_is_named_by_file_and_line(tmp_path, provenance):

@@ -215,14 +215,16 @@ def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str) -> int:
 
 
 def _report(plan: RunPlan, provenance: Provenance) -> None:
-    from teswap.reporting.frame import load_frame
+    from teswap.reporting.frame import load_frame_noting
     from teswap.reporting.publish import render, sections, write_charts, write_tables
 
-    frame = load_frame(plan.results)
+    frame, notes = load_frame_noting(plan.results)  # a torn last line is skipped and named, as `teswap report` does
+    for note in notes:
+        print(f"teswap: warning: {note}", file=sys.stderr)
     parts = sections(frame, machine=machine_slug(provenance), sha=provenance.git.sha)
     out = plan.results / "report"
-    written = write_tables(parts, out)
+    written = write_tables(parts, out, notes=notes)
     for part in parts:
         written += [p for _, paths in write_charts(part, out / "charts") for p in paths]
-    print("\n" + render(parts, "md"))
+    print("\n" + render(parts, "md", notes))
     print(f"report: {out}/ ({len(written)} files: tables as md/html/csv/tex, charts as png/svg)")

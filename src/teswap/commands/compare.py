@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from teswap.reporting.github_action_benchmark import write_gab
     from teswap.reporting.regression import compare_commits, count_verdicts, has_regression
 
-    everything = load_store(args.results, args.skip_bad)
+    everything, _ = load_store(args.results, args.skip_bad)
     frame = select(everything, machine=args.machine)
     if frame.empty:
         raise ReportError(f"no records from machine {args.machine!r}; machines in the store: "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,23 +45,23 @@ def main(args: argparse.Namespace) -> int:
     from teswap.reporting.html import write_site
     from teswap.reporting.publish import render, sections, write_charts, write_tables
 
-    frame = load_store(args.results, args.skip_bad)
+    frame, notes = load_store(args.results, args.skip_bad)
     thresholds = thresholds_from(args)
     sha = resolve_revision(args.commit, frame, args.repo) if args.commit else None
     parts = sections(frame, machine=args.machine, sha=sha, repo=args.repo)
     written: list[Path] = []
     if args.out:
-        written += write_tables(parts, args.out)
+        written += write_tables(parts, args.out, notes=notes)
         for part in parts:
             written += [path for _, paths in write_charts(part, Path(args.out) / "charts") for path in paths]
     if args.html:
         written.append(write_site(frame, args.html, machine=args.machine, sha=sha, repo=args.repo,
                                   metric=args.history_metric, thresholds=thresholds,
-                                  include_dirty=args.include_dirty, store=str(args.results)))
+                                  include_dirty=args.include_dirty, store=str(args.results), notes=notes))
     if args.gab:
         written += write_gab(*_single_machine(parts), args.gab)
     if not written:
-        sys.stdout.write(render(parts, args.format))
+        sys.stdout.write(render(parts, args.format, notes))
     for path in written:
         print(path)
     return 0
@@ -77,16 +76,15 @@ def thresholds_from(args: argparse.Namespace) -> Thresholds:
     return Thresholds(**given)
 
 
-def load_store(results: str, skip_bad: bool) -> pd.DataFrame:
-    """The store as a frame; each skipped bad line becomes a `teswap: warning:` line on stderr."""
-    from teswap.reporting.frame import load_frame
+def load_store(results: str | Path, skip_bad: bool) -> tuple[pd.DataFrame, list[str]]:
+    """The store as a frame, and the lines it skipped (a torn last line; bad lines with --skip-bad), each also a
+    `teswap: warning:` line on stderr."""
+    from teswap.reporting.frame import load_frame_noting
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        frame = load_frame(results, skip_bad=skip_bad)
-    for warning in caught:
-        print(f"teswap: warning: {warning.message}", file=sys.stderr)
-    return frame
+    frame, notes = load_frame_noting(results, skip_bad=skip_bad)
+    for note in notes:
+        print(f"teswap: warning: {note}", file=sys.stderr)
+    return frame, notes
 
 
 def _single_machine(parts: list[Section]) -> tuple[pd.DataFrame, pd.DataFrame]:

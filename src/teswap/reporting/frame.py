@@ -8,6 +8,7 @@ gets `machine` (the store folder it came from), `source` (its file, relative to 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pandas as pd
 from teswap.reporting.errors import ReportError
 from teswap.speed_options import options_label
 from teswap.store.records import DECODE_METRICS, DECODE_PHASES
-from teswap.store.runs import iter_run_files, read_records
+from teswap.store.runs import SkippedRecordWarning, iter_run_files, read_records
 
 # The fields that name one benchmark cell; with the machine they name one configuration. new_tokens and
 # options (schema 3) are 0 and "" outside decode cells.
@@ -89,6 +90,21 @@ def load_frame(root: Path | str, skip_bad: bool = False) -> pd.DataFrame:
     if not rows:
         raise ReportError(f"no records under {root}: the store is empty (benchmarks and parity runs write there)")
     return frame_from_records(rows)
+
+
+def load_frame_noting(root: Path | str, skip_bad: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """load_frame, and a note naming each line it skipped (a torn last line always; other bad lines with
+    skip_bad), for the report to show; other warnings pass through."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedRecordWarning)
+        frame = load_frame(root, skip_bad=skip_bad)
+    notes = []
+    for warning in caught:
+        if issubclass(warning.category, SkippedRecordWarning):
+            notes.append(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return frame, notes
 
 
 def _kind(frame: pd.DataFrame, kind: str, columns: Iterable[str],

@@ -4,6 +4,7 @@ script, so it opens from the file system with no server."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -86,21 +87,24 @@ def _history_html(frame: pd.DataFrame, root: Path, metric: str, thresholds: Thre
 
 def write_site(frame: pd.DataFrame, directory: Path | str, *, machine: str | None = None, sha: str | None = None,
                repo: Path | str | None = None, metric: str = "tokens_per_s",
-               thresholds: Thresholds = DEFAULT_THRESHOLDS, include_dirty: bool = False, store: str = "") -> Path:
-    """Write the report site under `directory` and return the path of its index.html."""
+               thresholds: Thresholds = DEFAULT_THRESHOLDS, include_dirty: bool = False, store: str = "",
+               notes: Sequence[str] = ()) -> Path:
+    """Write the report site under `directory` and return the path of its index.html; `notes` name the store
+    lines skipped on reading."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     parts = sections(frame, machine=machine, sha=sha, repo=repo)
     history_frame = frame if machine is None else select(frame, machine=machine)
     body = "".join(_section_html(part, root) for part in parts)
     body += _history_html(history_frame, root, metric, thresholds, repo, include_dirty)
-    downloads = [p.name for p in write_tables(parts, root)]
+    downloads = [p.name for p in write_tables(parts, root, notes=notes)]
     links = " ".join(f'<a href="{escape(name)}">{escape(name)}</a>' for name in downloads)
     nav = "".join(f'<a href="#results-{escape(p.machine)}">{escape(p.title)}</a>' for p in parts)
     counts = frame["kind"].value_counts()
     summary = (f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {escape(store or 'the store')}: "
                f"{int(counts.get('bench', 0))} benchmark and {int(counts.get('parity', 0))} parity records, "
-               f"{frame['machine'].nunique()} machine(s), {frame['sha'].nunique()} commit(s).")
+               f"{frame['machine'].nunique()} machine(s), {frame['sha'].nunique()} commit(s)."
+               + "".join(f" Not read: {escape(note)}." for note in notes))
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>teswap results</title>'
             f"<style>{CSS}</style></head>\n<body><header><h1>teswap results</h1><p>{summary}</p>"
             f'<nav>{nav}<a href="#history">history</a><a href="#downloads">downloads</a></nav></header>\n<main>'

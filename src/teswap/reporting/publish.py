@@ -5,7 +5,7 @@ swapped) and its charts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -76,8 +76,9 @@ def sections(frame: pd.DataFrame, *, machine: str | None = None, sha: str | None
     return out
 
 
-def render(parts: list[Section], fmt: str) -> str:
-    """All sections in one document of format md, html, csv or tex."""
+def render(parts: list[Section], fmt: str, notes: Sequence[str] = ()) -> str:
+    """All sections in one document of format md, html, csv or tex; `notes` (store lines skipped on reading,
+    teswap.reporting.frame.load_frame_noting) close the md, html and tex documents."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fmt == "csv":
@@ -102,7 +103,19 @@ def render(parts: list[Section], fmt: str) -> str:
             if decode:
                 chunks.append(formats.to_latex(decode, caption=f"{part.title}: decode, stock beside swapped."))
             chunks.append(formats.to_latex(parity, caption=f"{part.title}: parity of swapped and stock."))
-    return "\n".join(chunks)
+    return "\n".join(chunks) + _notes(notes, fmt)
+
+
+def _notes(notes: Sequence[str], fmt: str) -> str:
+    """The store's skipped lines under the tables, so a reader knows what the report could not read."""
+    if not notes:
+        return ""
+    if fmt == "md":
+        return "\n**Not read from the store:**\n\n" + "".join(f"- {note}\n" for note in notes)
+    if fmt == "html":
+        items = "".join(f"<li>{escape(note)}</li>" for note in notes)
+        return f"<h3>Not read from the store</h3><ul>{items}</ul>\n"
+    return "\n" + "".join(f"% not read from the store: {note}\n" for note in notes)
 
 
 def render_parity_csv(parts: list[Section]) -> str:
@@ -110,15 +123,16 @@ def render_parity_csv(parts: list[Section]) -> str:
     return pd.concat([parity_table(p.parity) for p in parts]).to_csv(index=False)
 
 
-def write_tables(parts: list[Section], directory: Path | str, stem: str = "results") -> list[Path]:
-    """`<stem>.md`, `.html`, `.csv` and `.tex` under `directory`, the parity cases as `<stem>-parity.csv` and
-    the decode table (when there are decode cells) as `<stem>-decode.csv`."""
+def write_tables(parts: list[Section], directory: Path | str, stem: str = "results",
+                 notes: Sequence[str] = ()) -> list[Path]:
+    """`<stem>.md`, `.html`, `.csv` and `.tex` under `directory` (with `notes`, as render's), the parity cases as
+    `<stem>-parity.csv` and the decode table (when there are decode cells) as `<stem>-decode.csv`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in FORMATS:
         path = directory / f"{stem}.{fmt}"
-        path.write_text(render(parts, fmt), encoding="utf-8")
+        path.write_text(render(parts, fmt, notes), encoding="utf-8")
         paths.append(path)
     path = directory / f"{stem}-parity.csv"
     path.write_text(render_parity_csv(parts), encoding="utf-8")

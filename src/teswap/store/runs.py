@@ -8,8 +8,10 @@ Layout (documented in results/README.md):
 never share a folder. Each line is one record (a parity case or a benchmark cell) with
 `schema_version`, `kind`, `run_id` and full provenance. A line is written whole under an exclusive
 file lock, flushed and fsynced before `append` returns, so a crash or Ctrl-C loses no finished record
-and two writers in one file cannot interleave. A killed writer leaves at worst one truncated last
-line, which the loader reports by file and line (or skips with a warning when asked).
+and two writers in one file cannot interleave. A killed writer leaves at worst one torn last line
+(cut short: no newline at the end of the file); the loader skips it with a TornRecordWarning naming
+the file and line. Any other unreadable line (in the middle of a file, or a whole last line that is not
+a record) is corruption: an error by file and line, or skipped with a warning when asked.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ RECORD_KINDS = ("parity", "bench")
 
 class StoreError(TeswapError):
     """A results file cannot be read; the message names the file and line."""
+
+
+class SkippedRecordWarning(UserWarning):
+    """An unreadable line was skipped; the message names the file and line (reports show it)."""
+
+
+class TornRecordWarning(SkippedRecordWarning):
+    """A run file's last line was cut short (a writer killed mid-write): skipped, named by file and line."""
 
 
 def machine_slug(provenance: Provenance | dict[str, Any]) -> str:
@@ -120,23 +130,35 @@ def iter_run_files(root: Path | str) -> Iterator[Path]:
 
 
 def read_records(path: Path, *, skip_bad: bool = False) -> list[dict[str, Any]]:
-    """Records of one file, migrated to the current schema; bad lines raise (or warn and skip)."""
+    """Records of one file, migrated to the current schema. A torn last line (no newline at the end of
+    the file) is skipped with a TornRecordWarning; other bad lines raise (or, with skip_bad, warn and skip)."""
     records = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-                records.append(migrate(record))
+                records.append(_parse(line))
             except ValueError as err:
-                message = f"{path}:{number}: unreadable record ({err}); the file may be truncated or corrupted"
-                if not skip_bad:
-                    raise StoreError(message + " (load with skip_bad=True / --skip-bad to skip it)") from None
-                warnings.warn(message + "; skipped", stacklevel=2)
+                message = f"{path}:{number}: unreadable record ({err})"
+                # Only the last line can lack its newline; cut short, it is no JSON: a write that never finished.
+                if not line.endswith("\n") and isinstance(err, json.JSONDecodeError):
+                    warnings.warn(f"{message}; a torn last line (a write cut short), skipped", TornRecordWarning,
+                                  stacklevel=2)
+                elif skip_bad:
+                    warnings.warn(f"{message}; the file may be corrupted; skipped", SkippedRecordWarning,
+                                  stacklevel=2)
+                else:
+                    raise StoreError(f"{message}; the file may be corrupted (load with skip_bad=True / --skip-bad "
+                                     "to skip it)") from None
     return records
+
+
+def _parse(line: str) -> dict[str, Any]:
+    record = json.loads(line)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    return migrate(record)
 
 
 def load_records(root: Path | str, *, skip_bad: bool = False, kind: str | None = None) -> list[dict[str, Any]]:
