@@ -4,6 +4,7 @@
     presets.py   named model configs as Python functions (tiny ones for CPU, real shapes for GPUs)
     sources.py   a preset or checkpoint name, a config, a local path -> a config, its weights and tokenizer
     checkpoints.py  real checkpoints offline: hub-cache snapshots, GGUF converted once, smollm2-135m
+    checkpoint_checks.py  a checkpoint's files whole and readable, every shard there, weights matching config.json
     replace.py   `replace_decoder`, the scoped, locked class swap (TE's te_llama pattern)
     loading.py   from_pretrained under the swap: checkpoint keys mapped to the TE layout, or the load fails
     metadata.py  HF's model-level metadata made to follow the swap (output recording, no-split, TP)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from teswap.errors import SourceError
+from teswap.swap.checkpoint_checks import loading_errors
 
 CACHE_ENV = "TESWAP_CACHE"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -93,7 +94,8 @@ def gguf_to_safetensors(gguf: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
-        _convert_gguf(gguf, staging)
+        with loading_errors(f"{gguf}: cannot read it as GGUF"):  # a corrupt file: one line, not gguf's traceback
+            _convert_gguf(gguf, staging)
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
         try:
             staging.rename(target)  # atomic: a reader sees the whole directory or none of it

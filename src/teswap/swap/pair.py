@@ -13,6 +13,7 @@ from teswap.errors import MappingError, TeswapError
 from teswap.layers.backends import get_backend
 from teswap.layers.hf_adapter import validate_config
 from teswap.layers.rope import bind_rope
+from teswap.swap.checkpoint_checks import loading_errors
 from teswap.swap.checksum import tensor_checksum
 from teswap.swap.families import Family, family_for_config
 from teswap.swap.mapping import hf_to_te_state_dict, te_to_hf_state_dict
@@ -91,7 +92,8 @@ def _build_stock(resolved: ResolvedSource, family: Family, *, seed: int, dtype: 
         torch.manual_seed(seed)
         if resolved.weights_dir is not None:
             # No device_map: that needs `accelerate`; load on the host, then move.
-            model = causal_lm.from_pretrained(resolved.weights_dir, dtype=dtype, local_files_only=True)
+            with loading_errors(f"{resolved.weights_dir}: cannot load the weights"):  # past the header checks
+                model = causal_lm.from_pretrained(resolved.weights_dir, dtype=dtype, local_files_only=True)
             return model.to(device)  # type: ignore[arg-type]  # transformers wraps .to
         with torch.device(device):
             return causal_lm._from_config(copy.deepcopy(resolved.config), dtype=dtype)

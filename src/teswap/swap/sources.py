@@ -20,6 +20,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 from teswap.errors import SourceError
+from teswap.swap.checkpoint_checks import check_checkpoint
 from teswap.swap.checkpoints import CHECKPOINTS, gguf_to_safetensors, hub_snapshot
 from teswap.swap.presets import PRESETS
 
@@ -70,7 +71,8 @@ def _from_path(path: Path, *, name: str) -> ResolvedSource:
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
     except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
         raise SourceError(f"cannot read {directory / 'config.json'}: {err}") from None
-    has_weights = any(directory.glob("*.safetensors"))
+    check_checkpoint(directory, config)  # unreadable, truncated, missing or mismatched weights: one line
+    has_weights = any(directory.glob("*.safetensors")) or any(directory.glob("*.safetensors.index.json"))
     has_tokenizer = any((directory / file).is_file() for file in _TOKENIZER_FILES)
     return ResolvedSource(name=name, config=config, weights_dir=directory if has_weights else None,
                           tokenizer_dir=directory if has_tokenizer else None)
