@@ -18,6 +18,7 @@ from teswap.benchmark.records import (
     METRIC_FIELDS,
     MODEL_CONFIG_FIELDS,
     STATS_FIELDS,
+    bench_record,
 )
 from teswap.benchmark.summary import COLUMNS, summary_legend, summary_rows, summary_table
 from teswap.benchmark.sweep import run_sweep
@@ -67,6 +68,22 @@ def test_plan_runs_one_stock_baseline_per_dtype_and_prefill_before_train():
 def test_bad_sweeps_are_refused_with_the_reason(overrides, message):
     with pytest.raises(BenchConfigError, match=message):
         plan_cells(spec(**overrides))
+
+
+def test_sequences_past_the_models_positions_are_refused_unless_asked_for_then_recorded(provenance):
+    with pytest.raises(BenchConfigError, match="prefill seq_len 5000: 5000 positions, beyond tiny's "
+                                               "max_position_embeddings of 1024; pass --beyond-max-positions"):
+        plan_cells(spec(seq_lens=(512, 5000)))
+    with pytest.raises(BenchConfigError, match=r"decode seq_len 1000 \+ new_tokens 32: 1032 positions"):
+        plan_cells(spec(workloads=("decode",), seq_lens=(1000,), new_tokens=(32,)))
+    within, beyond = plan_cells(spec(seq_lens=(512, 5000), backends=("stock",), beyond_max_positions=True))
+    assert "beyond_max_positions" not in within.to_dict() and beyond.to_dict()["beyond_max_positions"] is True
+    record = bench_record(cell=beyond, model_config={}, provenance=provenance, status="skipped", reason="", stats=None,
+                          metrics={}, gpu={}, settings={})
+    assert record.cell["beyond_max_positions"] is True  # the cell says it ran past the limit
+    assert record.cell_key != bench_record(cell=dataclasses.replace(beyond, beyond_max_positions=False),
+                                           model_config={}, provenance=provenance, status="skipped", reason="",
+                                           stats=None, metrics={}, gpu={}, settings={}).cell_key
 
 
 def test_each_cell_becomes_one_complete_record(tmp_path, provenance):

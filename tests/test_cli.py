@@ -82,6 +82,9 @@ def test_run_fails_with_exit_1_when_the_swap_is_corrupted(capsys, monkeypatch, t
     (["run", "--seq-lens", "0"], "argument --seq-lens: expected a positive integer, got 0"),
     (["run", "--precision", "fp7"], "unknown precision 'fp7'"),
     (["run", "--backend", "te"], "backend 'te' is unavailable"),
+    (["run", "--model", "tiny", "--seq-lens", "100000"], "100000 positions, beyond tiny's max_position_embeddings"),
+    (["bench", "--seq-lens", "5000"], "prefill seq_len 5000: 5000 positions, beyond tiny's max_position_embeddings"),
+    (["check", "--seq-len", "5000"], "parity seq_len 5000: 5000 positions, beyond tiny's max_position_embeddings"),
     (["frobnicate"], "argument command: invalid choice"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):

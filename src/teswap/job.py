@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from teswap.benchmark.plan import SweepSpec, default_spec, describe, resolve_device
+from teswap.benchmark.plan import SweepSpec, default_spec, describe, plan_cells, resolve_device
 from teswap.errors import SourceError, TeswapError
 from teswap.hardware.probe import Availability, default_device, probe_te
 from teswap.layers.backends import get_backend
@@ -66,7 +66,8 @@ class RunPlan:
 
 
 def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | None, seq_lens: list[int] | None,
-             batches: list[int] | None, device: str | None, results: Path) -> RunPlan:
+             batches: list[int] | None, device: str | None, results: Path,
+             beyond_max_positions: bool = False) -> RunPlan:
     """Defaults by hardware, each with its reason; flags override. Bad names fail here, before any work."""
     reasons: list[str] = []
     device = device or default_device()
@@ -80,9 +81,10 @@ def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | 
     # FP8 emulation speed on a CPU says nothing about FP8: the CPU sweep times fp32 only.
     timed = [p for p in precisions if on_gpu or p == "fp32"] or ["fp32"]
     sweep = sweep.overriding(models=[model] if model else None, backends=("stock", *backends), precisions=timed,
-                             seq_lens=seq_lens, batches=batches)
+                             seq_lens=seq_lens, batches=batches, beyond_max_positions=beyond_max_positions or None)
     for source in {parity.source_name, *sweep.models}:
         resolve_source(source)
+    plan_cells(sweep)  # a sequence past a model's positions is refused here, before any work
     return RunPlan(device=device, backends=backends, precisions=tuple(precisions), parity=parity, sweep=sweep,
                    sweep_why=sweep_why, results=results, reasons=reasons)
 

@@ -23,6 +23,7 @@ from teswap.benchmark.timing import TimingPolicy
 from teswap.benchmark.workloads import WORKLOADS
 from teswap.precision.table import PRECISIONS, baseline_precision
 from teswap.speed_options import NONE, option_names, options_label, parse_options, stock_options
+from teswap.swap.positions import beyond_limit
 
 SWAPPED_BACKENDS = ("torch", "te")
 # The CPU default leaves decode out: `teswap run` and the test suite run that sweep, and decode's cells
@@ -45,9 +46,19 @@ class Cell:
     device: str
     new_tokens: int = 0  # decode: tokens generated after the prompt; 0 for prefill and train
     options: str = ""  # decode speed options, canonical (teswap.speed_options); "" for none
+    beyond_max_positions: bool = False  # more positions than the model's max_position_embeddings, asked for
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record's "cell"; `beyond_max_positions` only where set, so other cells read as before."""
+        fields = asdict(self)
+        if not self.beyond_max_positions:
+            del fields["beyond_max_positions"]
+        return fields
+
+    @property
+    def positions(self) -> int:
+        """The longest sequence the cell runs: the prompt and, for decode, every generated token."""
+        return self.seq_len + (self.new_tokens if self.workload == "decode" else 0)
 
     @property
     def tokens_per_step(self) -> int:
@@ -114,6 +125,7 @@ class SweepSpec:
     cooldown_s: float = 0.0
     threads: int | None = None  # torch intra-op threads during the sweep; None leaves torch's setting
     build_on: str = "host"  # where pairs are built: "host", or "device" (then offloaded to the host)
+    beyond_max_positions: bool = False  # run cells longer than a model's max_position_embeddings (else refused)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -171,7 +183,8 @@ def _decode_axes(spec: SweepSpec, workload: str, backend: str) -> list[tuple[int
 
 def plan_cells(spec: SweepSpec) -> list[Cell]:
     """Every cell of the sweep, in run order: per model and dtype, stock then each backend; prefill and decode
-    before training (whose steps change the weights)."""
+    before training (whose steps change the weights). A cell longer than its model's max_position_embeddings
+    is refused (BenchConfigError naming the limit) unless the spec allows it; then the cell says so."""
     device = str(resolve_device(spec.device))
     dtypes = list(dict.fromkeys(baseline_precision(p) for p in spec.precisions))
     cells: list[Cell] = []
@@ -187,7 +200,23 @@ def plan_cells(spec: SweepSpec) -> list[Cell]:
                             for new, option in _decode_axes(spec, workload, backend)
                             for seq_len in dict.fromkeys(spec.seq_lens) for batch in dict.fromkeys(spec.batches)
                         )
-    return cells
+    return _within_positions(cells, spec)
+
+
+def _within_positions(cells: list[Cell], spec: SweepSpec) -> list[Cell]:
+    """The cells, each within its model's positions, or marked beyond them when the spec allows it."""
+    from teswap.swap.sources import resolve_source
+
+    configs = {model: resolve_source(model).config for model in dict.fromkeys(c.model for c in cells)}
+    checked = []
+    for cell in cells:
+        decode = f" + new_tokens {cell.new_tokens}" if cell.workload == "decode" else ""
+        refusal = beyond_limit(configs[cell.model], cell.positions, model=cell.model,
+                               what=f"{cell.workload} seq_len {cell.seq_len}{decode}")
+        if refusal and not spec.beyond_max_positions:
+            raise BenchConfigError(refusal)
+        checked.append(replace(cell, beyond_max_positions=True) if refusal else cell)
+    return checked
 
 
 def default_spec(device: torch.device, te_available: bool) -> tuple[SweepSpec, str]:

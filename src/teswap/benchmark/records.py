@@ -27,8 +27,10 @@ from teswap.store.runs import load_records, machine_slug
 
 FINISHED = ("ok", "oom")  # a rerun of the same sweep on the same commit and machine skips these
 CELL_FIELDS = ("model", "workload", "backend", "precision", "seq_len", "batch", "device")
-# Cell fields added by schema 3 (decode); in the resume identity only when set, so older cells keep their keys.
+# Cell fields added by schema 3 (decode), and the mark of a cell run past its model's positions (only in such
+# cells); in the resume identity only when set, so older cells keep their keys.
 DECODE_CELL_FIELDS = {"new_tokens": 0, "options": ""}
+OPTIONAL_CELL_FIELDS = {**DECODE_CELL_FIELDS, "beyond_max_positions": False}
 MODEL_CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                        "num_key_value_heads", "head_dim", "vocab_size", "params")
 STATS_FIELDS = ("median_s", "iqr_s", "mean_s", "std_s", "min_s", "count", "warmup", "samples_s")
@@ -60,7 +62,7 @@ def recipe_fields(precision: str, backend: str) -> dict[str, Any] | None:
 def cell_key(cell: dict[str, Any], model_config: dict[str, Any], provenance: dict[str, Any]) -> str:
     """Identity of a measured cell for resuming: the cell, the model shape, the commit and the machine."""
     git = provenance.get("git", {})
-    decode = {name: cell[name] for name, unset in DECODE_CELL_FIELDS.items() if cell.get(name, unset) != unset}
+    decode = {name: cell[name] for name, unset in OPTIONAL_CELL_FIELDS.items() if cell.get(name, unset) != unset}
     identity = {
         "cell": {**{name: cell.get(name) for name in CELL_FIELDS}, **decode},
         "model_config": {name: model_config.get(name) for name in MODEL_CONFIG_FIELDS},

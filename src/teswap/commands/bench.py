@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="torch intra-op threads during the sweep (default: 1 on CPU, torch's own on GPU)")
     sweep.add_argument("--build-on", choices=("host", "device"),
                        help="build each pair in host memory, or on the device and offload it (default on GPU)")
+    sweep.add_argument("--beyond-max-positions", action="store_true",
+                       help="measure sequences past a model's max_position_embeddings (else refused; the cells "
+                            "record it)")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--warmup", type=non_negative_int, help="untimed steps per cell")
     timing.add_argument("--min-samples", type=positive_int)
@@ -91,6 +94,7 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, str, bool]:
         paired=False if args.sequential else None,
         min_energy_window_s=args.min_energy_window_s, sample_interval_s=args.sample_interval_s,
         idle_s=args.idle_s, cooldown_s=args.cooldown_s, threads=args.threads, build_on=args.build_on,
+        beyond_max_positions=args.beyond_max_positions or None,
     )
     return spec, why, spec == default
 

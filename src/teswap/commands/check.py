@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--gen-prompts", type=non_negative_int, default=16, help="prompts to decode greedily (0: skip)")
     check.add_argument("--gen-tokens", type=non_negative_int, default=24, help="greedy tokens per prompt (0: skip)")
     check.add_argument("--no-grads", action="store_true", help="skip the loss/gradient comparison")
+    check.add_argument("--beyond-max-positions", action="store_true",
+                       help="allow a --seq-len past the model's max_position_embeddings (recorded in the case)")
     check.add_argument("--mutate", metavar="NAME",
                        help="run with a deliberate fault in the swap (gate-up-swapped, layer-at-init, rope-base-10000, "
                             "fp8-skipped) to see the check catch it: expect exit 1; nothing is recorded")
@@ -55,7 +57,8 @@ def main(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     case = ParityCase(source=args.model, backend=args.backend, precision=args.precision, seq_len=args.seq_len,
                       batch=args.batch, batches=args.batches, seed=args.seed, device=device, fuse_qkv=args.fuse_qkv,
-                      gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, grads=not args.no_grads)
+                      gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, grads=not args.no_grads,
+                      beyond_max_positions=args.beyond_max_positions)
     with mutation(args.mutate) if args.mutate else nullcontext():
         report = run_parity_case(case, policy)
     print(report_text(report) + (f"\n(mutation {args.mutate}: a FAIL is the expected outcome)" if args.mutate else ""))

@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="the results store, as in every teswap command (records are appended; the report goes "
                           "to DIR/report); --out is the old name, kept as an alias")
     run.add_argument("--skip-bench", action="store_true", help="parity only")
+    run.add_argument("--beyond-max-positions", action="store_true",
+                     help="measure --seq-lens past the model's max_position_embeddings (else refused; cells record it)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -29,7 +31,8 @@ def main(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     plan = plan_run(model=args.model, backend=args.backend, precisions=args.precision, seq_lens=args.seq_lens,
-                    batches=args.batch, device=args.device, results=args.results)
+                    batches=args.batch, device=args.device, results=args.results,
+                    beyond_max_positions=args.beyond_max_positions)
     code = run_job(plan, bench=not args.skip_bench)
     print(f"teswap run: finished in {time.perf_counter() - started:.1f} s (exit {code})")
     return code

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from teswap.errors import UnsupportedInputError
 from teswap.parity.capture import layer_outputs
 from teswap.parity.generation import Context, greedy_continuations, matched_tokens, nullcontext_factory
 from teswap.parity.inputs import CaseInputs, case_inputs
@@ -43,6 +44,7 @@ from teswap.precision.stock import stock_autocast
 from teswap.store.records import ParityRecord
 from teswap.swap.mapping import te_to_hf_state_dict
 from teswap.swap.pair import Pair, build_pair
+from teswap.swap.positions import beyond_limit
 from teswap.swap.sources import resolve_source
 
 # A swapped layer "diverges" when its hidden-state error exceeds 4x the stock model's error at the same
@@ -70,6 +72,7 @@ class ParityCase:
     gen_tokens: int = 24
     grads: bool = True
     calibration_steps: int = 2  # grad-enabled FP8 forwards before measuring (DelayedScaling scales)
+    beyond_max_positions: bool = False  # a seq_len past the model's max_position_embeddings, asked for
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch", "batches"):
@@ -83,8 +86,10 @@ class ParityCase:
         return self.source if isinstance(self.source, str) else "config"
 
     def as_dict(self) -> dict:
+        """The record's "case"; `beyond_max_positions` only where set, so other cases read as before."""
         fields = asdict(self) | {"source": None}
-        return {"model": self.source_name, **{k: v for k, v in fields.items() if k != "source"}}
+        dropped = {"source", *(() if self.beyond_max_positions else ("beyond_max_positions",))}
+        return {"model": self.source_name, **{k: v for k, v in fields.items() if k not in dropped}}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,6 +218,10 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None, pair: Pair |
     back the reference runs of an earlier case with the same pair, reference dtype and inputs.
     """
     precision = require_precision(case.precision, case.backend, case.device)
+    refusal = beyond_limit(resolve_source(case.source).config, case.seq_len, model=case.source_name,
+                           what=f"parity seq_len {case.seq_len}")
+    if refusal and not case.beyond_max_positions:
+        raise UnsupportedInputError(refusal)
     policy = policy or get_policy(case.precision)
     pair = pair or build_pair(case.source, seed=case.seed, backend=case.backend, dtype=precision.model_dtype,
                               device=case.device, fuse_qkv=case.fuse_qkv)

@@ -5,6 +5,7 @@
     sources.py   a preset or checkpoint name, a config, a local path -> a config, its weights and tokenizer
     checkpoints.py  real checkpoints offline: hub-cache snapshots, GGUF converted once, smollm2-135m
     checkpoint_checks.py  a checkpoint's files whole and readable, every shard there, weights matching config.json
+    positions.py the positions a model was built for; runs past them refused unless asked for
     replace.py   `replace_decoder`, the scoped, locked class swap (TE's te_llama pattern)
     loading.py   from_pretrained under the swap: checkpoint keys mapped to the TE layout, or the load fails
     metadata.py  HF's model-level metadata made to follow the swap (output recording, no-split, TP)
