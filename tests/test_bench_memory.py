@@ -114,3 +114,88 @@ def test_settle_refuses_qkv_after_a_move_and_frees_what_was_left_behind():
                 qkv.value_weight.untyped_storage().data_ptr()}
     assert len(storages) == 1  # views of one fused buffer again, made where the model now is
     assert left_behind() is None  # the old fused buffer is gone, not kept on the old device
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    return build_pair("tiny", seed=0, backend="torch", dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("workload", ["prefill", "train", "decode"])
+@pytest.mark.parametrize("seq_len", [32, 128])
+def test_the_estimate_is_within_ten_percent_of_the_measured_peak(tiny_pair, workload, seq_len):
+    """The cell's estimate against the peak the sweep measures (one untimed step under the live-tensor counter,
+    after warm-up steps have made the optimizer state), for stock and the torch twin."""
+    from teswap.benchmark.memory_estimate import estimate_cell
+    from teswap.benchmark.mfu import ModelShape
+    from teswap.benchmark.plan import Cell
+    from teswap.benchmark.workloads import make_input_ids, prepare_step, release
+
+    ids = make_input_ids(tiny_pair.config.vocab_size, 2, seq_len, seed=0, device=torch.device("cpu"))
+    for backend, model in (("stock", tiny_pair.stock), ("torch", tiny_pair.swapped)):
+        cell = Cell(model="tiny", workload=workload, backend=backend, precision="fp32", seq_len=seq_len, batch=2,
+                    device="cpu", new_tokens=8 if workload == "decode" else 0)
+        step = prepare_step(workload, model, ids, backend=backend, precision="fp32", new_tokens=cell.new_tokens)
+        try:
+            step()
+            step()
+            measured = cpu_step_peak_bytes(step, step.resident_tensors())
+        finally:
+            release(step)
+        estimate = estimate_cell(cell, ModelShape.from_config(tiny_pair.config)).total_bytes
+        assert 0.9 <= estimate / measured <= 1.1, (backend, estimate, measured)
+
+
+def test_a_cell_that_would_not_fit_is_skipped_with_its_estimate_and_the_free_memory(tmp_path, monkeypatch):
+    from teswap.benchmark import sweep
+    from teswap.benchmark.plan import SweepSpec
+    from teswap.benchmark.timing import TimingPolicy
+    from teswap.hardware.free_memory import FreeMemory
+    from teswap.store.provenance import capture_provenance
+
+    free = 7_500_000  # room to build the tiny pair (3 x 2 MB) and run a prefill, not a training step (AdamW)
+    monkeypatch.setattr(sweep, "free_memory", lambda device: FreeMemory(free, "test allowance"))
+    spec = SweepSpec(models=("tiny",), workloads=("prefill", "train"), backends=("stock",), precisions=("fp32",),
+                     seq_lens=(32,), batches=(2,), device="cpu", threads=1,
+                     policy=TimingPolicy(warmup=1, min_samples=3, max_samples=4, budget_s=0.02))
+    result = sweep.run_sweep(spec, results_root=tmp_path, provenance=capture_provenance())
+    prefill, train = (result.records[key] for key in result.keys)
+    assert prefill["status"] == "ok" and prefill["metrics"]["peak_allocated_bytes"] > 0
+    assert train["status"] == "skipped" and train["stats"] is None
+    assert "estimated peak 0.01 GiB (weights 0.00, gradients 0.00, optimizer 0.00, activations 0.00 GiB)" \
+        in train["reason"] and "free memory, 0.01 GiB (test allowance)" in train["reason"]
+    assert train["metrics"]["free_memory_bytes"] == free and train["metrics"]["free_memory_method"] == "test allowance"
+    assert train["metrics"]["estimated_peak_bytes"] > 0.9 * free > prefill["metrics"]["estimated_peak_bytes"]
+
+
+def test_a_pair_too_big_to_build_skips_its_cells_without_building_them(tmp_path, monkeypatch):
+    from teswap.benchmark import sweep
+    from teswap.benchmark.plan import SweepSpec
+    from teswap.hardware.free_memory import FreeMemory
+    from teswap.store.provenance import capture_provenance
+
+    monkeypatch.setattr(sweep, "free_memory", lambda device: FreeMemory(24 * 1024**3, "test allowance"))
+    monkeypatch.setattr(sweep, "build_pair", lambda *a, **k: pytest.fail("a 7B pair must not be built in 24 GiB"))
+    spec = SweepSpec(models=("llama2-7b",), workloads=("prefill",), backends=("stock", "torch"),
+                     precisions=("fp32",), seq_lens=(32,), batches=(1,), device="cpu", threads=1)
+    result = sweep.run_sweep(spec, results_root=tmp_path, provenance=capture_provenance())
+    assert [r["status"] for r in result.records.values()] == ["skipped", "skipped"]
+    record = next(iter(result.records.values()))
+    reason = record["reason"]
+    assert record["metrics"]["free_memory_bytes"] == 24 * 1024**3 and record["metrics"]["estimated_build_bytes"] > 0
+    assert reason.startswith("building the llama2-7b pair (float32: stock, swapped and the weights mapped between "
+                             "them): estimated peak 75.") and "24.00 GiB" in reason
+
+
+def test_free_host_memory_is_memavailable_capped_by_the_cgroup_limit(tmp_path, monkeypatch):
+    from teswap.hardware import free_memory as module
+
+    (tmp_path / "meminfo").write_text("MemTotal: 8000000 kB\nMemAvailable:    4000000 kB\n")
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("1000\n")
+    monkeypatch.setattr(module, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(module, "CGROUP", tmp_path)
+    cpu = torch.device("cpu")
+    assert module.free_memory(cpu) == module.FreeMemory(4_000_000 * 1024, "/proc/meminfo MemAvailable")
+    (tmp_path / "memory.max").write_text(f"{2 * 1024**3}\n")  # a container limited to 2 GiB: the OOM killer's line
+    assert module.free_memory(cpu) == module.FreeMemory(2 * 1024**3 - 1000, "cgroup memory.max - memory.current")

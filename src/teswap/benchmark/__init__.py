@@ -17,6 +17,7 @@ One concern per module:
     noise.py      the noise guard: spread, drift, per-round speedup spread, GPU clocks -> noisy with reasons
     clocks.py     SM/memory clocks, temperature and NVML clock event reasons read after every block
     memory.py     peak memory per cell (CUDA allocator peaks; live tensor bytes on CPU)
+    memory_estimate.py  a cell's (a pair build's, a parity case's) peak estimated from the shape; does it fit
     energy.py     energy windows (NVML counter), background power sampler, idle baseline
     mfu.py        FLOPs per token and MFU against a table of dense GPU peaks
     runner.py     one cell: measure() (warm-up, rounds, noise guard, energy, memory, MFU), alone or paired

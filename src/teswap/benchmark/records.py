@@ -38,7 +38,7 @@ METRIC_FIELDS = (
     "tokens_per_s", "peak_allocated_bytes", "peak_reserved_bytes", "peak_memory_method", "energy_j",
     "energy_per_token_j", "power_avg_w", "power_peak_w", "temperature_max_c", "sm_clock_avg_mhz", "energy_method",
     "energy_null_reason", "flops_per_token", "mfu_vs_bf16_peak", "mfu_vs_precision_peak", "mfu_null_reason",
-    "idle_power_w", *DECODE_METRICS,
+    "idle_power_w", *DECODE_METRICS, "estimated_peak_bytes", "free_memory_bytes",
 )
 
 

@@ -35,6 +35,7 @@ import torch
 
 from teswap.benchmark.decode_options import decode_skip_reason
 from teswap.benchmark.energy import idle_power_w
+from teswap.benchmark.memory_estimate import estimate_build, estimate_cell, fits, refusal, shape_of
 from teswap.benchmark.mfu import ModelShape
 from teswap.benchmark.plan import Cell, SweepSpec, plan_cells, resolve_device
 from teswap.benchmark.progress import NullProgress, Progress
@@ -43,6 +44,7 @@ from teswap.benchmark.residency import HOST, Placement, fits_together, move, off
 from teswap.benchmark.runner import Baseline, CellContext, CellOutcome, first_line, measure_cell, unmeasured
 from teswap.benchmark.signals import InterruptGuard, terminate_as_interrupt
 from teswap.errors import TeswapError
+from teswap.hardware.free_memory import free_memory
 from teswap.hardware.gpu_info import gpu_info
 from teswap.hardware.nvml import NvmlError, PowerMeter, power_meter
 from teswap.layers.backends import get_backend
@@ -114,9 +116,10 @@ class _Sweep:
         self.result.warnings.append(message)
         self.progress.warn(message)
 
-    def write_all(self, cells: list[Cell], status: str, reason: str) -> None:
+    def write_all(self, cells: list[Cell], status: str, reason: str, metrics: dict[str, Any] | None = None) -> None:
         for cell in cells:
-            self.write(cell, unmeasured(status, reason, self.ctx))
+            outcome = unmeasured(status, reason, self.ctx)
+            self.write(cell, replace(outcome, metrics={**outcome.metrics, **(metrics or {})}))
 
     def skip_reason(self, cell: Cell) -> str | None:
         if cell.backend != "stock":
@@ -126,13 +129,33 @@ class _Sweep:
                 return str(err)
         return decode_skip_reason(cell)
 
+    def memory_check(self, cell: Cell) -> tuple[str | None, dict[str, Any]]:
+        """Whether the cell's estimated peak fits the free memory now (its model is already on the device), and
+        the estimate and free memory for its record. A paired cell's stock baseline keeps its optimizer state
+        (and, on a GPU when both stay resident, its weights) beside it."""
+        device = torch.device(cell.device)
+        estimate = estimate_cell(cell, shape_of(self.configs[cell.model]))
+        needed, held = estimate.total_bytes - estimate.weights_bytes, "its weights, already in memory"
+        found = self.baseline_record(cell) if cell.backend != "stock" else None
+        if found is not None and fits_together(device, found[1]["metrics"].get("peak_allocated_bytes")):
+            stock = estimate_cell(found[0], shape_of(self.configs[cell.model]))
+            needed += stock.optimizer_bytes + (stock.weights_bytes if device.type != "cpu" else 0)
+            held += ", and its stock baseline's state beside it"
+        free = free_memory(device)
+        fields = {"estimated_peak_bytes": estimate.total_bytes, "estimated_peak": estimate.to_dict(),
+                  "free_memory_bytes": free.bytes, "free_memory_method": free.method}
+        return (None if fits(needed, free) else refusal(cell.label(), estimate, needed, free, held)), fields
+
     def run_cells(self, cells: list[Cell], measure_one: Callable[[Cell], CellOutcome]) -> None:
         """Each cell through `measure_one(cell)`, with the cooldown between cells and skips written."""
         for index, cell in enumerate(cells):
             if index and self.spec.cooldown_s:
                 time.sleep(self.spec.cooldown_s)  # let clocks and temperature settle between cells
             reason = self.skip_reason(cell)
-            self.write(cell, unmeasured("skipped", reason, self.ctx) if reason else measure_one(cell))
+            too_big, memory = self.memory_check(cell)
+            reason = reason or too_big
+            outcome = unmeasured("skipped", reason, self.ctx) if reason else measure_one(cell)
+            self.write(cell, replace(outcome, metrics={**outcome.metrics, **memory}))
 
     def baseline_record(self, cell: Cell) -> tuple[Cell, dict[str, Any]] | None:
         """The stock cell `cell` pairs with and its ok record; None when pairing is off or it has none."""
@@ -208,8 +231,27 @@ def _run_roles(sweep: _Sweep, pair: Pair, roles: list[tuple[str, list[Cell]]], d
                 sweep.run_cells(cells, lambda cell: sweep.measure_swapped(pair, cell, shape, device))
 
 
+def _build_refusal(sweep: _Sweep, model_source: str, dtype: torch.dtype) -> tuple[str | None, dict[str, Any]]:
+    """Why the pair cannot be built here (stock, swapped and the mapped weights do not fit where it is built),
+    and the estimate and free memory for the records of its cells."""
+    build_on = resolve_device(sweep.spec.device) if sweep.spec.build_on == "device" else HOST
+    estimate = estimate_build(shape_of(sweep.configs[model_source]), dtype)
+    free = free_memory(build_on)
+    fields = {"estimated_build_bytes": estimate.total_bytes, "free_memory_bytes": free.bytes,
+              "free_memory_method": free.method}
+    if fits(estimate.total_bytes, free):
+        return None, fields
+    what = (f"building the {model_source} pair ({str(dtype).removeprefix('torch.')}: stock, swapped and the weights "
+            "mapped between them)")
+    return refusal(what, estimate, estimate.total_bytes, free), fields
+
+
 def _run_group(sweep: _Sweep, model_source: str, dtype: torch.dtype, pending: list[Cell]) -> None:
     device = resolve_device(sweep.spec.device)
+    too_big, memory = _build_refusal(sweep, model_source, dtype)
+    if too_big:  # the OS would kill the process mid-build: every cell of the group is skipped, saying why
+        sweep.write_all(pending, "skipped", too_big, memory)
+        return
     for backend, roles in _build_plans(sweep, pending):
         try:
             pair: Pair | None = _build(sweep, model_source, backend, dtype, device)
