@@ -107,3 +107,21 @@ def test_installed_script_reports_unavailable_te_without_traceback():
     assert proc.stdout == ""
     assert proc.stderr.startswith("teswap: error: backend 'te' is unavailable: ")
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_transformers_bars_and_warnings_are_quiet_inside_a_command_and_restored_after(capsys, tmp_path):
+    from transformers import LlamaForCausalLM
+    from transformers.utils import logging
+
+    from support import llama
+
+    LlamaForCausalLM(llama()).save_pretrained(tmp_path / "checkpoint")
+    capsys.readouterr()
+    verbosity = logging.get_verbosity()
+    assert main(["check", "--model", str(tmp_path / "checkpoint"), "--no-record", "--gen-tokens", "4",
+                 "--gen-prompts", "2", "--seq-len", "16", "--no-grads"]) == 0
+    captured = capsys.readouterr()
+    assert "PASS" in captured.out and captured.err == ""  # no "Loading weights" bar, no generation warnings
+    assert logging.get_verbosity() == verbosity and logging.is_progress_bar_enabled()
+    LlamaForCausalLM.from_pretrained(tmp_path / "checkpoint")  # outside a command: transformers as it was
+    assert "Loading weights" in capsys.readouterr().err

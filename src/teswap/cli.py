@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from teswap.commands.args import Parser
+from teswap.commands.quiet import quiet_libraries
 from teswap.errors import TeswapError
 
 
@@ -31,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `teswap` script; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return _commands()[args.command].main(args)
+        with quiet_libraries():  # transformers' bars and warnings would interleave with teswap's output
+            return _commands()[args.command].main(args)
     except TeswapError as err:
         print(f"teswap: error: {err}", file=sys.stderr)
         return 2
