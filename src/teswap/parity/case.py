@@ -73,6 +73,7 @@ class ParityCase:
     grads: bool = True
     calibration_steps: int = 2  # grad-enabled FP8 forwards before measuring (DelayedScaling scales)
     beyond_max_positions: bool = False  # a seq_len past the model's max_position_embeddings, asked for
+    stands_for: str | None = None  # the timed model whose verdict this case gives, when its own cannot run here
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch", "batches"):
@@ -86,10 +87,11 @@ class ParityCase:
         return self.source if isinstance(self.source, str) else "config"
 
     def as_dict(self) -> dict:
-        """The record's "case"; `beyond_max_positions` only where set, so other cases read as before."""
-        fields = asdict(self) | {"source": None}
-        dropped = {"source", *(() if self.beyond_max_positions else ("beyond_max_positions",))}
-        return {"model": self.source_name, **{k: v for k, v in fields.items() if k not in dropped}}
+        """The record's "case"; `beyond_max_positions` and `stands_for` only where set, so other cases read as
+        before."""
+        fields = asdict(self)
+        unset = {"source", *(name for name in ("beyond_max_positions", "stands_for") if not fields[name])}
+        return {"model": self.source_name, **{k: v for k, v in fields.items() if k not in unset}}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,7 @@ from teswap.speed_options import option_names
 SHAPE = ["machine", "sha", "model", "seq_len", "new_tokens", "batch", "device"]
 CELL = [*SHAPE, "backend", "precision", "options"]
 FROM_COMPARISON = ["speedup", "speedup_ci_low", "speedup_ci_high", "speedup_basis", "noise", "noise_reasons", "parity",
-                   "flagged"]
+                   "parity_model", "flagged"]
 DECODE_COLUMNS = [
     "machine", "commit", "model", "seq_len", "new_tokens", "batch", "device", "backend", "precision", "options",
     "status", "reason", "ttft_s", "tpot_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "decode_tokens_per_s",

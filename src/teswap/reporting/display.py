@@ -105,12 +105,34 @@ def results_table(table: pd.DataFrame) -> Table:
             Cell(number(row["peak_memory_change"], "{:+.1%}"), numeric=True),
             Cell(number(row["energy_per_token_j"], "{:.3g}", 1e3), numeric=True),
             Cell(number(row["mfu_vs_precision_peak"], "{:.1%}"), numeric=True),
-            Cell(f"{mark}{parity_text} {row['parity_cases']}" if row["parity"] != "untested" else "untested",
-                 flag=flag),
+            Cell(_parity_text(row, mark, parity_text), flag=flag),
         ])
     flagged = any(row[7].flag for row in rows)
     decode = DECODE_ROWS_LEGEND if len(table) and (table["workload"] == "decode").any() else ""
-    return Table(headers=headers, rows=rows, legend=(FLAG_LEGEND if flagged else "") + RESULTS_LEGEND + decode)
+    borrowed = BORROWED_LEGEND if len(table) and (_borrowed(table)).any() else ""
+    return Table(headers=headers, rows=rows,
+                 legend=(FLAG_LEGEND if flagged else "") + RESULTS_LEGEND + decode + borrowed)
+
+
+BORROWED_LEGEND = (" parity (on M): the verdict of model M's case, checked in this model's place because its own "
+                   "case did not fit the machine (teswap run); it is not this model's own verdict.")
+
+
+def _borrowed(table: pd.DataFrame) -> pd.Series:
+    return table["parity_model"].notna() & (table["parity_model"].astype(str) != table["model"].astype(str))
+
+
+def _parity_text(row: pd.Series, mark: str, verdict: str) -> str:
+    """e.g. `passed 1/1`, or for a verdict measured on a stand-in `passed 1/1 (on llama3.2-1b)`."""
+    if row["parity"] == "untested":
+        return "untested"
+    return f"{mark}{verdict} {row['parity_cases']}{_on(row)}"
+
+
+def _on(row: pd.Series) -> str:
+    """` (on M)` when the verdict was measured on a stand-in model M, else nothing."""
+    model = row.get("parity_model")
+    return "" if _missing(model) or str(model) == str(row["model"]) else f" (on {model})"
 
 
 PARITY_LEGEND = ("Each cell is swapped / stock, both against the same high-precision reference run of stock on "
@@ -272,6 +294,6 @@ def decode_results_table(table: pd.DataFrame) -> Table:
                      Cell(str(row["new_tokens"]), numeric=True), Cell(str(row["batch"]), numeric=True),
                      Cell(f"{_backend_text(row)} {row['precision']}"),
                      *(Cell(text, flag=flag, numeric=True) for text in figures), Cell(_noise_text(row)),
-                     Cell(MISSING if _missing(row["parity"]) else str(row["parity"]), flag=flag),
+                     Cell(MISSING if _missing(row["parity"]) else str(row["parity"]) + _on(row), flag=flag),
                      Cell("" if status is None or _missing(row["reason"]) else str(row["reason"]))])
     return Table(headers=headers, rows=rows, legend=DECODE_LEGEND, kind="decode")

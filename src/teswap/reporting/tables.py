@@ -32,7 +32,8 @@ TABLE_COLUMNS = [
     "reason", "tokens_per_s", "stock_precision", "stock_tokens_per_s", "speedup", "speedup_ci_low",
     "speedup_ci_high", "speedup_basis", "paired_stock_tokens_per_s", "noise", "noise_reasons",
     "peak_allocated_bytes", "stock_peak_allocated_bytes", "peak_memory_change", "energy_per_token_j",
-    "stock_energy_per_token_j", "mfu_vs_precision_peak", "mfu_vs_bf16_peak", "parity", "parity_cases", "flagged",
+    "stock_energy_per_token_j", "mfu_vs_precision_peak", "mfu_vs_bf16_peak", "parity", "parity_cases",
+    "parity_model", "flagged",
 ]
 _METRICS = {"metrics.tokens_per_s": "tokens_per_s", "metrics.peak_allocated_bytes": "peak_allocated_bytes",
             "metrics.energy_per_token_j": "energy_per_token_j", "metrics.mfu_vs_precision_peak":
@@ -110,18 +111,31 @@ def _as_record(row: pd.Series) -> dict:
 
 
 def parity_verdicts(parity: pd.DataFrame) -> pd.DataFrame:
-    """Per machine, commit, model, backend, precision and device type: the worst status and n passed / n."""
-    columns = ["machine", "sha", "model", "backend", "precision", "device", "parity", "parity_cases"]
+    """Per machine, commit, model, backend, precision and device type: the worst status, n passed / n, and the
+    model the verdict was measured on (`parity_model`): the model itself, or where its own case could not run
+    (teswap run plans one that fits), the smaller model whose case says it stands for it."""
+    columns = ["machine", "sha", "model", "backend", "precision", "device", "parity", "parity_cases", "parity_model"]
     if parity is None or parity.empty:
         return pd.DataFrame(columns=columns)
     cases = _with_sha(parity).rename(columns={f"case.{c}": c for c in ("model", "backend", "precision", "device")})
-    cases = cases.assign(device=cases["device"].map(_device_type))
+    cases = cases.assign(device=cases["device"].map(_device_type), parity_model=cases["model"])
+    rows = _verdict_rows(cases, columns[:6])
+    if "case.stands_for" in cases:
+        own = {row[:6] for row in rows}
+        standing = cases[cases["case.stands_for"].notna()]
+        borrowed = _verdict_rows(standing.assign(model=standing["case.stands_for"]), columns[:6])
+        rows += [row for row in borrowed if row[:6] not in own]  # a model's own verdict wins over a stand-in's
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _verdict_rows(cases: pd.DataFrame, key: list[str]) -> list[tuple]:
     rows = []
-    for key, group in cases.groupby(columns[:6], dropna=False):
+    for values, group in cases.groupby(key, dropna=False):
         statuses = set(group["status"].astype(str))
         verdict = next((s for s in PARITY_ORDER if s in statuses), UNTESTED)
-        rows.append((*key, verdict, f"{int((group['status'] == 'passed').sum())}/{len(group)}"))
-    return pd.DataFrame(rows, columns=columns)
+        models = ", ".join(sorted(set(group["parity_model"].astype(str))))
+        rows.append((*values, verdict, f"{int((group['status'] == 'passed').sum())}/{len(group)}", models))
+    return rows
 
 
 def comparison_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -150,6 +164,7 @@ def comparison_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) ->
     table = table.merge(verdicts, how="left", on=["machine", "sha", "model", "backend", "precision", "device_type"])
     table["parity"] = table["parity"].fillna(UNTESTED)
     table["parity_cases"] = table["parity_cases"].fillna("0/0")
+    table["parity_model"] = table["parity_model"].fillna(table["model"])
     table["flagged"] = table["parity"].isin(FLAGGED_PARITY)
     table = table.sort_values(["machine", "model", "workload", "new_tokens", "batch", "seq_len", "backend",
                                "precision", "options"])
