@@ -121,3 +121,11 @@ def test_a_garbage_gguf_file_is_one_line(tmp_path, capsys, monkeypatch):
     path = tmp_path / "model.gguf"
     path.write_bytes(b"GGUF but not really" * 10)
     assert f"{path}: cannot read it as GGUF" in one_line_exit_2(capsys, check(path))
+
+
+def test_a_directory_with_config_json_alone_is_no_checkpoint_to_check(saved, tmp_path):
+    from teswap.swap.sources import resolve_source
+
+    directory = copy_of(saved[0], tmp_path)
+    (directory / "model.safetensors").unlink()
+    assert resolve_source(directory).weights_dir is None  # built from the seed, as before

@@ -38,8 +38,8 @@ METRIC_FIELDS = (
     "tokens_per_s", "peak_allocated_bytes", "peak_reserved_bytes", "peak_memory_method", "energy_j",
     "energy_per_token_j", "power_avg_w", "power_peak_w", "temperature_max_c", "sm_clock_avg_mhz", "energy_method",
     "energy_null_reason", "flops_per_token", "mfu_vs_bf16_peak", "mfu_vs_precision_peak", "mfu_null_reason",
-    "idle_power_w", *DECODE_METRICS, "estimated_peak_bytes", "free_memory_bytes",
-)
+    "idle_power_w", *DECODE_METRICS,
+)  # the sweep adds its memory check's estimated_peak_bytes, estimated_peak, free_memory_bytes and _method
 
 
 def model_config_fields(config: PretrainedConfig) -> dict[str, Any]:
