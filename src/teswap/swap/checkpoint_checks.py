@@ -46,14 +46,14 @@ def check_checkpoint(directory: Path, config: PretrainedConfig) -> None:
     if key in _CHECKED:  # sources are resolved several times a run; the files have not changed since
         return
     _refuse_other_formats(directory)
-    files, indexes = sorted(directory.glob("*.safetensors")), sorted(directory.glob("*.safetensors.index.json"))
+    weights, indexes = sorted(directory.glob("*.safetensors")), sorted(directory.glob("*.safetensors.index.json"))
     shapes: dict[str, tuple[list[int], str]] = {}  # tensor -> (shape, file name)
-    for path in files:
+    for path in weights:
         for name, shape in tensor_shapes(path).items():
             shapes[name] = (shape, path.name)
     for index in indexes:
         _check_index(index, shapes)
-    expected = expected_shapes(config) if files or indexes else None  # config.json alone: built from the seed
+    expected = expected_shapes(config) if weights or indexes else None  # config.json alone: built from the seed
     if expected is not None:
         _check_against_config(directory, shapes, expected, config)
     _CHECKED.add(key)
