@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--no-grads", action="store_true", help="skip the loss/gradient comparison")
     check.add_argument("--mutate", metavar="NAME",
                        help="run with a deliberate fault in the swap (gate-up-swapped, layer-at-init, rope-base-10000, "
-                            "fp8-skipped) to see the check catch it: expect exit 1; nothing is recorded")
+                            "fp8-skipped, qkv-bias-dropped, window-off-by-one, qk-norm-skipped, gamma-not-centred; "
+                            "teswap.parity.mutations) to see the check catch it: expect exit 1; nothing is recorded")
     check.add_argument("--json", type=Path, help="also write the report as JSON here")
     check.add_argument("--results", type=Path, default=Path("results"), help="results store to append the record to")
     check.add_argument("--no-record", action="store_true", help="do not append a record to the results store")
@@ -56,7 +57,11 @@ def main(args: argparse.Namespace) -> int:
     case = ParityCase(source=args.model, backend=args.backend, precision=args.precision, seq_len=args.seq_len,
                       batch=args.batch, batches=args.batches, seed=args.seed, device=device, fuse_qkv=args.fuse_qkv,
                       gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, grads=not args.no_grads)
-    with mutation(args.mutate) if args.mutate else nullcontext():
+    if args.mutate:
+        from teswap.swap.sources import resolve_source
+
+        fault = mutation(args.mutate, resolve_source(args.model).config)  # refused where it breaks nothing
+    with fault if args.mutate else nullcontext():
         report = run_parity_case(case, policy)
     print(report_text(report) + (f"\n(mutation {args.mutate}: a FAIL is the expected outcome)" if args.mutate else ""))
     if args.json:
