@@ -9,6 +9,12 @@ teswap.parity.policies cite what this prints. CPU:
 
     .venv/bin/python scripts/calibrate_policies.py [--quick] [--mutations] [--json OUT]
 
+With --families it runs the same for every model family: each family's tiny preset (random weights)
+and SmolLM2-135M re-housed in the family's layout (`smollm2-135m-as-<family>`), clean, and under each
+fault the family's swap can have (only those that break something in it):
+
+    .venv/bin/python scripts/calibrate_policies.py --families --no-llama --mutations --json OUT
+
 A part of the grid, e.g. the FP8 rows of two mutations only:
 
     .venv/bin/python scripts/calibrate_policies.py --no-clean --mutations --only rope-base-10000,fp8-skipped \
@@ -22,8 +28,11 @@ import json
 import math
 import time
 
+from teswap.families import FAMILIES
 from teswap.parity.case import ParityCase, run_parity_case
-from teswap.parity.mutations import MUTATIONS, mutation
+from teswap.parity.mutations import MUTATIONS, applies_to, mutation
+from teswap.swap.checkpoints import REHOUSED_FAMILIES
+from teswap.swap.presets import PRESETS
 from teswap.store.provenance import capture_provenance
 
 PRECISIONS = ("fp32", "bf16", "fp8-delayed", "fp8-current")
@@ -47,13 +56,55 @@ def clean_cases(quick: bool, precisions: tuple[str, ...] = PRECISIONS) -> list[P
 def mutation_cases(names: tuple[str, ...] = tuple(MUTATIONS),
                    precisions: tuple[str, ...] = PRECISIONS) -> list[tuple[str, ParityCase]]:
     """Every mutation at every precision it applies to, on the real model at a short shape."""
-    out = []
+    from teswap.swap.sources import resolve_source
+
+    config, out = resolve_source(REAL).config, []
     for name in names:
+        if not applies_to(name, config):
+            continue  # a family's own fault (a window, a bias) that a Llama has nothing to break for
         for precision in precisions:
             if name == "fp8-skipped" and not precision.startswith("fp8"):
                 continue  # nothing to skip
             out.append((name, ParityCase(source=REAL, precision=precision, batch=2, seq_len=64, batches=1,
                                          gen_prompts=16, gen_tokens=12)))
+    return out
+
+
+def family_sources() -> list[str]:
+    """Each family's tiny preset (not Llama's: clean_cases has it), and SmolLM2 re-housed where offered."""
+    tiny = [name for name in PRESETS if name.startswith("tiny-") and name != "tiny-llama3"]
+    return [*tiny, *(f"{REAL}-as-{family}" for family in REHOUSED_FAMILIES)]
+
+
+def family_clean_cases(quick: bool, precisions: tuple[str, ...] = PRECISIONS) -> list[ParityCase]:
+    """Every family's sources at every precision: the tiny presets at two seeds and shapes, the real text at one."""
+    cases = []
+    for precision in precisions:
+        for source in family_sources():
+            real = source.startswith(REAL)
+            seeds = (0,) if quick or real else (0, 1)
+            for seed in seeds:
+                for batch, seq_len in ((2, 64),) if quick or real else ((2, 64), (2, 128)):
+                    cases.append(ParityCase(source=source, precision=precision, seed=seed, batch=batch,
+                                            seq_len=seq_len))
+    return cases
+
+
+def family_mutation_cases(names: tuple[str, ...], precisions: tuple[str, ...]) -> list[tuple[str, ParityCase]]:
+    """Every fault on every family source it breaks something in, at every precision it applies to."""
+    from teswap.swap.sources import resolve_source
+
+    out = []
+    for source in family_sources():
+        config = resolve_source(source).config
+        for name in names:
+            if name == "rope-base-10000" or not applies_to(name, config):
+                continue  # rope-base-10000: the Llama grid has it (a tiny preset's theta may be 1e4)
+            for precision in precisions:
+                if name == "fp8-skipped" and not precision.startswith("fp8"):
+                    continue
+                out.append((name, ParityCase(source=source, precision=precision, batch=2, seq_len=64, batches=1,
+                                             gen_prompts=16, gen_tokens=12)))
     return out
 
 
@@ -107,9 +158,14 @@ def main() -> None:
                         help=f"comma-separated subset of {','.join(PRECISIONS)}")
     parser.add_argument("--only", type=_names(tuple(MUTATIONS)), default=tuple(MUTATIONS),
                         help=f"comma-separated subset of the mutations: {','.join(MUTATIONS)}")
+    parser.add_argument("--families", action="store_true", help=f"also every family: {', '.join(FAMILIES)}")
+    parser.add_argument("--no-llama", action="store_true", help="with --families: leave out the Llama grid")
     args = parser.parse_args()
     started, rows = time.perf_counter(), []
-    for case in () if args.no_clean else clean_cases(args.quick, args.precisions):
+    clean = [] if args.no_clean or args.no_llama else clean_cases(args.quick, args.precisions)
+    if args.families and not args.no_clean:
+        clean += family_clean_cases(args.quick, args.precisions)
+    for case in clean:
         report = run_parity_case(case)
         rows.append(summarise(report))
         verdict = "PASS" if report.passed else "FAIL " + report.failure_summary()
@@ -119,16 +175,20 @@ def main() -> None:
         print_clean(rows)
     caught = []
     if args.mutations:
-        for name, case in mutation_cases(args.only, args.precisions):
+        faults = [] if args.no_llama else mutation_cases(args.only, args.precisions)
+        if args.families:
+            faults += family_mutation_cases(args.only, args.precisions)
+        for name, case in faults:
             with mutation(name):
                 report = run_parity_case(case)
             caught.append({"mutation": name, **summarise(report)})
             outcome = "NOT CAUGHT" if report.passed else "caught: " + report.failure_summary()
-            print(f"mutation {name:16} {case.precision:12}: {outcome}")
+            print(f"mutation {name:16} {case.source_name:24} {case.precision:12}: {outcome}")
     print(f"\n{len(rows)} clean cases, {len(caught)} mutations in {time.perf_counter() - started:.0f} s")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"provenance": capture_provenance().to_dict(), "backend": "torch", "quick": args.quick,
+                       "families": args.families, "llama": not args.no_llama,
                        "precisions": list(args.precisions), "mutations_run": list(args.only) if args.mutations else [],
                        "clean": rows, "mutations": caught}, handle, indent=1, default=str)
 

@@ -7,7 +7,30 @@ from collections.abc import Callable
 import torch
 from transformers import LlamaConfig
 
+from teswap import decoder_class
 from teswap.hardware.nvml import PowerMeter
+
+# The twin's Llama classes, as users get them (`teswap.decoder_class`), for tests that swap by hand.
+TorchLlamaDecoderLayer = decoder_class("llama")
+TorchLlamaDecoderLayerFusedQKV = decoder_class("llama", fuse_qkv=True)
+
+# Each family's tiny preset (teswap.families.<name>): what the per-family tests build.
+FAMILY_PRESETS = {"llama": "tiny", "mistral": "tiny-mistral", "qwen2": "tiny-qwen2", "qwen3": "tiny-qwen3",
+                  "phi3": "tiny-phi3", "gemma": "tiny-gemma", "gemma3_text": "tiny-gemma3"}
+FAMILY_NAMES = list(FAMILY_PRESETS)
+
+
+def family_config(family: str, **overrides):
+    """The family's tiny preset config, with attributes overridden (layer_types follows num_hidden_layers)."""
+    from teswap.swap.presets import PRESETS
+
+    config = PRESETS[FAMILY_PRESETS[family]]()
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and len(layer_types) != config.num_hidden_layers:
+        config.layer_types = [layer_types[i % len(layer_types)] for i in range(config.num_hidden_layers)]
+    return config
 
 
 def llama(**overrides) -> LlamaConfig:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from teswap.layers import torch_layer
+from teswap.layers import torch_attention, torch_layer, torch_modules
 
 # --- TE's signatures, per release (names only; order as in TE) ------------------------------------
 
@@ -90,6 +90,51 @@ _LAYER_FORWARD_2_5 = (*_LAYER_FORWARD_2_1, "cu_seqlens_q_padded", "cu_seqlens_kv
 _LAYER_INIT_2_9 = (*(p for p in _LAYER_INIT_2_5 if p != "use_qk_norm"), "qk_norm_type", "qk_norm_before_rope",
                    "softmax_type")
 
+# MultiheadAttention (attention/multi_head_attention.py; 2.1: attention.py), LayerNormMLP and the op-based
+# RMSNorm (module/rmsnorm.py; its **kwargs go to ops.RMSNorm: device, dtype, sm_margin), main d0067d0
+MHA_INIT_PARAMS = (
+    "hidden_size", "num_attention_heads", "kv_channels", "attention_dropout", "layernorm_epsilon", "init_method",
+    "output_layer_init_method", "layer_number", "attn_mask_type", "window_size", "bottom_right_diagonal", "tp_group",
+    "tp_size", "num_gqa_groups", "fuse_wgrad_accumulation", "get_rng_state_tracker", "sequence_parallel",
+    "params_dtype", "return_bias", "return_layernorm_output", "input_layernorm", "attention_type",
+    "set_parallel_mode", "fuse_qkv_params", "zero_centered_gamma", "qkv_weight_interleaved", "rotary_pos_interleaved",
+    "ub_overlap_ag", "ub_overlap_rs", "ub_overlap_rs_dgrad", "ub_bulk_dgrad", "ub_bulk_wgrad", "bias",
+    "normalization", "device", "qkv_format", "name", "qk_norm_type", "qk_norm_eps", "qk_norm_before_rope",
+    "seq_length", "micro_batch_size", "softmax_type",
+)
+MHA_FORWARD_PARAMS = (
+    "hidden_states", "attention_mask", "encoder_output", "attn_mask_type", "window_size", "bottom_right_diagonal",
+    "is_first_microbatch", "checkpoint_core_attention", "inference_params", "rotary_pos_emb",
+    "core_attention_bias_type", "core_attention_bias", "alibi_slopes", "cu_seqlens_q", "cu_seqlens_kv",
+    "cu_seqlens_q_padded", "cu_seqlens_kv_padded", "max_seqlen_q", "max_seqlen_kv", "fast_zero_fill",
+    "pad_between_seqs",
+)
+MLP_INIT_PARAMS = (
+    "hidden_size", "ffn_hidden_size", "eps", "sequence_parallel", "return_bias", "get_rng_state_tracker", "tp_group",
+    "tp_size", "init_method", "bias", "normalization", "activation", "activation_params", "output_layer_init_method",
+    "fuse_wgrad_accumulation", "params_dtype", "return_layernorm_output", "return_layernorm_output_gathered",
+    "seq_length", "micro_batch_size", "set_parallel_mode", "zero_centered_gamma", "device", "ub_overlap_ag", "name",
+    "ub_overlap_rs", "ub_overlap_rs_dgrad", "ub_bulk_dgrad", "ub_bulk_wgrad", "delay_wgrad_compute",
+    "symmetric_ar_type", "checkpoint",
+)
+RMSNORM_INIT_PARAMS = ("normalized_shape", "eps", "sequence_parallel", "params_dtype", "zero_centered_gamma",
+                       "hidden_size", "device", "dtype", "sm_margin")  # 2.0 ... 2.20
+_MHA_INIT_2_1 = tuple(p for p in MHA_INIT_PARAMS if p not in {
+    "bottom_right_diagonal", "rotary_pos_interleaved", "name", "qk_norm_type", "qk_norm_eps", "qk_norm_before_rope",
+    "seq_length", "micro_batch_size", "softmax_type"})
+_MHA_FORWARD_2_1 = tuple(p for p in MHA_FORWARD_PARAMS if p not in {
+    "bottom_right_diagonal", "cu_seqlens_q_padded", "cu_seqlens_kv_padded", "pad_between_seqs"})
+# 2.5: + rotary_pos_interleaved, name, use_qk_norm, qk_norm_eps, seq_length, micro_batch_size; forward as 2.9
+_MHA_INIT_2_5 = (*_MHA_INIT_2_1[:_MHA_INIT_2_1.index("ub_overlap_ag")], "rotary_pos_interleaved",
+                 *_MHA_INIT_2_1[_MHA_INIT_2_1.index("ub_overlap_ag"):], "name", "use_qk_norm", "qk_norm_eps",
+                 "seq_length", "micro_batch_size")
+_MHA_FORWARD_2_5 = tuple(p for p in MHA_FORWARD_PARAMS if p != "bottom_right_diagonal")
+# 2.9: use_qk_norm -> qk_norm_type + qk_norm_before_rope (2.7), + softmax_type (2.8)
+_MHA_INIT_2_9 = tuple(p for p in MHA_INIT_PARAMS if p != "bottom_right_diagonal")
+_MLP_INIT_2_1 = tuple(p for p in MLP_INIT_PARAMS if p not in {
+    "activation_params", "name", "delay_wgrad_compute", "symmetric_ar_type", "checkpoint"})
+_MLP_INIT_2_5 = tuple(p for p in MLP_INIT_PARAMS if p not in {"activation_params", "checkpoint"})
+
 _DELAYED_2_1 = ("margin", "interval", "fp8_format", "amax_history_len", "amax_compute_algo",
                 "scaling_factor_compute_algo", "reduce_amax", "fp8_dpa", "fp8_mha")  # `interval` gone in 2.2
 _MXFP8_2_1 = ("margin", "fp8_format", "fp8_dpa", "fp8_mha")
@@ -110,24 +155,28 @@ class Generation:
     autocast: bool  # transformer_engine.pytorch.autocast(recipe=...) exists (2.9+)
     top_level_checks: bool  # is_*_available(return_reason=) at transformer_engine.pytorch (2.9+)
     checks: tuple[str, ...]  # the is_*_available checks this release has
+    mha_init: tuple[str, ...] = MHA_INIT_PARAMS
+    mha_forward: tuple[str, ...] = MHA_FORWARD_PARAMS
+    mlp_init: tuple[str, ...] = MLP_INIT_PARAMS
 
 
 GENERATIONS = {
     "2.1": Generation("2.1.0", _LAYER_INIT_2_1, _LAYER_FORWARD_2_1,
                       {"DelayedScaling": _DELAYED_2_1, "MXFP8BlockScaling": _MXFP8_2_1}, (), False, False,
-                      ("is_fp8_available", "is_mxfp8_available")),
+                      ("is_fp8_available", "is_mxfp8_available"), _MHA_INIT_2_1, _MHA_FORWARD_2_1, _MLP_INIT_2_1),
     "2.5": Generation("2.5.0", _LAYER_INIT_2_5, _LAYER_FORWARD_2_5,
                       {"DelayedScaling": _DELAYED_2_1[:1] + _DELAYED_2_1[2:], "MXFP8BlockScaling": _MXFP8_2_1,
                        "Float8CurrentScaling": _CURRENT_2_5, "Float8BlockScaling": _BLOCK_2_5},
                       ("power_2_scale", "amax_epsilon"), False, False,
-                      ("is_fp8_available", "is_mxfp8_available", "is_fp8_block_scaling_available")),
+                      ("is_fp8_available", "is_mxfp8_available", "is_fp8_block_scaling_available"),
+                      _MHA_INIT_2_5, _MHA_FORWARD_2_5, _MLP_INIT_2_5),
     "2.9": Generation("2.9.0", _LAYER_INIT_2_9, _LAYER_FORWARD_2_5,
                       {"DelayedScaling": _DELAYED_2_1[:1] + _DELAYED_2_1[2:], "MXFP8BlockScaling": _MXFP8_2_1,
                        "Float8CurrentScaling": ("use_power_2_scales", *_CURRENT_2_5), "Float8BlockScaling": _BLOCK_2_5},
                       ("power_2_scale", "amax_epsilon", "random_hadamard_transform", "stochastic_rounding",
                        "fp4_2d_quantization"), True, True,
                       ("is_fp8_available", "is_mxfp8_available", "is_fp8_block_scaling_available",
-                       "is_nvfp4_available")),
+                       "is_nvfp4_available"), _MHA_INIT_2_9, _MHA_FORWARD_2_5, _MLP_INIT_2_5),
     "2.20": Generation("2.20.0.dev0+d0067d0", TRANSFORMER_LAYER_INIT_PARAMS, TRANSFORMER_LAYER_FORWARD_PARAMS,
                        RECIPE_FIELDS, ("power_2_scale", "amax_epsilon", "random_hadamard_transform",
                                        "stochastic_rounding", "fp4_2d_quantization"), True, True,
@@ -140,10 +189,64 @@ TE_DEFAULTS = {"num_gqa_groups": None, "layernorm_epsilon": 1e-5, "hidden_dropou
                "attention_dropout": 0.1, "layer_number": None, "kv_channels": None,
                "self_attn_mask_type": "causal", "params_dtype": None, "fuse_qkv_params": False,
                "zero_centered_gamma": False, "bias": True, "activation": "gelu", "normalization": "LayerNorm",
-               "device": "cuda", "attn_input_format": "sbhd"}  # the same in 2.0 ... 2.20
-# Only the configuration teswap's Llama layers use is emulated; anything else is an error here.
-EMULATED = {"normalization": "RMSNorm", "activation": "swiglu", "bias": False, "attn_input_format": "bshd",
-            "self_attn_mask_type": "causal", "hidden_dropout": 0.0}
+               "device": "cuda", "attn_input_format": "sbhd", "window_size": None, "qkv_weight_interleaved": True,
+               "qk_norm_type": None, "qk_norm_eps": 1e-6, "qk_norm_before_rope": False, "use_qk_norm": False,
+               # MultiheadAttention's and LayerNormMLP's own
+               "attn_mask_type": "causal", "qkv_format": "sbhd", "input_layernorm": False, "attention_type": "self",
+               "return_bias": False, "eps": 1e-5}  # the same in 2.0 ... 2.20
+# Only what teswap's layers use is emulated (the twin implements it); anything else is an error here.
+EMULATED = {"normalization": {"RMSNorm"}, "activation": {"swiglu", "geglu"}, "attn_input_format": {"bshd"},
+            "qkv_format": {"bshd"}, "self_attn_mask_type": {"causal"}, "attn_mask_type": {"causal"},
+            "qk_norm_type": {None, "RMSNorm"}, "use_qk_norm": {False}, "attention_type": {"self"},
+            "return_bias": {False}}
+# TE arguments handed to the twin as they are (the twin takes TE's names)
+_TWIN_ARGUMENTS = ("hidden_dropout", "attention_dropout", "init_method", "output_layer_init_method", "bias",
+                   "activation", "normalization", "zero_centered_gamma", "window_size", "qk_norm_type",
+                   "qk_norm_eps", "qk_norm_before_rope", "qkv_weight_interleaved")
+
+
+def _checked_args(kind: str, allowed: tuple[str, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """TE's defaults filled in; a keyword this release lacks, or a value the stand-in cannot emulate, raises."""
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"{kind}.__init__() got unexpected keyword arguments {unknown}")
+    args = {**TE_DEFAULTS, **kwargs}
+    for name, wanted in EMULATED.items():
+        if name in allowed and args[name] not in wanted:
+            raise NotImplementedError(f"stand-in emulates only {name} in {sorted(map(str, wanted))}, "
+                                      f"got {args[name]!r}")
+    window = args["window_size"]
+    if window is not None and tuple(window)[1] != 0:
+        raise NotImplementedError(f"stand-in emulates causal windows (left, 0) only, got {window}")
+    if args["layer_number"] is not None and args["layer_number"] <= 0:
+        raise ValueError("layer_number must be > 0")
+    return args
+
+
+def _twin_arguments(args: dict[str, Any], hidden_size: int, num_attention_heads: int) -> dict[str, Any]:
+    """The twin's arguments (TE's names) from a checked TE call."""
+    return {"hidden_size": hidden_size, "num_attention_heads": num_attention_heads,
+            "num_gqa_groups": args["num_gqa_groups"] or num_attention_heads,
+            "kv_channels": args["kv_channels"] or hidden_size // num_attention_heads,
+            "layernorm_epsilon": args["layernorm_epsilon"], "layer_number": args["layer_number"] or 1,
+            **{name: args[name] for name in _TWIN_ARGUMENTS if name in args}}
+
+
+class _DeviceAndDtype:
+    """TE builds its parameters on `device` in `dtype` (default: the default dtype)."""
+
+    def __init__(self, device: Any, dtype: torch.dtype | None) -> None:
+        self.device, self.dtype = device, dtype
+
+    def __enter__(self) -> None:
+        self.previous = torch.get_default_dtype()
+        self.device_context = torch.device(self.device)
+        self.device_context.__enter__()
+        torch.set_default_dtype(self.dtype or self.previous)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_default_dtype(self.previous)
+        self.device_context.__exit__(*exc)
 
 # --- TE's module tree ------------------------------------------------------------------------------
 
@@ -189,6 +292,14 @@ def _with_extra_state(module: nn.Module) -> None:
     module.__class__ = type(module.__class__.__name__, (_ExtraState, module.__class__), {})
 
 
+def _check_rope(freqs: torch.Tensor | None, seq_len: int) -> None:
+    if freqs is not None:  # TORCH_CHECKs of TE's fused RoPE
+        assert freqs.dim() == 4, "expected 4D freqs tensor"
+        assert freqs.size(1) == 1 and freqs.size(2) == 1, "expected the second and third dims of freqs equal 1"
+        assert freqs.dtype == torch.float32, "Dtype of the freqs tensor must be float"
+        assert freqs.size(0) >= seq_len, "expected freqs tensor has a longer sequence length than input"
+
+
 class TransformerLayer(torch_layer.TransformerLayer):
     """Checks arguments against one generation's signature; computes with teswap's twin."""
 
@@ -196,38 +307,19 @@ class TransformerLayer(torch_layer.TransformerLayer):
     softmax_scale_holders: tuple[str, ...] = SOFTMAX_SCALE_HOLDERS
 
     def __init__(self, hidden_size, ffn_hidden_size, num_attention_heads, **kwargs) -> None:
-        unknown = sorted(set(kwargs) - set(self.generation.layer_init))
-        if unknown:
-            raise TypeError(f"TransformerLayer.__init__() got unexpected keyword arguments {unknown}")
-        args = {**TE_DEFAULTS, **kwargs}
-        for name, wanted in EMULATED.items():
-            if args[name] != wanted:
-                raise NotImplementedError(f"stand-in emulates only {name}={wanted!r}, got {args[name]!r}")
-        if args["layer_number"] is not None and args["layer_number"] <= 0:
-            raise ValueError("layer_number must be > 0")
-        kv_channels = args["kv_channels"] or hidden_size // num_attention_heads
-        with torch.device(args["device"]):
-            previous = torch.get_default_dtype()
-            torch.set_default_dtype(args["params_dtype"] or previous)
-            try:
-                super().__init__(
-                    hidden_size=hidden_size, ffn_hidden_size=ffn_hidden_size,
-                    num_attention_heads=num_attention_heads,
-                    num_gqa_groups=args["num_gqa_groups"] or num_attention_heads, kv_channels=kv_channels,
-                    layernorm_epsilon=args["layernorm_epsilon"], layer_number=args["layer_number"] or 1,
-                    fuse_qkv_params=args["fuse_qkv_params"], attention_dropout=args["attention_dropout"],
-                    init_method=args.get("init_method"), output_layer_init_method=args.get("output_layer_init_method"),
-                )
-            finally:
-                torch.set_default_dtype(previous)
+        args = _checked_args("TransformerLayer", self.generation.layer_init, kwargs)
+        twin = _twin_arguments(args, hidden_size, num_attention_heads)
+        with _DeviceAndDtype(args["device"], args["params_dtype"]):
+            super().__init__(ffn_hidden_size=ffn_hidden_size, fuse_qkv_params=args["fuse_qkv_params"], **twin)
         self.init_kwargs = {"hidden_size": hidden_size, "ffn_hidden_size": ffn_hidden_size,
                             "num_attention_heads": num_attention_heads, **kwargs}
         self.forward_calls: list[dict] = []
         attention = self.self_attention
         # TE: always 1/sqrt(kv_channels); TransformerLayer takes no softmax_scale.
-        attention.core_attention = DotProductAttention(kv_channels**-0.5, self.softmax_scale_holders)
+        attention.core_attention = DotProductAttention(twin["kv_channels"] ** -0.5, self.softmax_scale_holders)
         for module in (attention.layernorm_qkv, attention.proj, self.layernorm_mlp):
             _with_extra_state(module)
+        self.window = args["window_size"]
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         unknown = sorted(set(kwargs) - set(self.generation.layer_forward))
@@ -235,14 +327,10 @@ class TransformerLayer(torch_layer.TransformerLayer):
             raise TypeError(f"TransformerLayer.forward() got unexpected keyword arguments {unknown}")
         freqs = kwargs.get("rotary_pos_emb")
         seq_len = hidden_states.shape[1]  # bshd
-        if freqs is not None:  # TORCH_CHECKs of TE's fused RoPE
-            assert freqs.dim() == 4, "expected 4D freqs tensor"
-            assert freqs.size(1) == 1 and freqs.size(2) == 1, "expected the second and third dims of freqs equal 1"
-            assert freqs.dtype == torch.float32, "Dtype of the freqs tensor must be float"
-            assert freqs.size(0) >= seq_len, "expected freqs tensor has a longer sequence length than input"
+        _check_rope(freqs, seq_len)
         self.forward_calls.append(kwargs)
         self.self_attention.softmax_scale = self.self_attention.core_attention.effective_scale()
-        return super().forward(hidden_states, freqs[:seq_len])
+        return super().forward(hidden_states, freqs[:seq_len])  # causal: the window counts in positions, as TE's
 
 
 # --- recipes ---------------------------------------------------------------------------------------
@@ -401,6 +489,9 @@ def install(monkeypatch, version: str = LATEST, *,
     pytorch.TransformerLayer = type("TransformerLayer", (TransformerLayerWithInference,), {
         "generation": generation, "softmax_scale_holders": softmax_scale_holders})
     pytorch.InferenceParams = InferenceParams
+    for name, cls in (("MultiheadAttention", MultiheadAttention), ("LayerNormMLP", LayerNormMLP)):
+        setattr(pytorch, name, type(name, (cls,), {"generation": generation}))
+    pytorch.RMSNorm = RMSNorm
     INFERENCE_PARAMS_MADE.clear()
     pytorch.answers = answers = {}
     checks = _checks(generation, answers)
@@ -527,14 +618,54 @@ def _cumulative(lengths, max_batch):
     return torch.tensor(cumulative, dtype=torch.int32)
 
 
-class TransformerLayerWithInference(TransformerLayer):
-    """Adds TE's per-call padding mask types and KV cache (inference_params) to the stand-in layer.
+class TEAttentionCall:
+    """TE's per-call padding mask types and KV cache (inference_params), for a module whose twin body takes
+    (hidden_states, freqs, mask, kv_update, own_window=): a TransformerLayer or a MultiheadAttention.
 
     TE semantics emulated: bshd padding masks are read only as row LENGTHS (get_cu_seqlens counts the
     unmasked tokens; each row's first L tokens are taken as real); under inference_params TE appends
     K/V through InferenceParams.step, offsets RoPE per row by get_seqlens_pre_step(), and turns
-    padding_causal into padding_causal_bottom_right.
+    padding_causal into padding_causal_bottom_right; a window_size counts back from each query's own
+    position in its row (DotProductAttention: keys [i + s_k - s_q - left, i + s_k - s_q] per sequence).
     """
+
+    layer_number: int
+    window: Any
+
+    def te_call(self, body, hidden_states: torch.Tensor, mask_type: str, kwargs: dict) -> torch.Tensor:
+        params = kwargs.get("inference_params")
+        freqs, batch, seq_len = kwargs["rotary_pos_emb"], hidden_states.shape[0], hidden_states.shape[1]
+        left = None if self.window is None else tuple(self.window)[0]
+        if mask_type == "causal" and params is None:
+            return body(self, hidden_states, freqs[:seq_len], None, None)
+        assert mask_type in ("padding", "padding_causal"), f"stand-in emulates no mask type {mask_type!r}"
+        if params is None:
+            mask = kwargs["attention_mask"]
+            assert mask is not None and mask.dtype == torch.bool, "Attention mask must be in boolean type!"
+            assert mask.shape == (batch, 1, 1, seq_len), "a self-attention padding mask is [b, 1, 1, s]"
+            lengths = (~mask[:, 0, 0, :]).sum(-1)  # TE's get_cu_seqlens
+            attend = _te_attend(lengths, lengths, seq_len, seq_len, "causal" in mask_type, bottom_right=False,
+                                left=left)
+            return body(self, hidden_states, freqs[:seq_len], attend, None, own_window=False)
+        if self.layer_number not in params.cache_manager.cache:
+            params.allocate_memory(self.layer_number)
+        starts = params.get_seqlens_pre_step()[:batch].long()
+        per_row = freqs[starts[:, None] + torch.arange(seq_len)]  # [b, s, 1, 1, d]: TE's start_positions
+        lengths_q = (params.cu_seqlens_q[1:] - params.cu_seqlens_q[:-1])[:batch]
+        lengths_kv = (params.cu_seqlens_kv[1:] - params.cu_seqlens_kv[:-1])[:batch]
+        attend = _te_attend(lengths_q, lengths_kv, seq_len, params.max_sequence_length, True, bottom_right=True,
+                            left=left)
+
+        def kv_update(keys, values):
+            k_cache, v_cache, *_ = params.step(self.layer_number, keys.transpose(1, 2).contiguous(),
+                                               values.transpose(1, 2).contiguous(), "bshd")
+            return k_cache.transpose(1, 2), v_cache.transpose(1, 2)
+
+        return body(self, hidden_states, per_row[:, :, 0].transpose(0, 1), attend, kv_update, own_window=False)
+
+
+class TransformerLayerWithInference(TEAttentionCall, TransformerLayer):
+    """TE's TransformerLayer with its padding mask types and KV cache (TEAttentionCall)."""
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         mask_type = kwargs.get("self_attn_mask_type") or "causal"
@@ -544,42 +675,91 @@ class TransformerLayerWithInference(TransformerLayer):
         unknown = sorted(set(kwargs) - set(TRANSFORMER_LAYER_FORWARD_PARAMS))
         if unknown:
             raise TypeError(f"TransformerLayer.forward() got unexpected keyword arguments {unknown}")
-        assert mask_type in ("padding", "padding_causal"), f"stand-in emulates no mask type {mask_type!r}"
         self.forward_calls.append(kwargs)
         self.self_attention.softmax_scale = self.self_attention.core_attention.effective_scale()
-        freqs, batch, seq_len = kwargs["rotary_pos_emb"], hidden_states.shape[0], hidden_states.shape[1]
-        if params is None:
-            mask = kwargs["attention_mask"]
-            assert mask is not None and mask.dtype == torch.bool, "Attention mask must be in boolean type!"
-            assert mask.shape == (batch, 1, 1, seq_len), "a self-attention padding mask is [b, 1, 1, s]"
-            lengths = (~mask[:, 0, 0, :]).sum(-1)  # TE's get_cu_seqlens
-            attend = _te_attend(lengths, lengths, seq_len, seq_len, "causal" in mask_type, bottom_right=False)
-            return torch_layer.TransformerLayer.forward(self, hidden_states, freqs[:seq_len], attend)
-        if self.layer_number not in params.cache_manager.cache:
-            params.allocate_memory(self.layer_number)
-        starts = params.get_seqlens_pre_step()[:batch].long()
-        per_row = freqs[starts[:, None] + torch.arange(seq_len)]  # [b, s, 1, 1, d]: TE's start_positions
-        lengths_q = (params.cu_seqlens_q[1:] - params.cu_seqlens_q[:-1])[:batch]
-        lengths_kv = (params.cu_seqlens_kv[1:] - params.cu_seqlens_kv[:-1])[:batch]
-        attend = _te_attend(lengths_q, lengths_kv, seq_len, params.max_sequence_length, True, bottom_right=True)
-
-        def kv_update(keys, values):
-            k_cache, v_cache, *_ = params.step(self.layer_number, keys.transpose(1, 2).contiguous(),
-                                               values.transpose(1, 2).contiguous(), "bshd")
-            return k_cache.transpose(1, 2), v_cache.transpose(1, 2)
-
-        return torch_layer.TransformerLayer.forward(self, hidden_states, per_row[:, :, 0].transpose(0, 1),
-                                                    attend, kv_update)
+        return self.te_call(torch_layer.TransformerLayer.forward, hidden_states, mask_type, kwargs)
 
 
-def _te_attend(lengths_q, lengths_kv, s_q, s_kv, causal, *, bottom_right):
-    """[b, 1, s_q, s_kv] True = attend: row b's first lengths_q queries over its first lengths_kv keys."""
+def _te_attend(lengths_q, lengths_kv, s_q, s_kv, causal, *, bottom_right, left=None):
+    """[b, 1, s_q, s_kv] True = attend: row b's first lengths_q queries over its first lengths_kv keys,
+    within `left` keys back of each query's position when a window is set."""
     q = torch.arange(s_q)[None, :, None]
     k = torch.arange(s_kv)[None, None, :]
     attend = k < lengths_kv[:, None, None]
+    offset = (lengths_kv - lengths_q)[:, None, None] if bottom_right else 0
     if causal:
-        offset = (lengths_kv - lengths_q)[:, None, None] if bottom_right else 0
         attend = attend & (k <= q + offset)
+    if left is not None:
+        attend = attend & (k >= q + offset - left)
     padded_query = q >= lengths_q[:, None, None]
     attend = attend | (padded_query & (k == 0))  # TE zero-fills padded query rows; any finite value will do
     return attend[:, None]
+
+
+# --- the modules of a composite layer (Gemma3's): MultiheadAttention, RMSNorm, LayerNormMLP --------------
+
+
+class MultiheadAttention(TEAttentionCall, torch_attention.MultiheadAttention):
+    """TE's MultiheadAttention of one generation (signature checked), computing with the twin's."""
+
+    generation: Generation = GENERATIONS[LATEST]
+
+    def __init__(self, hidden_size, num_attention_heads, **kwargs) -> None:
+        args = _checked_args("MultiheadAttention", self.generation.mha_init, kwargs)
+        assert args["input_layernorm"], "the stand-in emulates input_layernorm=True (a fused LayerNormLinear QKV)"
+        twin = _twin_arguments(args, hidden_size, num_attention_heads)
+        with _DeviceAndDtype(args["device"], args["params_dtype"]):
+            super().__init__(
+                hidden_size=hidden_size, num_attention_heads=num_attention_heads, num_gqa_groups=twin["num_gqa_groups"],
+                kv_channels=twin["kv_channels"], eps=args["layernorm_epsilon"], fuse_qkv_params=args["fuse_qkv_params"],
+                qkv_weight_interleaved=args["qkv_weight_interleaved"], attention_dropout=args["attention_dropout"],
+                softmax_scale=None, zero_centered_gamma=args["zero_centered_gamma"], bias=args["bias"],
+                window_size=args["window_size"], qk_norm_type=args["qk_norm_type"], qk_norm_eps=args["qk_norm_eps"],
+                qk_norm_before_rope=args["qk_norm_before_rope"], init_method=args.get("init_method"),
+                output_layer_init_method=args.get("output_layer_init_method"))
+        self.layer_number, self.window = twin["layer_number"], args["window_size"]
+        self.init_kwargs = {"hidden_size": hidden_size, "num_attention_heads": num_attention_heads, **kwargs}
+        self.forward_calls: list[dict] = []
+        self.core_attention = DotProductAttention(twin["kv_channels"] ** -0.5)
+        for module in (self.layernorm_qkv, self.proj):
+            _with_extra_state(module)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        unknown = sorted(set(kwargs) - set(self.generation.mha_forward))
+        if unknown:
+            raise TypeError(f"MultiheadAttention.forward() got unexpected keyword arguments {unknown}")
+        _check_rope(kwargs.get("rotary_pos_emb"), hidden_states.shape[1])
+        self.forward_calls.append(kwargs)
+        self.softmax_scale = self.core_attention.effective_scale()
+        return self.te_call(torch_attention.MultiheadAttention.forward, hidden_states,
+                            kwargs.get("attn_mask_type") or "causal", kwargs)
+
+
+class RMSNorm(torch_modules.RMSNorm):
+    """TE's op-based RMSNorm module (dtype and device as the op takes them)."""
+
+    def __init__(self, normalized_shape=None, **kwargs) -> None:
+        unknown = sorted(set(kwargs) - set(RMSNORM_INIT_PARAMS))
+        if unknown:
+            raise TypeError(f"RMSNorm.__init__() got unexpected keyword arguments {unknown}")
+        if kwargs.get("params_dtype") is not None:
+            warnings.warn("params_dtype is deprecated: pass dtype", DeprecationWarning, stacklevel=2)
+        with _DeviceAndDtype(kwargs.get("device", "cuda"), kwargs.get("dtype")):
+            super().__init__(normalized_shape, eps=kwargs.get("eps", 1e-5),
+                             zero_centered_gamma=kwargs.get("zero_centered_gamma", False))
+        self.init_kwargs = {"normalized_shape": normalized_shape, **kwargs}
+
+
+class LayerNormMLP(_ExtraState, torch_modules.LayerNormMLP):
+    """TE's LayerNormMLP of one generation (signature checked), computing with the twin's."""
+
+    generation: Generation = GENERATIONS[LATEST]
+
+    def __init__(self, hidden_size, ffn_hidden_size, **kwargs) -> None:
+        args = _checked_args("LayerNormMLP", self.generation.mlp_init, kwargs)
+        with _DeviceAndDtype(args["device"], args["params_dtype"]):
+            super().__init__(hidden_size, ffn_hidden_size, eps=args["eps"],
+                             zero_centered_gamma=args["zero_centered_gamma"], activation=args["activation"],
+                             bias=args["bias"], init_method=args.get("init_method"),
+                             output_layer_init_method=args.get("output_layer_init_method"))
+        self.init_kwargs = {"hidden_size": hidden_size, "ffn_hidden_size": ffn_hidden_size, **kwargs}

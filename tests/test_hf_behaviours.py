@@ -1,9 +1,11 @@
-"""The swapped model (torch backend) driven through HF's own machinery, as users' code drives it.
+"""The swapped model (torch backend) driven through HF's own machinery, as users' code drives it, for
+every family (each one's tiny preset: windows of 16 tokens, biases, q/k norms, a composite).
 
-generate() with a KV cache (dynamic, static; greedy, sampling, beam search), left-padded batches,
-padded forwards, per-row positions, hidden-state outputs, a Trainer step with its loss kwargs,
-gradient checkpointing, save/load, torch.compile(fullgraph=True), and HF's model-level metadata.
-Each compares against the stock model on identical weights (fp32, tiny config) or asserts a refusal.
+generate() with a KV cache (dynamic, static; greedy, sampling, beam search; past the window),
+left-padded batches, padded forwards, per-row positions, hidden-state outputs, a Trainer step with its
+loss kwargs, gradient checkpointing, save/load, torch.compile(fullgraph=True), and HF's model-level
+metadata. Each compares against the stock model on identical weights (fp32, tiny config) or asserts a
+refusal.
 """
 
 from __future__ import annotations
@@ -12,18 +14,29 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from support import llama, random_ids, rel_max_err
-from teswap import build_pair, replace_decoder
+from support import (
+    FAMILY_NAMES,
+    FAMILY_PRESETS,
+    TorchLlamaDecoderLayer,
+    TorchLlamaDecoderLayerFusedQKV,
+    family_config,
+    llama,
+    random_ids,
+    rel_max_err,
+)
+from teswap import FAMILIES, build_pair, decoder_class, replace_decoder
 from teswap.errors import UnsupportedConfigError, UnsupportedInputError
 from teswap.layers.rope import bind_rope
-from teswap.layers.torch_backend import TorchLlamaDecoderLayer, TorchLlamaDecoderLayerFusedQKV
 from teswap.parity.hf_checks import decode_cache_parity, decode_swapped_vs_stock, pad_rows, padded_batch_parity
 from teswap.swap.metadata import refuse_tensor_parallel
 
 
-@pytest.fixture(scope="module")
-def pair():
-    return build_pair(llama(), seed=3)
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def pair(request):
+    return build_pair(FAMILY_PRESETS[request.param], seed=3)
+
+
+family = pytest.mark.parametrize("family", FAMILY_NAMES)
 
 
 def left_padded(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +46,7 @@ def left_padded(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def generate_both(pair, ids, **kwargs):
-    kwargs = {"max_new_tokens": 6, "pad_token_id": 0, **kwargs}
+    kwargs = {"max_new_tokens": 12, "pad_token_id": 0, **kwargs}  # 7 + 12 tokens: past a 16-token window
     torch.manual_seed(11)
     stock = pair.stock.generate(ids, **kwargs)
     torch.manual_seed(11)
@@ -50,7 +63,7 @@ def test_cached_generation_gives_stocks_tokens(pair, mode):
     ids = random_ids(pair.config.vocab_size, batch=2, seq=7)
     stock, swapped = generate_both(pair, ids, use_cache=True, **mode)
     assert torch.equal(swapped, stock)
-    if mode.get("num_beams") is None and mode.get("cache_implementation") is None:
+    if pair.family == "llama" and mode.get("num_beams") is None and mode.get("cache_implementation") is None:
         uncached = generate_both(pair, ids, use_cache=False, **mode)[1]
         assert torch.equal(uncached, swapped)
 
@@ -59,7 +72,7 @@ def test_left_padded_batched_generation_gives_stocks_tokens(pair):
     ids, mask = left_padded(pair.config.vocab_size)
     stock, swapped = generate_both(pair, ids, attention_mask=mask, do_sample=False)
     assert torch.equal(swapped, stock)
-    alone = pair.swapped.generate(ids[1:2], attention_mask=mask[1:2], max_new_tokens=6, do_sample=False,
+    alone = pair.swapped.generate(ids[1:2], attention_mask=mask[1:2], max_new_tokens=12, do_sample=False,
                                   pad_token_id=0)
     assert torch.equal(swapped[1], alone[0])  # the longest row is unpadded: batching changed nothing
 
@@ -85,9 +98,10 @@ def test_padded_forward_equals_each_row_alone(pair, side):
         assert rel_max_err(ignored[0, mask[0].bool()], alone) > 1e-3  # so the check above can fail
 
 
+@family
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])  # bool mask; eager: additive float mask
-def test_padded_forward_matches_stock_per_implementation(implementation):
-    pair = build_pair(llama())
+def test_padded_forward_matches_stock_per_implementation(implementation, family):
+    pair = build_pair(FAMILY_PRESETS[family])
     for model in (pair.stock, pair.swapped):
         model.config._attn_implementation = implementation
     ids, mask = left_padded(pair.config.vocab_size)
@@ -143,10 +157,11 @@ def test_loss_kwargs_the_trainer_passes_reach_the_loss(pair):
     assert abs(float(stock) - float(plain)) > 1e-3  # num_items_in_batch really changed the loss
 
 
-def test_a_real_trainer_step_trains_the_swapped_model(tmp_path):
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])  # plain, frozen TE-only biases, composite
+def test_a_real_trainer_step_trains_the_swapped_model(tmp_path, family):
     from transformers import Trainer, TrainingArguments
 
-    pair = build_pair(llama(), seed=5)
+    pair = build_pair(FAMILY_PRESETS[family], seed=5)
     ids = random_ids(pair.config.vocab_size, batch=4, seq=12)
     data = [{"input_ids": row, "labels": row, "attention_mask": torch.ones_like(row)} for row in ids]
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2,
@@ -159,11 +174,12 @@ def test_a_real_trainer_step_trains_the_swapped_model(tmp_path):
     assert not torch.equal(before, pair.swapped.model.layers[0].layernorm_mlp.fc1_weight)
 
 
-def test_gradient_checkpointing_on_a_padded_batch_gives_the_same_gradients():
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3_text"])  # plain, windowed, composite
+def test_gradient_checkpointing_on_a_padded_batch_gives_the_same_gradients(family):
     ids, mask = left_padded(256)
     grads = []
     for checkpointing in (False, True):
-        model = build_pair(llama(), seed=2).swapped.train()
+        model = build_pair(family_config(family), seed=2).swapped.train()
         if checkpointing:
             model.gradient_checkpointing_enable()
         model(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), use_cache=False).loss.backward()
@@ -173,18 +189,19 @@ def test_gradient_checkpointing_on_a_padded_batch_gives_the_same_gradients():
 
 def test_save_and_load_round_trip(tmp_path, pair):
     pair.swapped.save_pretrained(tmp_path)
-    with replace_decoder(TorchLlamaDecoderLayer):
-        loaded = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    with replace_decoder(decoder_class(pair.family)):
+        loaded = FAMILIES[pair.family].causal_lm_class().from_pretrained(tmp_path).eval()
     bind_rope(loaded)
     ids, mask = left_padded(pair.config.vocab_size)
     with torch.no_grad():
         assert torch.equal(loaded(ids, attention_mask=mask).logits, pair.swapped(ids, attention_mask=mask).logits)
 
 
-def test_compiles_with_fullgraph_on_a_padded_batch():
+@family
+def test_compiles_with_fullgraph_on_a_padded_batch(family):
     """Graph capture is what is under test (no host syncs, no breaks): dynamo's eager backend, fast on CPU."""
     torch._dynamo.reset()
-    pair = build_pair(llama(num_hidden_layers=1))
+    pair = build_pair(family_config(family, num_hidden_layers=1))
     ids, mask = left_padded(pair.config.vocab_size)
     compiled = torch.compile(pair.swapped, fullgraph=True, backend="eager")
     with torch.no_grad():
@@ -208,10 +225,11 @@ def test_packed_sequences_honour_their_boundaries(pair):
 
 
 def test_hf_metadata_names_the_swapped_layers(pair):
-    assert pair.swapped._no_split_modules == {"TorchLlamaDecoderLayer"}
-    assert pair.swapped.model._no_split_modules == {"TorchLlamaDecoderLayer"}
+    name = decoder_class(pair.family).__name__
+    assert pair.swapped._no_split_modules == {name}
+    assert pair.swapped.model._no_split_modules == {name}
     assert not pair.swapped.supports_tp_plan and pair.stock.supports_tp_plan
-    assert type(pair.stock.model).__name__ == "LlamaModel"
+    assert type(pair.stock.model).__name__ == type(pair.swapped.model).__name__ == FAMILIES[pair.family].hf.base_model
     with pytest.raises(UnsupportedConfigError, match="tensor-parallel plans are not supported"):
         refuse_tensor_parallel("auto")
 

@@ -21,12 +21,13 @@ LAYERS = {
     "hardware": 1,
     "store": 2, "precision": 2, "statistics": 2, "speed_options": 2,
     "layers": 3,
-    "swap": 4,
-    "parity": 5, "benchmark": 5, "reporting": 5,
-    "__init__": 6,  # the public API: swap and layers only
-    "job": 6,
-    "commands": 7,
-    "cli": 8,
+    "families": 4,
+    "swap": 5,
+    "parity": 6, "benchmark": 6, "reporting": 6,
+    "__init__": 7,  # the public API: swap, families and layers only
+    "job": 7,
+    "commands": 8,
+    "cli": 9,
 }
 COMMAND_LINE = ("cli", "commands")
 

@@ -12,11 +12,10 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
-import teswap.swap.mapping
-from support import llama, random_ids
+from support import TorchLlamaDecoderLayer, TorchLlamaDecoderLayerFusedQKV, llama, random_ids
 from teswap import replace_decoder
 from teswap.errors import MappingError
-from teswap.layers.torch_backend import TorchLlamaDecoderLayer, TorchLlamaDecoderLayerFusedQKV
+from teswap.parity.mutations import gate_up_swapped
 from teswap.swap.presets import tiny_llama3
 
 LAYERS = (TorchLlamaDecoderLayer, TorchLlamaDecoderLayerFusedQKV)
@@ -96,11 +95,11 @@ def test_mapping_is_registered_only_inside_the_swap(checkpoint):
     assert type(plain.model.layers[0]).__name__ == "LlamaDecoderLayer"
 
 
-def test_gate_up_halves_swapped_in_the_mapping_changes_the_logits(checkpoint, monkeypatch):
-    """Mutation: the from_pretrained path uses the one mapping table, so a wrong fc1 order shows."""
+def test_gate_up_halves_swapped_in_the_mapping_changes_the_logits(checkpoint):
+    """Mutation: the from_pretrained path uses the family's one set of rules, so a wrong fc1 order shows."""
     stock, directory = checkpoint
-    monkeypatch.setattr(teswap.swap.mapping, "_GATE_UP", ("mlp.up_proj.weight", "mlp.gate_proj.weight"))
-    model = load_swapped(directory)
+    with gate_up_swapped():
+        model = load_swapped(directory)
     ids = random_ids(stock.config.vocab_size)
     assert not torch.allclose(logits_of(model, ids), logits_of(stock, ids), atol=1e-3)
 

@@ -23,7 +23,7 @@ def test_round_trip_is_bit_exact_and_covers_every_key(name, fused):
     hf = hf_state(config)
     te = hf_to_te_state_dict(hf, config, fuse_qkv_params=fused)
     layer_keys = {k.split(".", 3)[3] for k in te if ".layers." in k}
-    assert layer_keys == te_layer_keys(fuse_qkv=fused)
+    assert layer_keys == te_layer_keys(config, fuse_qkv=fused)
     back = te_to_hf_state_dict(te, config)
     assert back.keys() == hf.keys()
     for key in hf:

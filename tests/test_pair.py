@@ -7,17 +7,17 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 
-from support import llama, logits_of, random_ids, rel_max_err
+from support import TorchLlamaDecoderLayer, llama, logits_of, random_ids, rel_max_err
 from teswap import build_pair, replace_decoder
 from teswap.errors import SourceError, TeswapError
-from teswap.layers.torch_backend import TorchLlamaDecoderLayer
 from teswap.swap.presets import PRESETS
 
 
-def test_weights_equal_and_checksums_cover_every_stock_tensor():
+def test_weights_equal_and_checksums_cover_every_swapped_tensor():
     pair = build_pair("tiny")
     assert pair.weights_equal
-    assert pair.checksums.keys() == pair.stock.state_dict().keys()
+    assert pair.checksums.keys() == pair.swapped.state_dict().keys()  # in TE's layout
+    assert all(stock == swapped for stock, swapped in pair.checksums.values())
     assert {type(layer) for layer in pair.stock.model.layers} == {modeling_llama.LlamaDecoderLayer}
     assert {type(layer) for layer in pair.swapped.model.layers} == {TorchLlamaDecoderLayer}
     assert not pair.stock.training and not pair.swapped.training

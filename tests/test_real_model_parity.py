@@ -70,3 +70,32 @@ def test_fp8_skipped_in_the_swapped_model_fails(pairs):
         report = run_parity_case(_case("fp8-current", **NO_GENERATION), pair=_pair_for(pairs, "fp8-current"))
     assert not report.passed
     assert any(row.failure == "better than stock" for row in report.verdict.failures)
+
+
+# --- the trained model housed in other families' layouts (teswap.swap.checkpoints) -------------------
+
+
+@pytest.mark.parametrize("family", ["mistral", "phi3"])
+def test_rehoused_smollm2_is_the_same_function_in_another_familys_layout(smollm2, family):
+    """Phi-3's fused qkv/gate_up hold SmolLM2's rows exactly; Mistral's 64-token window is inert below 64."""
+    from transformers import AutoModelForCausalLM
+
+    ids = smollm2.load_tokenizer()("The capital of France is", return_tensors="pt").input_ids
+    llama = AutoModelForCausalLM.from_pretrained(smollm2.weights_dir, local_files_only=True).eval()
+    pair = build_pair(f"smollm2-135m-as-{family}")
+    assert type(pair.stock).__name__.lower().startswith(family) and pair.weights_equal
+    with torch.no_grad():
+        assert torch.equal(pair.stock(ids).logits, llama(ids).logits)
+        assert torch.equal(pair.swapped(ids).logits, pair.stock(ids).logits)
+
+
+def test_rehoused_qwen2_with_trained_weights_and_biases_passes_at_bf16(smollm2):
+    """Trained weights in Qwen2's shape (seeded q/k/v biases, windows on half the layers) on real text."""
+    pair = build_pair("smollm2-135m-as-qwen2", dtype=torch.bfloat16)
+    report = run_parity_case(_case("bf16", source="smollm2-135m-as-qwen2", seq_len=80, batch=1, gen_prompts=4),
+                             pair=pair)  # 80 tokens: past the 64-token windows of layers 15-29
+    assert report.passed, report.failure_summary()
+    assert "real text" in report.inputs
+    with mutation("qkv-bias-dropped"):  # the fault is in the mapping: the pair is built under it
+        broken = run_parity_case(_case("bf16", source="smollm2-135m-as-qwen2", seq_len=32, batch=1, **NO_GENERATION))
+    assert not broken.passed and broken.first_divergent_layer is not None

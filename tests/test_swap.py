@@ -9,11 +9,10 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 
-from support import logits_of, random_ids, rel_max_err
+from support import TorchLlamaDecoderLayer, TorchLlamaDecoderLayerFusedQKV, logits_of, random_ids, rel_max_err
 from teswap import replace_decoder
 from teswap.errors import SourceError
 from teswap.layers.rope import RopeTable
-from teswap.layers.torch_backend import TorchLlamaDecoderLayer, TorchLlamaDecoderLayerFusedQKV
 from teswap.swap.mapping import hf_to_te_state_dict
 from teswap.swap.presets import tiny
 
@@ -28,10 +27,13 @@ class Marker(TorchLlamaDecoderLayer):
 def test_patch_active_inside_and_restored_after():
     with replace_decoder(Marker):
         assert modeling_llama.LlamaDecoderLayer is Marker
-        assert issubclass(modeling_llama.LlamaModel, ORIGINAL_MODEL)  # its HF metadata names Marker
-        assert modeling_llama.LlamaModel._can_record_outputs == {"hidden_states": Marker}
+        base = ORIGINAL_MODEL(tiny())  # the class as imported before the swap
+        assert isinstance(base, ORIGINAL_MODEL) and type(base).__name__ == "LlamaModel"
+        assert type(base)._can_record_outputs == {"hidden_states": Marker}  # its HF metadata names Marker
     assert modeling_llama.LlamaDecoderLayer is ORIGINAL
     assert modeling_llama.LlamaModel is ORIGINAL_MODEL
+    assert "post_init" not in modeling_llama.LlamaPreTrainedModel.__dict__
+    assert type(ORIGINAL_MODEL(tiny())) is ORIGINAL_MODEL
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
@@ -45,9 +47,13 @@ def test_nested_swaps_restore_level_by_level():
     with replace_decoder(Marker):
         with replace_decoder(TorchLlamaDecoderLayerFusedQKV):
             assert modeling_llama.LlamaDecoderLayer is TorchLlamaDecoderLayerFusedQKV
-            assert modeling_llama.LlamaModel.__bases__ == (ORIGINAL_MODEL,)  # not a subclass of a subclass
+            inner = LlamaForCausalLM(tiny())
+            assert type(inner.model).__bases__ == (ORIGINAL_MODEL,)  # not a subclass of a subclass
+            assert type(inner.model)._can_record_outputs == {"hidden_states": TorchLlamaDecoderLayerFusedQKV}
         assert modeling_llama.LlamaDecoderLayer is Marker
+        assert type(LlamaForCausalLM(tiny()).model)._can_record_outputs == {"hidden_states": Marker}
     assert modeling_llama.LlamaDecoderLayer is ORIGINAL and modeling_llama.LlamaModel is ORIGINAL_MODEL
+    assert "post_init" not in modeling_llama.LlamaPreTrainedModel.__dict__
 
 
 def test_unknown_family_is_a_clear_error():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import te_standin
-from support import CONFIGS, llama, logits_of, random_ids, rel_max_err
+from support import CONFIGS, FAMILY_NAMES, FAMILY_PRESETS, llama, logits_of, random_ids, rel_max_err
 from teswap import build_pair
 from teswap.errors import BackendUnavailableError, UnsupportedConfigError
 from teswap.hardware.probe import Availability
@@ -117,7 +117,7 @@ def test_state_dict_names_are_te_names_plus_extra_state(standin, fused):
     keys = {k.split(".", 3)[3] for k in pair.swapped.state_dict() if ".layers.0." in k}
     extra = {f"{m}._extra_state" for m in ("self_attention.layernorm_qkv", "self_attention.core_attention",
                                            "self_attention.proj", "layernorm_mlp")}
-    assert keys == set(te_layer_keys(fuse_qkv=fused)) | extra
+    assert keys == set(te_layer_keys(pair.config, fuse_qkv=fused)) | extra
 
 
 def test_te_backend_is_refused_where_te_cannot_run():
@@ -128,3 +128,78 @@ def test_te_backend_is_refused_where_te_cannot_run():
         pytest.skip("TE can run on this machine")
     with pytest.raises(BackendUnavailableError, match="backend 'te' is unavailable: "):
         build_pair("tiny", backend="te")
+
+
+# --- every family through the stand-in ---------------------------------------------------------------
+
+FAMILY_BUILDS = [(te_standin.LATEST, family) for family in FAMILY_NAMES] + [
+    ("2.9", "qwen3"), ("2.9", "gemma3_text"), ("2.1", "mistral"), ("2.1", "phi3"), ("2.1", "gemma"), ("2.5", "qwen2")]
+
+
+@pytest.mark.parametrize("version, family", FAMILY_BUILDS, ids=[f"te{v}-{f}" for v, f in FAMILY_BUILDS])
+def test_every_family_matches_stock_through_the_standin(standin, family):
+    pair = build_pair(FAMILY_PRESETS[family], backend="te")
+    assert pair.weights_equal
+    ids = random_ids(pair.config.vocab_size, seq=48)  # past every tiny preset's 16-token window
+    assert rel_max_err(logits_of(pair.swapped, ids), logits_of(pair.stock, ids)) <= 1e-5
+    prompt = random_ids(pair.config.vocab_size, batch=2, seq=10, seed=2)  # TE's KV cache, past the window
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        assert torch.equal(pair.swapped.generate(prompt, **kwargs), pair.stock.generate(prompt, **kwargs))
+
+
+FUSED = [(te_standin.LATEST, family) for family in ("qwen2", "phi3", "gemma3_text")]  # fused biases, rows, MHA
+
+
+@pytest.mark.parametrize("version, family", FUSED, ids=[f"te{v}-{f}" for v, f in FUSED])
+def test_fused_qkv_families_match_stock_through_the_standin(standin, family):
+    pair = build_pair(FAMILY_PRESETS[family], backend="te", fuse_qkv=True)
+    assert pair.weights_equal
+    ids = random_ids(pair.config.vocab_size, seq=48)
+    assert rel_max_err(logits_of(pair.swapped, ids), logits_of(pair.stock, ids)) <= 1e-5
+
+
+EXPECTED_ARGUMENTS = {
+    "mistral": {"window_size": (15, 0), "bias": False},
+    "qwen2": {"bias": True},  # layer 0 full; the sliding layer is checked below
+    "qwen3": {"qk_norm_type": "RMSNorm", "qk_norm_before_rope": True, "qk_norm_eps": 1e-6, "kv_channels": 48},
+    "phi3": {"window_size": (15, 0), "qkv_weight_interleaved": False},
+    "gemma": {"zero_centered_gamma": True, "activation": "geglu", "kv_channels": 64},
+}
+
+
+@pytest.mark.parametrize("version", [te_standin.LATEST], ids=[f"te{te_standin.LATEST}"])
+@pytest.mark.parametrize("family", list(EXPECTED_ARGUMENTS))
+def test_each_family_passes_te_its_own_arguments(standin, family):
+    pair = build_pair(FAMILY_PRESETS[family], backend="te")
+    first = pair.swapped.model.layers[0].init_kwargs
+    assert {name: first.get(name) for name in EXPECTED_ARGUMENTS[family]} == EXPECTED_ARGUMENTS[family]
+    assert first["normalization"] == "RMSNorm" and first["attn_input_format"] == "bshd"
+    if family == "qwen2":
+        assert "window_size" not in first and pair.swapped.model.layers[1].init_kwargs["window_size"] == (15, 0)
+
+
+@pytest.mark.parametrize("version", [te_standin.LATEST], ids=[f"te{te_standin.LATEST}"])
+def test_gemma3_is_a_composite_of_te_modules_with_its_own_arguments(standin):
+    pair = build_pair("tiny-gemma3", backend="te")
+    sliding, full = pair.swapped.model.layers
+    assert type(sliding).__name__ == "TEGemma3TextDecoderComposite"
+    assert not isinstance(sliding, te_standin.TransformerLayer)
+    attention = sliding.self_attention.init_kwargs
+    assert attention["window_size"] == (15, 0) and "window_size" not in full.self_attention.init_kwargs
+    assert attention["qk_norm_type"] == "RMSNorm" and attention["qk_norm_before_rope"] is True
+    assert attention["zero_centered_gamma"] is True and attention["input_layernorm"] is True
+    assert sliding.layernorm_mlp.init_kwargs["activation"] == "geglu"
+    assert sliding.post_attention_layernorm.init_kwargs["zero_centered_gamma"] is True
+    core = sliding.self_attention.core_attention
+    assert core.effective_scale() == pytest.approx(24 ** -0.5)  # query_pre_attn_scalar, not head_dim 32
+    # TE's q/k RMSNorm holds 1 + w (it has no zero-centred gamma); HF holds w
+    hf_w = pair.stock.model.layers[0].self_attn.q_norm.weight
+    assert torch.equal(sliding.self_attention.q_norm.weight, (hf_w.float() + 1).to(hf_w.dtype))
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.5"], ids=["te2.1", "te2.5"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
+def test_q_k_norm_before_rope_is_refused_before_te_2_7(standin, family):
+    with pytest.raises(UnsupportedConfigError, match="needs TransformerEngine >= 2.7"):
+        build_pair(FAMILY_PRESETS[family], backend="te")

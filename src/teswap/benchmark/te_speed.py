@@ -31,11 +31,12 @@ import torch
 from torch import nn
 
 from teswap.benchmark.decode import Decoder, HFCacheDecoder
-from teswap.errors import MappingError
+from teswap.errors import MappingError, UnsupportedConfigError
+from teswap.families import family_for_config
 from teswap.layers.backends import get_backend
+from teswap.layers.plan import TRANSFORMER_LAYER
 from teswap.layers.rope import bind_rope
 from teswap.precision.table import get_precision
-from teswap.swap.families import family_for_config
 from teswap.swap.mapping import hf_to_te_state_dict, te_to_hf_state_dict
 from teswap.swap.metadata import finish_swapped_model, prepare_swapped_config
 from teswap.swap.replace import replace_decoder
@@ -85,12 +86,24 @@ def graphed(te: Any, module: nn.Module, sample_args: tuple[torch.Tensor, ...], p
                                          allow_unused_input=True, **quantization)
 
 
+def refuse_graphed_decode(config: Any) -> None:
+    """The graphed step loops over TE TransformerLayers and embeds the next token with embed_tokens alone
+    (te_gemma's design): a family built as a composite, or whose model scales the embedding, is refused."""
+    family = family_for_config(config)
+    if family.layout != TRANSFORMER_LAYER or family.scales_embeddings:
+        why = "its layers are a composite of TE modules" if family.layout != TRANSFORMER_LAYER else (
+            "its model scales the embedding outside embed_tokens")
+        raise UnsupportedConfigError(f"cuda-graphs on the te backend is not built for {family.name}: {why} "
+                                     "(the graphed decode step runs TransformerLayers on embed_tokens' output)")
+
+
 class TEGraphDecoder(Decoder):
     """te with cuda-graphs: the prefill eager into TE's cache, each decode token a replay of a TE graph."""
 
     cache_kind = "te"
 
     def __init__(self, model: nn.Module, *, capacity: int, precision: str, prompt: torch.Tensor) -> None:
+        refuse_graphed_decode(model.config)
         self.model: Any = model
         self.precision = precision
         self.eager = HFCacheDecoder(model, cache_kind="te", capacity=capacity)
@@ -107,7 +120,7 @@ class TEGraphDecoder(Decoder):
             self._buffer = self.model.model.embed_tokens(first).contiguous()
             state = self.eager.cache.state
             state.pre_step(te, [1] * prompt.shape[0], self._buffer)  # one token a row, as every replay
-            freqs = self.model.model.layers[0].rope.table(state.capacity, prompt.device)
+            freqs = self.model.model.layers[0].rope.table(state.capacity, prompt.device)  # one table (refused else)
             phase = TEDecodePhase(te, self.model, state.params, freqs).eval()
             self._replay = graphed(te, phase, (self._buffer,), self.precision)
         self.reset()
@@ -152,13 +165,14 @@ def fp8_weight_model(model: nn.Module, precision: str) -> nn.Module:
     config = copy.deepcopy(source_config)
     prepare_swapped_config(config)
     family = family_for_config(config)
-    decoder_cls = get_backend("te").decoder_class(True)  # FP8-only weights need fused QKV (te_gemma)
+    decoder_cls = get_backend("te").decoder_class(family, True)  # FP8-only weights need fused QKV (te_gemma)
     parameter = next(model.parameters())
     with torch.no_grad(), _quantized_init(te)(enabled=True, recipe=te_recipe(precision)), \
             replace_decoder(decoder_cls, family=family.name), torch.device(parameter.device):
         fp8 = family.causal_lm_class()._from_config(config, dtype=parameter.dtype)
     finish_swapped_model(fp8, decoder_cls)
     state = model.state_dict()
+    # (a tensor TE holds as 1 + w goes back and forth exactly where 1 + w >= 0.5: te - 1 is exact there)
     mapped = hf_to_te_state_dict(te_to_hf_state_dict(state, source_config), config, fuse_qkv_params=True)
     # te_gemma leaves core attention's extra state out; module names are the same fused or not.
     mapped.update({k: v for k, v in state.items() if k.endswith("_extra_state") and "core_attention" not in k})

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="allow a --seq-len past the model's max_position_embeddings (recorded in the case)")
     check.add_argument("--mutate", metavar="NAME",
                        help="run with a deliberate fault in the swap (gate-up-swapped, layer-at-init, rope-base-10000, "
-                            "fp8-skipped) to see the check catch it: expect exit 1; nothing is recorded")
+                            "fp8-skipped, qkv-bias-dropped, window-off-by-one, qk-norm-skipped, gamma-not-centred; "
+                            "teswap.parity.mutations) to see the check catch it: expect exit 1; nothing is recorded")
     check.add_argument("--json", type=Path, help="also write the report as JSON here")
     check.add_argument("--results", type=Path, default=Path("results"), help="results store to append the record to")
     check.add_argument("--no-record", action="store_true", help="do not append a record to the results store")
@@ -59,7 +60,11 @@ def main(args: argparse.Namespace) -> int:
                       batch=args.batch, batches=args.batches, seed=args.seed, device=device, fuse_qkv=args.fuse_qkv,
                       gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, grads=not args.no_grads,
                       beyond_max_positions=args.beyond_max_positions)
-    with mutation(args.mutate) if args.mutate else nullcontext():
+    if args.mutate:
+        from teswap.swap.sources import resolve_source
+
+        fault = mutation(args.mutate, resolve_source(args.model).config)  # refused where it breaks nothing
+    with fault if args.mutate else nullcontext():
         report = run_parity_case(case, policy)
     print(report_text(report) + (f"\n(mutation {args.mutate}: a FAIL is the expected outcome)" if args.mutate else ""))
     if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from teswap.errors import BackendUnavailableError
 from teswap.hardware.probe import Availability, probe_te
@@ -13,16 +14,16 @@ def _torch_available() -> Availability:
     return Availability(True)
 
 
-def _torch_class(fuse_qkv: bool) -> type:
+def _torch_class(plan_source: Any, fuse_qkv: bool) -> type:
     from teswap.layers.torch_backend import torch_decoder_class
 
-    return torch_decoder_class(fuse_qkv=fuse_qkv)
+    return torch_decoder_class(plan_source, fuse_qkv=fuse_qkv)
 
 
-def _te_class(fuse_qkv: bool) -> type:
+def _te_class(plan_source: Any, fuse_qkv: bool) -> type:
     from teswap.layers.te_backend import te_decoder_class
 
-    return te_decoder_class(fuse_qkv=fuse_qkv)
+    return te_decoder_class(plan_source, fuse_qkv=fuse_qkv)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +33,7 @@ class Backend:
     name: str
     description: str
     probe: Callable[[], Availability]
-    decoder_class: Callable[[bool], type]  # fuse_qkv -> class
+    decoder_class: Callable[[Any, bool], type]  # (a family's plan source, fuse_qkv) -> class
 
     def require(self) -> None:
         """Raise BackendUnavailableError with the probe's reason when this backend cannot run."""

@@ -1,11 +1,11 @@
-"""What both TE-layout decoder layers share: config validation, TE kwargs, and the ONE HF-facing forward.
+"""What both TE-layout decoder layers share: fresh and loaded weights, and the ONE HF-facing forward.
 
-HF's LlamaModel calls its decoder layers as
+HF's base models (LlamaModel, Qwen2Model, Gemma3TextModel, ...) call their layers as
     layer(hidden_states, attention_mask=..., position_embeddings=(cos, sin), position_ids=...,
           cache=..., use_cache=..., **kwargs)          (transformers 5.24; 5.17 says past_key_values=)
-and expects a tensor back. `HFDecoderCall.forward` is that call for both backends: it sorts the
-arguments into `DecoderInputs` and refuses what a TE-layout layer cannot honour (hf_inputs.py), so a
-swapped model never silently computes something else than the stock one, then hands them to the
+(Gemma3's without use_cache) and expects a tensor back. `HFDecoderCall.forward` is that call for both
+backends: it sorts the arguments into `DecoderInputs` and refuses what a TE-layout layer cannot honour
+(hf_inputs.py), so a swapped model never silently computes something else than the stock one, then hands them to the
 backend's `te_forward`, which turns them into its attention's terms (the twin: HF's mask, Cache and
 per-row RoPE; te: TE's padding mask, InferenceParams and RoPE table).
 """
@@ -17,63 +17,55 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig
 
-from teswap.errors import MappingError, UnsupportedConfigError
+from teswap.errors import MappingError
 from teswap.layers.hf_inputs import DecoderInputs, decoder_inputs
 from teswap.layers.rope import RopeTable
-from teswap.layers.torch_layer import normal_init
 
 # Set on a swapped layer by a checkpoint load under the swap (teswap.swap.loading); checked when it ends.
 FROM_CHECKPOINT = "_teswap_from_checkpoint"
+# Names the TE-only parameters (biases HF lacks) a layer holds at zero and never trains.
+FROZEN_ZERO = "_teswap_frozen_zero"
 
 
 def head_dim_of(config: PretrainedConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def validate_config(config: PretrainedConfig) -> None:
-    """Raise UnsupportedConfigError naming every config feature the TE-layout layers cannot express."""
-    problems = []
-    if getattr(config, "attention_bias", False):
-        problems.append("attention_bias=True (q/k/v/o biases are not mapped; TE bias is all-or-nothing)")
-    if getattr(config, "mlp_bias", False):
-        problems.append("mlp_bias=True (gate/up/down biases are not mapped)")
-    if getattr(config, "hidden_act", "silu") != "silu":
-        problems.append(f"hidden_act={config.hidden_act!r} (the layer implements SwiGLU, i.e. silu)")
-    if getattr(config, "pretraining_tp", 1) not in (1, None):
-        problems.append(f"pretraining_tp={config.pretraining_tp}")
-    heads, groups = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
-    if heads % groups:
-        problems.append(f"{heads} attention heads do not split into {groups} key/value groups")
-    if problems:
-        raise UnsupportedConfigError("cannot swap this config: " + "; ".join(problems))
+def kv_groups_of(config: PretrainedConfig) -> int:
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
 
 
-def te_layer_kwargs(config: PretrainedConfig, layer_idx: int) -> dict[str, Any]:
-    """The TransformerLayer arguments for one Llama decoder layer (names as in TE's signature)."""
-    validate_config(config)
-    return {
-        "hidden_size": config.hidden_size,
-        "ffn_hidden_size": config.intermediate_size,
-        "num_attention_heads": config.num_attention_heads,
-        "num_gqa_groups": config.num_key_value_heads or config.num_attention_heads,
-        "kv_channels": head_dim_of(config),  # Gemma/Qwen3-style head_dim != hidden/heads
-        "layernorm_epsilon": config.rms_norm_eps,
-        "layer_number": layer_idx + 1,  # TE keys its KV cache by layer_number
-        "attention_dropout": float(getattr(config, "attention_dropout", 0.0) or 0.0),
-        # Fresh weights as HF initialises its linears (TE's own default std is 0.023).
-        "init_method": normal_init(config.initializer_range),
-        "output_layer_init_method": normal_init(config.initializer_range),
-    }
+def keep_fresh_weights(layer: torch.nn.Module, frozen_zero: tuple[str, ...] = ()) -> None:
+    """Mark a new layer's parameters initialised, so HF's post_init leaves them as the layer made them;
+    freeze the TE-only parameters `frozen_zero` at zero.
 
-
-def keep_fresh_weights(layer: torch.nn.Module) -> None:
-    """Mark a new layer's parameters initialised, so HF's post_init leaves them as the layer made them.
-
-    HF's _init_weights sets `.weight = 1` on any module whose class name contains "LayerNorm":
-    that would hit a fused QKV `LayerNormLinear.weight`.
+    HF's _init_weights sets `.weight = 1` on any module whose class name contains "LayerNorm" (that
+    would hit a fused QKV `LayerNormLinear.weight`) and Gemma's zeroes any "*RMSNorm*" module (TE's q/k
+    norms, which hold 1 + w).
     """
     for param in layer.parameters():
         param._is_hf_initialized = True  # type: ignore[attr-defined]
+    setattr(layer, FROZEN_ZERO, tuple(frozen_zero))
+    freeze_zero(layer)
+
+
+def freeze_zero(layer: torch.nn.Module) -> None:
+    """Zero and freeze the layer's TE-only parameters; one a checkpoint load left on the meta device (no
+    checkpoint holds it) is made anew, as zeros beside the layer's other weights."""
+    names = getattr(layer, FROZEN_ZERO, ())
+    real = next((p for p in layer.parameters() if p.device.type != "meta"), None)
+    for name in names:
+        owner_name, _, attr = name.rpartition(".")
+        owner = layer.get_submodule(owner_name) if owner_name else layer
+        param = getattr(owner, attr)
+        if param.device.type == "meta" and real is not None:
+            param = torch.nn.Parameter(torch.zeros(param.shape, dtype=param.dtype, device=real.device))
+            param._is_hf_initialized = True  # type: ignore[attr-defined]
+            setattr(owner, attr, param)
+        elif param.device.type != "meta":
+            with torch.no_grad():
+                param.zero_()
+        param.requires_grad_(False)
 
 
 def check_loaded(layer: torch.nn.Module) -> None:
@@ -85,7 +77,12 @@ def check_loaded(layer: torch.nn.Module) -> None:
     if not getattr(layer, FROM_CHECKPOINT, False):
         return
     setattr(layer, FROM_CHECKPOINT, False)  # checked once
-    missing = [name for name, param in layer.named_parameters() if not getattr(param, "_is_hf_initialized", False)]
+    frozen = getattr(layer, FROZEN_ZERO, ())
+    loaded = {name for name, param in layer.named_parameters() if getattr(param, "_is_hf_initialized", False)}
+    # No HF checkpoint holds them (transformers initialises them as missing); a TE-layout checkpoint that
+    # does was checked to hold zeros when the load began (teswap.swap.loading).
+    freeze_zero(layer)
+    missing = [name for name, _ in layer.named_parameters() if name not in loaded and name not in frozen]
     if missing:
         index = getattr(layer, "layer_idx", "?")
         raise MappingError(f"the checkpoint did not provide these weights of swapped layer {index}: "

@@ -28,7 +28,7 @@ PASSED_THROUGH = ("num_items_in_batch", "shift_labels", "ignore_index", "output_
 REFUSED_FLAGS = {
     "output_attentions": "TransformerEngine never materialises attention probabilities (its fused kernels "
                          "do not form them), so neither do the swapped layers",
-    "output_router_logits": "a Llama decoder layer has no router",
+    "output_router_logits": "the swapped decoder layers have no router (mixture-of-experts families are not swapped)",
 }
 
 

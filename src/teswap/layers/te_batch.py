@@ -8,6 +8,11 @@ example does ("padding is shifted to the end to match TE attention mask expectat
 [b, s] (no data-dependent token count, unlike THD packing), and the layout matches TE's KV cache,
 which holds each row's tokens contiguously from position 0.
 
+Sliding-window layers (TE's window_size) see HF's sliding mask, causal AND window AND padding; the
+first layer of a forward works out the padding layout from its own mask, and every later layer checks
+that its mask has the form its window says (a family mixing sliding and full layers hands each its
+own mask).
+
 Positions: TE's RoPE takes one freqs table; rows differ only through InferenceParams' per-row start
 positions. So a padded batch needs HF's per-row position_ids to count on from each row's first real
 token (what generate() passes), from one common start without a cache or from the tokens TE holds
@@ -16,7 +21,7 @@ with one. Whether the inputs fit is checked on the host, outside a traced graph 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,9 +40,35 @@ class TEBatch:
     inverse: torch.Tensor | None  # [b, s] TE position of each HF position
     attention_mask: torch.Tensor | None  # [b, 1, 1, s] True = padding (TE's convention), or None
     mask_type: str  # TE's self_attn_mask_type
-    freqs: torch.Tensor  # TE's rotary_pos_emb, fp32 [n, 1, 1, d]
+    rope_positions: torch.Tensor | None  # positions of TE's freqs table, [1, s]; None: 0..table_length-1
+    table_length: int  # rows of TE's freqs table when rope_positions is None (the KV cache's capacity)
     inference_params: Any  # TE's InferenceParams, or None
-    key: tuple[int, int, int]  # ids of the HF mask, position_ids and cache this was made for
+    key: tuple[int, int]  # ids of the position_ids and cache this was made for
+    real: torch.Tensor | None  # [b, s] which tokens of this forward are real (HF order); None: all
+    seq_len: int = 0
+    freqs: dict[int, torch.Tensor] = field(default_factory=dict)  # per RopeTable (layer type), made once
+
+    def freqs_for(self, rope: RopeTable) -> torch.Tensor:
+        """TE's rotary_pos_emb (fp32 [n, 1, 1, d]) from the layer's table, once per table and forward."""
+        if id(rope) not in self.freqs:
+            if self.rope_positions is None:
+                self.freqs[id(rope)] = rope.table(self.table_length, rope.inv_freq().device)
+            else:
+                positions = self.rope_positions
+                self.freqs[id(rope)] = rope.freqs(positions, positions.shape[-1], positions.device)
+        return self.freqs[id(rope)]
+
+    def check_mask(self, mask: torch.Tensor | None, window: tuple[int, int] | None) -> None:
+        """A later layer's HF mask must be of the form its window says, over the same real tokens."""
+        if torch.compiler.is_compiling():
+            return
+        theirs = _real_tokens(mask, self.seq_len, window)
+        if theirs is None and self.real is None:
+            return
+        everyone = torch.ones(self.real.shape if self.real is not None else theirs.shape,  # type: ignore[union-attr]
+                              dtype=torch.bool, device=(self.real if self.real is not None else theirs).device)
+        if not torch.equal(everyone if theirs is None else theirs, everyone if self.real is None else self.real):
+            raise UnsupportedInputError("the decoder layers of one forward got masks with different padding")
 
     def to_te(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return hidden_states if self.order is None else _gather_rows(hidden_states, self.order)
@@ -46,16 +77,18 @@ class TEBatch:
         return hidden_states if self.inverse is None else _gather_rows(hidden_states, self.inverse)
 
 
-def te_batch(te_module: Any, rope: RopeTable, config: Any, hidden_states: torch.Tensor,
-             inputs: DecoderInputs) -> TEBatch:
-    """TE's view of this forward; with a cache this also runs InferenceParams.pre_step (once per forward)."""
+def te_batch(te_module: Any, config: Any, hidden_states: torch.Tensor, inputs: DecoderInputs, *,
+             window: tuple[int, int] | None = None) -> TEBatch:
+    """TE's view of this forward; with a cache this also runs InferenceParams.pre_step (once per forward).
+
+    `window` is the first layer's (its HF mask is causal AND that window AND padding)."""
     if inputs.packed_cu_seqlens is not None:
         raise UnsupportedInputError("packed sequences (cu_seq_lens_q/k) are not supported by the te backend: its "
                                     "layers are built with attn_input_format='bshd', packed input needs 'thd'")
     batch, seq_len = hidden_states.shape[:2]
     device = hidden_states.device
-    key = (id(inputs.attention_mask), id(inputs.position_ids), id(inputs.cache))
-    real = _real_tokens(inputs.attention_mask, seq_len)
+    key = (id(inputs.position_ids), id(inputs.cache))
+    real = _real_tokens(inputs.attention_mask, seq_len, window)
     positions = _positions(inputs.position_ids, batch, seq_len, device)
     state = None
     if inputs.cache is not None and torch.is_grad_enabled():  # TE's KV cache is inference-only
@@ -66,7 +99,9 @@ def te_batch(te_module: Any, rope: RopeTable, config: Any, hidden_states: torch.
         _require(positions == positions[:1], "rows of position_ids differ in an unpadded batch; TE's RoPE "
                                              "takes one table for all rows")
         return TEBatch(order=None, inverse=None, attention_mask=None, mask_type="causal",
-                       freqs=rope.freqs(positions[:1], seq_len, device), inference_params=None, key=key)
+                       rope_positions=positions[:1], table_length=seq_len, inference_params=None, key=key, real=None,
+                       seq_len=seq_len)
+    found = real
     real = torch.ones(batch, seq_len, dtype=torch.bool, device=device) if real is None else real
     order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
     lengths = real.sum(dim=1)
@@ -76,13 +111,13 @@ def te_batch(te_module: Any, rope: RopeTable, config: Any, hidden_states: torch.
     if state is None:
         _require((moved == moved[:1, :1] + in_row) | ~real_first, _POSITIONS_WITHOUT_CACHE)
         return TEBatch(order=order, inverse=torch.argsort(order, dim=1), mask_type="padding_causal",
-                       attention_mask=~real_first[:, None, None, :],
-                       freqs=rope.freqs(moved[:1, :1] + in_row[None], seq_len, device), inference_params=None,
-                       key=key)
-    return _cached_batch(te_module, rope, state, hidden_states, order, lengths, moved, real_first, key)
+                       attention_mask=~real_first[:, None, None, :], rope_positions=moved[:1, :1] + in_row[None],
+                       table_length=seq_len, inference_params=None, key=key, real=found, seq_len=seq_len)
+    return _cached_batch(te_module, state, hidden_states, order, lengths, moved, real_first, key, found)
 
 
-def _cached_batch(te_module, rope, state: TEKVState, hidden_states, order, lengths, moved, real_first, key) -> TEBatch:
+def _cached_batch(te_module, state: TEKVState, hidden_states, order, lengths, moved, real_first, key,
+                  found) -> TEBatch:
     """With TE's KV cache: per-row start positions come from InferenceParams, the table from position 0."""
     seq_len = hidden_states.shape[1]
     held = state.row_lengths(hidden_states.device)
@@ -94,8 +129,9 @@ def _cached_batch(te_module, rope, state: TEKVState, hidden_states, order, lengt
     # te_gemma's choice: "padding_causal" for the prompt, "padding" for one token per row (TE aligns the
     # causal diagonal bottom-right under KV caching, so both are the same for one query).
     return TEBatch(order=order, inverse=torch.argsort(order, dim=1), attention_mask=None,
-                   mask_type="padding_causal" if seq_len > 1 else "padding",
-                   freqs=rope.table(state.capacity, hidden_states.device), inference_params=params, key=key)
+                   mask_type="padding_causal" if seq_len > 1 else "padding", rope_positions=None,
+                   table_length=state.capacity, inference_params=params, key=key, real=found,
+                   seq_len=seq_len)
 
 
 _POSITIONS_WITHOUT_CACHE = (
@@ -104,21 +140,24 @@ _POSITIONS_WITHOUT_CACHE = (
     "(attention_mask.cumsum(-1) - 1), as generate() does")
 
 
-def _real_tokens(mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+def _real_tokens(mask: torch.Tensor | None, seq_len: int, window: tuple[int, int] | None) -> torch.Tensor | None:
     """[b, s] bool: which of this forward's tokens are real, from HF's 4D mask; None when there is no mask.
 
-    HF builds the mask as causal AND key padding, so the last query row sees every real key; outside a
-    traced graph the whole mask is checked to be of that form (a packed block-diagonal one is not).
+    HF builds the mask as causal AND key padding (AND the window on a sliding layer), so a real key is
+    seen by some query (the one at its own position, at least); outside a traced graph the whole mask
+    is checked to be of that form (a packed block-diagonal one is not).
     """
     if mask is None:
         return None
     attend = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
-    keys_real = attend[:, -1, :]
+    keys_real = attend.any(dim=-2)
     queries, keys = attend.shape[-2:]
-    causal = torch.ones(queries, keys, dtype=torch.bool, device=mask.device).tril(keys - queries)
-    _require(attend == (causal[None] & keys_real[:, None, :]),
-             "the te backend takes HF masks of the form causal AND padding (TE's padding_causal); this mask "
-             "is not (packed sequences or a custom 4D mask)")
+    allowed = torch.ones(queries, keys, dtype=torch.bool, device=mask.device).tril(keys - queries)
+    if window is not None:
+        allowed &= ~torch.ones_like(allowed).tril(keys - queries - window[0] - 1)
+    _require(attend == (allowed[None] & keys_real[:, None, :]),
+             "the te backend takes HF masks of the form causal AND padding (TE's padding_causal, with the "
+             "layer's window_size on a sliding layer); this mask is not (packed sequences or a custom 4D mask)")
     return keys_real[:, -seq_len:]
 
 

@@ -1,49 +1,83 @@
-"""`TorchLlamaDecoderLayer`: the pure-PyTorch TE twin behind HF's decoder-layer signature.
+"""The torch backend: the pure-PyTorch TE twin behind HF's decoder-layer signature, for any family.
 
-It honours an HF decoder call the way HF's own LlamaAttention does: the 4D mask as given (padding,
-packed sequences, eager's additive float), per-row position_ids, and any HF `Cache` (dynamic,
-static) through `Cache.update(keys, values, layer_idx)`. Nothing it does reads tensor values on the
-host, so the model traces under torch.compile(fullgraph=True).
+A family's class (`torch_decoder_class(plan_source)`: TorchLlamaDecoderLayer, TorchQwen2DecoderLayer,
+TorchGemma3TextDecoderComposite, ...) builds each layer from the family's LayerPlan: a TransformerLayer
+or, where the family needs it, the composite of TE modules. It honours an HF decoder call the way
+HF's own attention does: the 4D mask (padding, packed sequences, eager's additive float), per-row
+position_ids, and any HF `Cache` (dynamic, sliding, static) through `Cache.update(keys, values,
+layer_idx)`; a window is the layer's own (TE's window_size), except over a static cache, whose key
+slots HF's mask alone can place. Nothing it does reads tensor values on the host, so the model traces
+under torch.compile(fullgraph=True).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any, Protocol
 
 import torch
 from transformers import PretrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from teswap.layers.hf_adapter import HFDecoderCall, keep_fresh_weights, te_layer_kwargs
+from teswap.layers.hf_adapter import HFDecoderCall, keep_fresh_weights
 from teswap.layers.hf_inputs import DecoderInputs, packed_causal_mask
+from teswap.layers.plan import COMPOSITE, LayerPlan
 from teswap.layers.rope import RopeTable, attention_softmax_scale, shared_table_for
-from teswap.layers.torch_layer import KVUpdate, TransformerLayer
+from teswap.layers.torch_attention import KVUpdate
+from teswap.layers.torch_layer import DecoderComposite, TransformerLayer
 
 
-class TorchLlamaDecoderLayer(HFDecoderCall, TransformerLayer, GradientCheckpointingLayer):  # type: ignore[misc]
-    """A drop-in for LlamaDecoderLayer with TE's parameter layout and math, in pure PyTorch."""
+class PlanSource(Protocol):
+    """What a backend needs of a family (teswap.families.base.Family is one)."""
+
+    name: str
+    layout: str
+
+    def layer_plan(self, config: PretrainedConfig, layer_idx: int) -> LayerPlan: ...
+
+
+def swapped_class_name(backend: str, family: str, layout: str, fuse_qkv: bool) -> str:
+    """TorchLlamaDecoderLayer, TEQwen2DecoderLayerFusedQKV, TorchGemma3TextDecoderComposite, ..."""
+    word = "".join(part.capitalize() for part in family.split("_"))
+    kind = "DecoderComposite" if layout == COMPOSITE else "DecoderLayer"
+    return f"{backend}{word}{kind}{'FusedQKV' if fuse_qkv else ''}"
+
+
+class TorchDecoder(HFDecoderCall):
+    """The twin's HF-facing layer; a family's class adds the layer body (TransformerLayer or composite)."""
 
     backend = "torch"
-    fuse_qkv_params = False  # a subclass with True is made by `torch_decoder_class(fuse_qkv=True)`
+    fuse_qkv_params = False
+    plan_source: PlanSource
 
     def __init__(self, config: PretrainedConfig, layer_idx: int) -> None:
-        rope = shared_table_for(config)  # `bind_rope` re-points it at the model's own rotary module
-        kwargs = te_layer_kwargs(config, layer_idx)
-        super().__init__(**kwargs, fuse_qkv_params=self.fuse_qkv_params,
-                         softmax_scale=attention_softmax_scale(rope, kwargs["kv_channels"]))
-        keep_fresh_weights(self)
+        plan = self.plan_source.layer_plan(config, layer_idx)
+        rope = shared_table_for(config, plan)  # `bind_rope` re-points it at the model's own rotary module
+        scale = attention_softmax_scale(rope, plan.te_kwargs["kv_channels"], plan.query_scale)
+        super().__init__(**plan.te_kwargs, fuse_qkv_params=self.fuse_qkv_params, softmax_scale=scale)
+        keep_fresh_weights(self, plan.frozen_zero)  # type: ignore[arg-type]
         self.layer_idx = layer_idx
+        self.layer_plan_used = plan
         self.rope: RopeTable = rope
         self.hf_config = config
 
     def te_forward(self, hidden_states: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
         seq_len = hidden_states.shape[1]
         freqs = self.rope.freqs(inputs.position_ids, seq_len, hidden_states.device)
-        return TransformerLayer.forward(self, hidden_states, freqs, _twin_mask(inputs, seq_len),
-                                        self._kv_update(inputs.cache))
+        body = DecoderComposite if self.layer_plan_used.layout == COMPOSITE else TransformerLayer
+        return body.forward(self, hidden_states, freqs, _twin_mask(inputs, seq_len),  # type: ignore[arg-type]
+                            self._kv_update(inputs.cache), own_window=not _static_layer(inputs.cache, self.layer_idx))
 
-    def _kv_update(self, cache) -> KVUpdate | None:
+    def _kv_update(self, cache: Any) -> KVUpdate | None:
         if cache is None:
             return None
         return lambda keys, values: cache.update(keys, values, self.layer_idx)
+
+
+def _static_layer(cache: Any, layer_idx: int) -> bool:
+    """Whether the cache keeps this layer's keys in fixed slots (HF's static caches), not ending at the query."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and bool(getattr(layers[layer_idx], "is_compileable", False))
 
 
 def _twin_mask(inputs: DecoderInputs, seq_len: int) -> torch.Tensor | None:
@@ -57,11 +91,15 @@ def _twin_mask(inputs: DecoderInputs, seq_len: int) -> torch.Tensor | None:
     return packed & (mask if mask.dtype == torch.bool else mask == 0)
 
 
-class TorchLlamaDecoderLayerFusedQKV(TorchLlamaDecoderLayer):
-    """The same layer with one fused `layernorm_qkv.weight` (TE's fuse_qkv_params=True layout)."""
-
-    fuse_qkv_params = True
-
-
-def torch_decoder_class(*, fuse_qkv: bool = False) -> type[TorchLlamaDecoderLayer]:
-    return TorchLlamaDecoderLayerFusedQKV if fuse_qkv else TorchLlamaDecoderLayer
+@functools.cache
+def torch_decoder_class(plan_source: PlanSource, *, fuse_qkv: bool = False) -> type:
+    """The twin's decoder class for a family (cached: one class per family and QKV layout)."""
+    body = DecoderComposite if plan_source.layout == COMPOSITE else TransformerLayer
+    name = swapped_class_name("Torch", plan_source.name, plan_source.layout, fuse_qkv)
+    doc = (f"A drop-in for {plan_source.name}'s decoder layer with TE's parameter layout and math, in pure "
+           f"PyTorch ({'a composite of TE modules' if body is DecoderComposite else 'a TransformerLayer'}).")
+    attrs = {"__doc__": doc, "__module__": __name__, "plan_source": plan_source, "fuse_qkv_params": fuse_qkv,
+             "family": plan_source.name}
+    cls = type(name, (TorchDecoder, body, GradientCheckpointingLayer), attrs)
+    cls.__qualname__ = name
+    return cls

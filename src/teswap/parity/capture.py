@@ -1,8 +1,8 @@
 """Per-layer hidden states through our own forward hooks.
 
-HF's `output_hidden_states=True` records outputs of the ORIGINAL decoder class only
-(`_can_record_outputs`), so on a swapped model it silently returns nothing; hooks on
-`model.model.layers[i]` work for stock and swapped alike.
+HF's `output_hidden_states=True` follows the swap now (teswap.swap.metadata), but the parity check
+does not depend on HF's recording: hooks on `model.base_model.layers[i]` work for stock and swapped
+alike, whatever the family.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 def layer_outputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collect each decoder layer's output (detached) during the forwards run inside the block."""
     outputs: list[torch.Tensor] = []
-    layers = getattr(model, "model", model).get_submodule("layers")
+    layers = getattr(model, "base_model", model).get_submodule("layers")
     handles = [layer.register_forward_hook(_recorder(outputs)) for layer in layers.children()]
     try:
         yield outputs

@@ -369,7 +369,7 @@ def _add_loss_and_grads(pair: Pair, reference: ReferenceRuns, ids: torch.Tensor,
     for name, model in (("stock", pair.stock), ("swapped", pair.swapped)):
         loss, grads = _loss_and_grads(model, ids, contexts[name])
         if name == "swapped":
-            grads = te_to_hf_state_dict(grads, pair.config)
+            grads = te_to_hf_state_dict(grads, pair.config, gradients=True)
         summary, worst = grad_comparison(grads, ref_grads)
         if name == "swapped":
             worst_name = worst.parameter  # a diagnosis, not a bound

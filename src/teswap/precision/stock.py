@@ -24,7 +24,7 @@ _SITE_ATTR = "_teswap_fp8_site"  # the GemmSite lives on the module so delayed-s
 
 
 def _decoder_linears(model: nn.Module) -> list[nn.Linear]:
-    layers = getattr(model, "model", model).get_submodule("layers")
+    layers = getattr(model, "base_model", model).get_submodule("layers")
     return [m for m in layers.modules() if isinstance(m, nn.Linear)]
 
 

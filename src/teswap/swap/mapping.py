@@ -1,19 +1,12 @@
-"""HF <-> TE state-dict mapping for Llama decoder layers; every key accounted for, both ways.
+"""HF <-> TE state-dict mapping for any family's decoder layers; every key accounted for, both ways.
 
-    HF  model.layers.N.                      TE  model.layers.N.
-    input_layernorm.weight                   self_attention.layernorm_qkv.layer_norm_weight
-    self_attn.{q,k,v}_proj.weight            self_attention.layernorm_qkv.{query,key,value}_weight
-                                             (fused: self_attention.layernorm_qkv.weight, see below)
-    self_attn.o_proj.weight                  self_attention.proj.weight
-    post_attention_layernorm.weight          layernorm_mlp.layer_norm_weight
-    mlp.gate_proj.weight ; mlp.up_proj.weight  layernorm_mlp.fc1_weight rows [0, I) ; [I, 2I)
-    mlp.down_proj.weight                     layernorm_mlp.fc2_weight
-
-Fused QKV row order (TE MultiheadAttention, qkv_weight_interleaved=True, the default): the GEMM
-output is viewed as [..., groups, heads/groups + 2, head_dim] and split into q, k, v along the
-second-to-last axis, so rows run group by group: that group's query heads, its key head, its value
-head. Keys outside the decoder layers (embeddings, final norm, lm_head) pass through unchanged.
-TE state dicts also carry `*._extra_state` (FP8 metadata): dropped going to HF, never required.
+The family's adapter lists its rules for one layer (teswap.families: `Family.layer_rules`, in the
+vocabulary of teswap.families.rules); this module applies them to every `...layers.N.` prefix. Keys
+outside the decoder layers (embeddings, final norm, lm_head, a classification head) pass through
+unchanged. A layer with a key no rule accounts for, or missing one a rule needs, raises MappingError.
+TE state dicts also carry `*._extra_state` (FP8 metadata): dropped going to HF, never required; a
+TE-only parameter held at zero (`te_only_zero`) may be absent from a TE dict (a gradient dict has
+none: it is frozen) and must be zero where present.
 """
 
 from __future__ import annotations
@@ -25,52 +18,28 @@ import torch
 from transformers import PretrainedConfig
 
 from teswap.errors import MappingError
-from teswap.layers.hf_adapter import head_dim_of
+from teswap.families import family_for_config
+from teswap.families.rules import Rule, hf_keys, te_keys
 
 StateDict = Mapping[str, torch.Tensor]
 
 _LAYER_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.(?P<idx>\d+)\.)(?P<rest>.+)$")
-
-# HF name -> TE name, for tensors that map one to one.
-_ONE_TO_ONE = {
-    "input_layernorm.weight": "self_attention.layernorm_qkv.layer_norm_weight",
-    "self_attn.o_proj.weight": "self_attention.proj.weight",
-    "post_attention_layernorm.weight": "layernorm_mlp.layer_norm_weight",
-    "mlp.down_proj.weight": "layernorm_mlp.fc2_weight",
-}
-_SPLIT_QKV = {
-    "self_attn.q_proj.weight": "self_attention.layernorm_qkv.query_weight",
-    "self_attn.k_proj.weight": "self_attention.layernorm_qkv.key_weight",
-    "self_attn.v_proj.weight": "self_attention.layernorm_qkv.value_weight",
-}
-_FUSED_QKV = "self_attention.layernorm_qkv.weight"
-_FC1 = "layernorm_mlp.fc1_weight"
-_GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
-
-HF_LAYER_KEYS = frozenset([*_ONE_TO_ONE, *_SPLIT_QKV, *_GATE_UP])
+FUSED_QKV = "self_attention.layernorm_qkv.weight"
 
 
-def te_layer_keys(*, fuse_qkv: bool) -> frozenset[str]:
-    """The parameter names (relative to a layer) of a TE-layout layer."""
-    qkv = {_FUSED_QKV} if fuse_qkv else set(_SPLIT_QKV.values())
-    return frozenset([*_ONE_TO_ONE.values(), *qkv, _FC1])
+def layer_rules(config: PretrainedConfig, *, fuse_qkv: bool) -> list[Rule]:
+    """The family's rules for one decoder layer of `config`."""
+    return family_for_config(config).layer_rules(config, fuse_qkv=fuse_qkv)
 
 
-def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, groups: int, head_dim: int) -> torch.Tensor:
-    """[q; k; v] row blocks -> TE's group-interleaved fused QKV weight."""
-    hidden = q.shape[1]
-    qg = q.reshape(groups, -1, head_dim, hidden)  # query heads of each group, in order
-    kg = k.reshape(groups, 1, head_dim, hidden)
-    vg = v.reshape(groups, 1, head_dim, hidden)
-    return torch.cat((qg, kg, vg), dim=1).reshape(-1, hidden)
+def hf_layer_keys(config: PretrainedConfig) -> frozenset[str]:
+    """The HF parameter names (relative to a layer) a decoder layer of `config` holds."""
+    return hf_keys(layer_rules(config, fuse_qkv=False))
 
 
-def unfuse_qkv(fused: torch.Tensor, *, heads: int, groups: int, head_dim: int):
-    """TE's group-interleaved fused QKV weight -> (q, k, v) row blocks."""
-    hidden = fused.shape[1]
-    grouped = fused.reshape(groups, heads // groups + 2, head_dim, hidden)
-    q, k, v = grouped.split([heads // groups, 1, 1], dim=1)
-    return q.reshape(-1, hidden), k.reshape(-1, hidden), v.reshape(-1, hidden)
+def te_layer_keys(config: PretrainedConfig, *, fuse_qkv: bool) -> frozenset[str]:
+    """The parameter names (relative to a layer) of a TE-layout layer of `config`."""
+    return te_keys(layer_rules(config, fuse_qkv=fuse_qkv))
 
 
 def _split_layers(state_dict: StateDict) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
@@ -86,8 +55,9 @@ def _split_layers(state_dict: StateDict) -> tuple[dict[str, dict[str, torch.Tens
     return layers, rest
 
 
-def _require_exact(layer: Mapping[str, torch.Tensor], expected: frozenset[str], prefix: str, side: str) -> None:
-    missing = sorted(expected - layer.keys())
+def _require_exact(layer: Mapping[str, torch.Tensor], expected: frozenset[str], optional: frozenset[str],
+                   prefix: str, side: str, family: str) -> None:
+    missing = sorted(expected - optional - layer.keys())
     unexpected = sorted(k for k in layer.keys() - expected if not k.endswith("_extra_state"))
     if missing or unexpected:
         parts = []
@@ -95,49 +65,51 @@ def _require_exact(layer: Mapping[str, torch.Tensor], expected: frozenset[str], 
             parts.append("missing " + ", ".join(prefix + k for k in missing))
         if unexpected:
             parts.append("unmapped " + ", ".join(prefix + k for k in unexpected))
-        raise MappingError(f"{side} state dict does not match the Llama layer mapping: " + "; ".join(parts))
+        raise MappingError(f"{side} state dict does not match the {family} layer mapping: " + "; ".join(parts))
 
 
 def hf_to_te_state_dict(state_dict: StateDict, config: PretrainedConfig, *, fuse_qkv_params: bool = False
                         ) -> dict[str, torch.Tensor]:
-    """Map an HF Llama state dict to TE layout; raise MappingError on any missing or unmapped key."""
+    """Map an HF state dict to TE layout; raise MappingError on any missing or unmapped key.
+
+    TE-only zero tensors (`te_only_zero`) are not made here: the swapped layers hold them themselves.
+    """
+    family = family_for_config(config)
+    rules = family.layer_rules(config, fuse_qkv=fuse_qkv_params)
     layers, out = _split_layers(state_dict)
     _check_layer_count(layers, config, "HF")
-    groups = config.num_key_value_heads or config.num_attention_heads
     for prefix, layer in layers.items():
-        _require_exact(layer, HF_LAYER_KEYS, prefix, "HF")
-        for hf, te in _ONE_TO_ONE.items():
-            out[prefix + te] = layer[hf]
-        q, k, v = (layer[hf] for hf in _SPLIT_QKV)
-        if fuse_qkv_params:
-            out[prefix + _FUSED_QKV] = fuse_qkv(q, k, v, groups=groups, head_dim=head_dim_of(config))
-        else:
-            for tensor, te in zip((q, k, v), _SPLIT_QKV.values(), strict=True):
-                out[prefix + te] = tensor
-        out[prefix + _FC1] = torch.cat([layer[hf] for hf in _GATE_UP], dim=0)  # SiLU acts on rows [0, I)
+        _require_exact(layer, hf_keys(rules), frozenset(), prefix, "HF", family.name)
+        for rule in rules:
+            if rule.hf:
+                for name, tensor in zip(rule.te, rule.to_te([layer[k] for k in rule.hf]), strict=True):
+                    out[prefix + name] = tensor
     return out
 
 
-def te_to_hf_state_dict(state_dict: StateDict, config: PretrainedConfig) -> dict[str, torch.Tensor]:
-    """Map a TE-layout state dict (split or fused QKV, detected) back to HF names; drop _extra_state."""
+def te_to_hf_state_dict(state_dict: StateDict, config: PretrainedConfig, *, gradients: bool = False
+                        ) -> dict[str, torch.Tensor]:
+    """Map a TE-layout state dict (split or fused QKV, detected) back to HF names; drop _extra_state.
+
+    `gradients=True` maps a dict of gradients: a tensor TE holds as 1 + w has w's gradient as it is.
+    """
+    family = family_for_config(config)
     layers, out = _split_layers(state_dict)
     out = {k: v for k, v in out.items() if not k.endswith("_extra_state")}
     _check_layer_count(layers, config, "TE")
-    groups = config.num_key_value_heads or config.num_attention_heads
     for prefix, layer in layers.items():
-        fused = _FUSED_QKV in layer
-        _require_exact(layer, te_layer_keys(fuse_qkv=fused), prefix, "TE")
-        for hf, te in _ONE_TO_ONE.items():
-            out[prefix + hf] = layer[te]
-        if fused:
-            qkv = unfuse_qkv(layer[_FUSED_QKV], heads=config.num_attention_heads, groups=groups,
-                             head_dim=head_dim_of(config))
-        else:
-            qkv = tuple(layer[te] for te in _SPLIT_QKV.values())
-        for hf, tensor in zip(_SPLIT_QKV, qkv, strict=True):
-            out[prefix + hf] = tensor
-        gate, up = layer[_FC1].chunk(2, dim=0)
-        out[prefix + _GATE_UP[0]], out[prefix + _GATE_UP[1]] = gate, up
+        rules = family.layer_rules(config, fuse_qkv=FUSED_QKV in layer)
+        zero_only = frozenset(name for rule in rules if not rule.hf for name in rule.te)
+        _require_exact(layer, te_keys(rules), zero_only, prefix, "TE", family.name)
+        for name in zero_only & layer.keys():
+            if bool(layer[name].any()):
+                raise MappingError(f"{prefix}{name} is not zero: the {family.name} HF layer has no such tensor")
+        for rule in rules:
+            if rule.hf:
+                tensors = [layer[k] for k in rule.te]
+                mapped = rule.grads_to_hf(tensors) if gradients else rule.to_hf(tensors)
+                for name, tensor in zip(rule.hf, mapped, strict=True):
+                    out[prefix + name] = tensor
     return out
 
 

@@ -2,10 +2,13 @@
 
 HF reads three things from the model class rather than from its modules:
 - `_can_record_outputs`: `output_hidden_states=True` hooks every instance of the class named there
-  (LlamaDecoderLayer); swapped layers are not instances of it, so hidden_states came back empty. HF
-  keys this by the model class (`str(model.__class__)`), so the swap builds the base model as a
-  subclass (`swapped_model_class`) that names the swapped decoder class, and nothing for
-  "attentions" (the layers refuse output_attentions).
+  (LlamaDecoderLayer, Qwen2DecoderLayer, ...); swapped layers are not instances of it, so
+  hidden_states came back empty. HF keys this by the model's class (`str(model.__class__)`, in a
+  registry filled when a model is built), so every base model built under the swap, whichever name
+  its class was reached by (imported before the swap or not, the `model` or `transformer` of a
+  head), becomes an instance of a subclass (`swapped_model_class`) that names the swapped decoder
+  class, and nothing for "attentions" (the layers refuse output_attentions). The subclass keeps the
+  base class's `__name__`, so a saved config still says "LlamaModel".
 - `_no_split_modules`: what device_map="auto" keeps on one device; it must name the swapped class.
 - the tensor-parallel plan (config.base_model_tp_plan) names q_proj/k_proj/...: modules a swapped
   layer does not have, and TE's split or fused QKV is not a plain Linear HF could shard. TE does its
@@ -16,11 +19,14 @@ HF reads three things from the model class rather than from its modules:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from teswap.errors import UnsupportedConfigError
+from teswap.layers.hf_adapter import FROZEN_ZERO
 
 _SUBCLASSES: dict[tuple[type, type], type] = {}
 
@@ -33,16 +39,18 @@ TENSOR_PARALLEL_REFUSAL = (
 
 def swapped_model_class(base: type, decoder_cls: type) -> type:
     """`base` (e.g. LlamaModel) whose output recording and no-split list name `decoder_cls` (cached)."""
+    base = getattr(base, "__teswap_base__", base)  # a nested swap subclasses the family's own class
     key = (base, decoder_cls)
     if key not in _SUBCLASSES:
         attrs = {
             "__module__": __name__,
+            "__qualname__": f"{base.__qualname__}[{decoder_cls.__name__}]",
             "__doc__": f"{base.__name__} built with {decoder_cls.__name__} decoder layers (teswap swap).",
             "_no_split_modules": [decoder_cls.__name__],
             "_can_record_outputs": {"hidden_states": decoder_cls},
-            "__teswap_base__": base,  # nested swaps subclass the family's own class, not a subclass
+            "__teswap_base__": base,
         }
-        _SUBCLASSES[key] = type(f"{base.__name__}With{decoder_cls.__name__}", (base,), attrs)
+        _SUBCLASSES[key] = type(base.__name__, (base,), attrs)  # same __name__: configs save "LlamaModel"
     return _SUBCLASSES[key]
 
 
@@ -51,10 +59,31 @@ def prepare_swapped_config(config: PretrainedConfig) -> None:
     config.base_model_tp_plan = None  # type: ignore[misc]  # an instance value shadows the class plan
 
 
+def holds_swapped_layers(model: nn.Module, decoder_cls: type) -> bool:
+    """Whether `model` is the base model itself: it holds the swapped layers directly."""
+    layers = getattr(model, "layers", None)
+    return isinstance(layers, nn.ModuleList) and len(layers) > 0 and isinstance(layers[0], decoder_cls)
+
+
+def _register_output_recording(model: PreTrainedModel) -> None:
+    """HF's registry of what each model class records, keyed by the class's str (5.17: a plain dict
+    of that key; 5.2x: a dict subclass whose setitem takes the model; both read by that key)."""
+    from transformers.utils import output_capturing
+
+    dict.__setitem__(output_capturing._CAN_RECORD_REGISTRY, str(model.__class__), model._can_record_outputs)
+
+
 def finish_swapped_model(model: PreTrainedModel, decoder_cls: type) -> None:
-    """Instance-level metadata HF collected at build time from the stock class attributes."""
-    model._no_split_modules = {decoder_cls.__name__}  # post_init merged the stock "LlamaDecoderLayer" in
-    for module in (model, model.base_model):
+    """The metadata of a model built under the swap (base model or head), as HF collected it from stock classes."""
+    if holds_swapped_layers(model, decoder_cls):
+        model.__class__ = swapped_model_class(type(model), decoder_cls)
+        _register_output_recording(model)
+        frozen = {name for layer in model.layers for name in getattr(layer, FROZEN_ZERO, ())}
+        # TE-only biases no HF checkpoint holds: not "missing" when one loads (heads merge this in post_init)
+        model._keys_to_ignore_on_load_missing = set(model._keys_to_ignore_on_load_missing or ()) | {
+            rf"layers\.\d+\.{re.escape(name)}$" for name in frozen}
+    model._no_split_modules = {decoder_cls.__name__}  # post_init merged the stock decoder's name in
+    for module in (model, getattr(model, "base_model", model)):
         if getattr(module, "_tp_plan", None):
             module._tp_plan = {}  # type: ignore[assignment]
 
