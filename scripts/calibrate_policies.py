@@ -31,9 +31,9 @@ import time
 from teswap.families import FAMILIES
 from teswap.parity.case import ParityCase, run_parity_case
 from teswap.parity.mutations import MUTATIONS, applies_to, mutation
+from teswap.store.provenance import capture_provenance
 from teswap.swap.checkpoints import REHOUSED_FAMILIES
 from teswap.swap.presets import PRESETS
-from teswap.store.provenance import capture_provenance
 
 PRECISIONS = ("fp32", "bf16", "fp8-delayed", "fp8-current")
 REAL = "smollm2-135m"
