@@ -59,7 +59,8 @@ class Qwen3(Llama):
                 "qk_norm_type": "RMSNorm", "qk_norm_before_rope": True, "qk_norm_eps": config.rms_norm_eps}
 
     def config_variants(self) -> list[PretrainedConfig]:
-        return [*super().config_variants(), self.hf.config_class()(attention_bias=True)]
+        with_bias: Any = self.hf.config_class()
+        return [*super().config_variants(), with_bias(attention_bias=True)]
 
     def from_llama(self, config: PretrainedConfig, state: dict[str, Any]) -> tuple[PretrainedConfig, dict[str, Any]]:
         """Llama's weights plus q/k RMSNorms at gamma 1 (they still normalise q and k: not the trained function)."""

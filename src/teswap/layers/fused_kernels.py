@@ -10,6 +10,8 @@ kernel writes it (teswap.precision.fused).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -62,7 +64,8 @@ def _dgelu_tanh(a: torch.Tensor) -> torch.Tensor:
 
 
 # TE's activation name -> (act, act') of the gated kernel's first half
-GATED_ACTIVATIONS = {"swiglu": (F.silu, _dsilu), "geglu": (_gelu_tanh, _dgelu_tanh)}
+GATED_ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "swiglu": (F.silu, _dsilu), "geglu": (_gelu_tanh, _dgelu_tanh)}
 
 
 def swiglu(fc1_out: torch.Tensor) -> KernelOutput:

@@ -131,12 +131,12 @@ def bind_rope(model: nn.Module) -> RopeTable:
     rotary = base.get_submodule("rotary_emb")
     tables: dict[tuple[str, str], RopeTable] = {}
     shared: dict[str, Any] = {}
-    layers: nn.ModuleList = base.get_submodule("layers")  # type: ignore[assignment]
+    layers: Any = base.get_submodule("layers")
     for layer in layers:
         if hasattr(layer, "rope"):
-            plan = layer.layer_plan_used
+            plan: LayerPlan = layer.layer_plan_used
             key = (plan.rope_buffer, plan.rope_scaling_attr)
             if key not in tables:
                 tables[key] = RopeTable(rotary, *key, per_forward=shared)
-            layer.rope = tables[key]  # type: ignore[assignment]
+            layer.rope = tables[key]
     return next(iter(tables.values())) if tables else RopeTable(rotary, per_forward=shared)

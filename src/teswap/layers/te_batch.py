@@ -63,10 +63,10 @@ class TEBatch:
         if torch.compiler.is_compiling():
             return
         theirs = _real_tokens(mask, self.seq_len, window)
-        if theirs is None and self.real is None:
+        known = theirs if theirs is not None else self.real
+        if known is None:
             return
-        everyone = torch.ones(self.real.shape if self.real is not None else theirs.shape,  # type: ignore[union-attr]
-                              dtype=torch.bool, device=(self.real if self.real is not None else theirs).device)
+        everyone = torch.ones_like(known)
         if not torch.equal(everyone if theirs is None else theirs, everyone if self.real is None else self.real):
             raise UnsupportedInputError("the decoder layers of one forward got masks with different padding")
 

@@ -119,11 +119,9 @@ class MultiheadAttention(nn.Module):
             hidden_size, {"query": q_rows, "key": kv_rows, "value": kv_rows}, eps=eps, fused=fuse_qkv_params,
             zero_centered_gamma=zero_centered_gamma, gemm_name="qkv", bias=bias, init_method=init_method,
         )
-        if qk_norm_type is not None:  # TE's q/k RMSNorm: one head_dim weight each, no zero-centred gamma
-            self.q_norm = RMSNorm(kv_channels, eps=qk_norm_eps)
-            self.k_norm = RMSNorm(kv_channels, eps=qk_norm_eps)
-        else:
-            self.q_norm = self.k_norm = None
+        # TE's q/k RMSNorm: one head_dim weight each, no zero-centred gamma
+        self.q_norm: RMSNorm | None = RMSNorm(kv_channels, eps=qk_norm_eps) if qk_norm_type else None
+        self.k_norm: RMSNorm | None = RMSNorm(kv_channels, eps=qk_norm_eps) if qk_norm_type else None
         self.proj = Linear(q_rows, hidden_size, gemm_name="proj", bias=bias, init_method=output_layer_init_method)
 
     def split_qkv(self, mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -140,7 +138,7 @@ class MultiheadAttention(nn.Module):
                 v.view(b, s, self.groups, self.head_dim))
 
     def _qk_norm(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.q_norm is None:
+        if self.q_norm is None or self.k_norm is None:
             return q, k
         return self.q_norm(q), self.k_norm(k)
 

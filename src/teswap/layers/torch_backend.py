@@ -54,7 +54,8 @@ class TorchDecoder(HFDecoderCall):
         plan = self.plan_source.layer_plan(config, layer_idx)
         rope = shared_table_for(config, plan)  # `bind_rope` re-points it at the model's own rotary module
         scale = attention_softmax_scale(rope, plan.te_kwargs["kv_channels"], plan.query_scale)
-        super().__init__(**plan.te_kwargs, fuse_qkv_params=self.fuse_qkv_params, softmax_scale=scale)
+        super().__init__(**plan.te_kwargs, fuse_qkv_params=self.fuse_qkv_params,  # type: ignore[call-arg]
+                         softmax_scale=scale)  # the body's (TransformerLayer or composite) __init__, next in the MRO
         keep_fresh_weights(self, plan.frozen_zero)  # type: ignore[arg-type]
         self.layer_idx = layer_idx
         self.layer_plan_used = plan
@@ -76,7 +77,7 @@ class TorchDecoder(HFDecoderCall):
 
 def _static_layer(cache: Any, layer_idx: int) -> bool:
     """Whether the cache keeps this layer's keys in fixed slots (HF's static caches), not ending at the query."""
-    layers = getattr(cache, "layers", None)
+    layers: Any = getattr(cache, "layers", None)
     return bool(layers) and bool(getattr(layers[layer_idx], "is_compileable", False))
 
 

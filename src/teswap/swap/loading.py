@@ -65,7 +65,7 @@ def _mark_layers(model: Any) -> None:
     if model is None or getattr(model, "_teswap_marked", False):
         return
     model._teswap_marked = True
-    layers = base_model_of(model).get_submodule("layers")
+    layers: Any = base_model_of(model).get_submodule("layers")
     for layer in layers:
         setattr(layer, FROM_CHECKPOINT, True)
     bind_rope(model)

@@ -78,7 +78,8 @@ def finish_swapped_model(model: PreTrainedModel, decoder_cls: type) -> None:
     if holds_swapped_layers(model, decoder_cls):
         model.__class__ = swapped_model_class(type(model), decoder_cls)
         _register_output_recording(model)
-        frozen = {name for layer in model.layers for name in getattr(layer, FROZEN_ZERO, ())}
+        layers: Any = model.layers
+        frozen = {name for layer in layers for name in getattr(layer, FROZEN_ZERO, ())}
         # TE-only biases no HF checkpoint holds: not "missing" when one loads (heads merge this in post_init)
         model._keys_to_ignore_on_load_missing = set(model._keys_to_ignore_on_load_missing or ()) | {
             rf"layers\.\d+\.{re.escape(name)}$" for name in frozen}
