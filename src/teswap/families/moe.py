@@ -11,13 +11,13 @@ variant from `with_experts`) and recorded in the model's config as `teswap_exper
 which the mapping reads. HF <-> TE per MoE layer:
 
     input_layernorm.weight            self_attention.layernorm_qkv.layer_norm_weight
-    post_attention_layernorm.weight   pre_mlp_layernorm.weight
+    post_attention_layernorm.weight   post_attention_layernorm.weight (te.RMSNorm; the same name in every layer)
     mlp.gate.weight                   grouped: mlp.router.weight            hf: mlp.gate.weight
     mlp.experts.gate_up_proj [E,2I,H] grouped: mlp.experts_fc1.weight{e}   hf: as it is
     mlp.experts.down_proj [E,H,I]     grouped: mlp.experts_fc2.weight{e}   hf: as it is
 
 HF's gate_up_proj is [gate; up] per expert, the order TE's SwiGLU wants (activation on the first half).
-A dense layer among MoE ones maps as a Llama layer. Refused: router jitter noise (random input noise
+A dense layer among MoE ones: mlp.gate_proj/up_proj -> mlp.fc1.weight ([gate; up]), down_proj -> mlp.fc2.weight. Refused: router jitter noise (random input noise
 in training that neither backend reproduces), attention biases, top-k beyond the expert count.
 """
 
@@ -156,17 +156,15 @@ class MoEFamily(Family):
         return {self.is_moe_layer(config, i) for i in range(config.num_hidden_layers)}
 
     def norm_rules(self, config: PretrainedConfig) -> list[Rule]:
-        kinds = self._kinds(config)
-        found = [rules.rename("input_layernorm.weight", "self_attention.layernorm_qkv.layer_norm_weight")]
-        if True in kinds:
-            found.append(rules.rename("post_attention_layernorm.weight", "pre_mlp_layernorm.weight"))
-        if False in kinds:
-            found.append(rules.rename("post_attention_layernorm.weight", "layernorm_mlp.layer_norm_weight"))
-        return found
+        return [rules.rename("input_layernorm.weight", "self_attention.layernorm_qkv.layer_norm_weight"),
+                rules.rename("post_attention_layernorm.weight", "post_attention_layernorm.weight")]
 
     def mlp_rules(self, config: PretrainedConfig) -> list[Rule]:
         kinds = self._kinds(config)
-        found = super().mlp_rules(config) if False in kinds else []
+        found = []
+        if False in kinds:  # a dense layer: fc1 = [gate; up]
+            found += [rules.concat_rows(("mlp.gate_proj.weight", "mlp.up_proj.weight"), "mlp.fc1.weight"),
+                      rules.rename("mlp.down_proj.weight", "mlp.fc2.weight")]
         if True in kinds:
             found += self.expert_rules(config)
         return found

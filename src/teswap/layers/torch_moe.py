@@ -4,7 +4,7 @@ An MoE decoder layer of a swapped model (teswap.layers.plan.MOE_COMPOSITE) is no
 (TE's has a dense MLP only) but a composite, as TE's te_mixtral example and bionemo's Mixtral build it:
 
     self_attention              MultiheadAttention (input_layernorm fused into QKV; q/k norm where the family has it)
-    pre_mlp_layernorm.weight    RMSNorm (HF's post_attention_layernorm)
+    post_attention_layernorm.weight    RMSNorm (HF's post_attention_layernorm)
     mlp                         the MoE block, one of two expert implementations (the plan's `experts`):
         "grouped"  TE's:  mlp.router.weight [E, H]                te.Linear (no bias)
                           mlp.experts_fc1.weight{e} [2I, H]       GroupedLinear(E, H, 2I): [gate; up] per expert
@@ -12,8 +12,10 @@ An MoE decoder layer of a swapped model (teswap.layers.plan.MOE_COMPOSITE) is no
         "hf"       HF's own sparse MoE block, kept as it is (mlp.gate.weight, mlp.experts.gate_up_proj,
                    mlp.experts.down_proj): the exact baseline, only attention and norms move to TE
 
-A dense layer among MoE ones (Qwen3-MoE's mlp_only_layers, decoder_sparse_step) is attention +
-LayerNormMLP, a TransformerLayer's tree.
+A dense layer among MoE ones (Qwen3-MoE's mlp_only_layers, decoder_sparse_step) has the same norm and
+a dense `mlp` of two te.Linear (mlp.fc1.weight [2I, H] = [gate; up], mlp.fc2.weight [H, I]): the norm
+keeps one name in every layer (transformers renames checkpoint keys by name, not by layer), at the cost
+of the norm's fusion into fc1 that LayerNormMLP would give those few layers.
 
 Routing is HF's: logits in the input dtype (no FP8: TE's recipes are not applied to the router, as
 Megatron keeps it high precision), softmax in fp32, top-k, renormalised where the plan says (Mixtral
@@ -37,8 +39,8 @@ from torch import nn
 from teswap.layers.fused_kernels import gated_activation
 from teswap.layers.plan import HF_EXPERTS, MoEPlan
 from teswap.layers.torch_attention import KVUpdate
-from teswap.layers.torch_layer import _attention, _check_fixed, _mlp
-from teswap.layers.torch_modules import TE_DEFAULT_INIT_STD, InitMethod, RMSNorm, normal_init
+from teswap.layers.torch_layer import _attention, _check_fixed
+from teswap.layers.torch_modules import TE_DEFAULT_INIT_STD, InitMethod, Linear, RMSNorm, normal_init
 from teswap.precision.gemm import GemmSite
 
 # The dtype the router's softmax runs in (HF's and Megatron's fp32; a mutation lowers it to bf16).
@@ -145,6 +147,20 @@ class GroupedExperts(nn.Module):
         return moe_unpermute(hidden, row_map, scores).view(shape)
 
 
+class DenseMLP(nn.Module):
+    """A dense layer's MLP among MoE ones: te.Linear fc1 ([gate; up]), the gated activation, te.Linear fc2."""
+
+    def __init__(self, hidden_size: int, ffn_hidden_size: int, *, activation: str = "swiglu",
+                 init_method: InitMethod | None = None, output_layer_init_method: InitMethod | None = None) -> None:
+        super().__init__()
+        self.activation = activation
+        self.fc1 = Linear(hidden_size, 2 * ffn_hidden_size, gemm_name="fc1", init_method=init_method)
+        self.fc2 = Linear(ffn_hidden_size, hidden_size, gemm_name="fc2", init_method=output_layer_init_method)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(gated_activation(self.fc1(hidden_states), self.activation).rounded)
+
+
 def moe_block(hidden_size: int, plan: MoEPlan, **kwargs: Any) -> nn.Module:
     """The plan's expert implementation: HF's own block (as it is) or TE's grouped experts."""
     if plan.experts == HF_EXPERTS:
@@ -155,7 +171,7 @@ def moe_block(hidden_size: int, plan: MoEPlan, **kwargs: Any) -> nn.Module:
 
 
 class MoEComposite(nn.Module):
-    """MultiheadAttention + RMSNorm + an MoE block (or LayerNormMLP on a dense layer): not a TransformerLayer."""
+    """MultiheadAttention + RMSNorm + an MoE block (a dense MLP on a dense layer): not a TransformerLayer."""
 
     def __init__(self, *, fuse_qkv_params: bool = False, softmax_scale: float | None = None,
                  moe: MoEPlan | None = None, **te_kwargs: Any) -> None:
@@ -164,13 +180,12 @@ class MoEComposite(nn.Module):
         self.layer_number = te_kwargs.get("layer_number") or 1
         self.self_attention = _attention(te_kwargs, fuse_qkv_params, softmax_scale)
         self.moe_plan = moe
-        if moe is None:
-            self.layernorm_mlp = _mlp(te_kwargs)
-        else:
-            self.pre_mlp_layernorm = RMSNorm(te_kwargs["hidden_size"], eps=te_kwargs["layernorm_epsilon"])
-            self.mlp = moe_block(te_kwargs["hidden_size"], moe, activation=te_kwargs.get("activation", "swiglu"),
-                                 init_method=te_kwargs.get("init_method"),
-                                 output_layer_init_method=te_kwargs.get("output_layer_init_method"))
+        hidden = te_kwargs["hidden_size"]
+        inits = {"activation": te_kwargs.get("activation", "swiglu"), "init_method": te_kwargs.get("init_method"),
+                 "output_layer_init_method": te_kwargs.get("output_layer_init_method")}
+        self.post_attention_layernorm = RMSNorm(hidden, eps=te_kwargs["layernorm_epsilon"])
+        self.mlp = DenseMLP(hidden, te_kwargs["ffn_hidden_size"], **inits) if moe is None else moe_block(
+            hidden, moe, **inits)
 
     def forward(self, hidden_states: torch.Tensor, rotary_pos_emb: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, kv_update: KVUpdate | None = None, *,
@@ -178,6 +193,4 @@ class MoEComposite(nn.Module):
         attention = self.self_attention(hidden_states, rotary_pos_emb, attention_mask, kv_update,
                                         own_window=own_window)
         hidden_states = hidden_states + attention
-        if self.moe_plan is None:
-            return hidden_states + self.layernorm_mlp(hidden_states)
-        return hidden_states + self.mlp(self.pre_mlp_layernorm(hidden_states))
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
