@@ -17,7 +17,8 @@ which the mapping reads. HF <-> TE per MoE layer:
     mlp.experts.down_proj [E,H,I]     grouped: mlp.experts_fc2.weight{e}   hf: as it is
 
 HF's gate_up_proj is [gate; up] per expert, the order TE's SwiGLU wants (activation on the first half).
-A dense layer among MoE ones: mlp.gate_proj/up_proj -> mlp.fc1.weight ([gate; up]), down_proj -> mlp.fc2.weight. Refused: router jitter noise (random input noise
+A dense layer among MoE ones: mlp.gate_proj/up_proj -> mlp.fc1.weight ([gate; up]), down_proj -> mlp.fc2.weight.
+Refused: router jitter noise (random input noise
 in training that neither backend reproduces), attention biases, top-k beyond the expert count.
 """
 

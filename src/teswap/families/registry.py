@@ -17,8 +17,8 @@ from teswap.families.phi3 import Phi3
 from teswap.families.qwen2 import Qwen2
 from teswap.families.qwen3 import Qwen3
 from teswap.families.qwen3_moe import Qwen3Moe
-from teswap.layers.plan import GROUPED_EXPERTS
 from teswap.layers.backends import get_backend
+from teswap.layers.plan import GROUPED_EXPERTS
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     Llama(), Mistral(), Qwen2(), Qwen3(), Phi3(), Gemma(), Gemma3Text(), Gemma2(), Mixtral(), Qwen3Moe())}

@@ -141,10 +141,22 @@ class GroupedExperts(nn.Module):
         flat = hidden_states.reshape(-1, shape[-1])
         _, scores, indices = self.router(flat)
         rows, row_map = moe_permute(flat, indices)
+        if torch.compiler.is_compiling():  # m_splits are host ints (as TE's): a traced graph cannot read them
+            return moe_unpermute(self._static_experts(rows, indices.reshape(-1)[row_map]), row_map, scores).view(shape)
         m_splits = tokens_per_expert(indices, self.plan.num_experts).tolist()  # TE's m_splits: host ints too
         hidden = self.experts_fc1(rows, m_splits)
         hidden = self.experts_fc2(gated_activation(hidden, self.activation).rounded, m_splits)
         return moe_unpermute(hidden, row_map, scores).view(shape)
+
+    def _static_experts(self, rows: torch.Tensor, expert_of_row: torch.Tensor) -> torch.Tensor:
+        """Every expert on every row, each row keeping its own expert's result: the same numbers with static
+        shapes (E times the GEMM work), for torch.compile(fullgraph=True)."""
+        out = rows.new_zeros(rows.shape[0], self.experts_fc2.weights()[0].shape[0])
+        pairs = zip(self.experts_fc1.weights(), self.experts_fc2.weights(), strict=True)
+        for index, (fc1, fc2) in enumerate(pairs):
+            hidden = gated_activation(F.linear(rows, fc1), self.activation).rounded
+            out = torch.where((expert_of_row == index).unsqueeze(-1), F.linear(hidden, fc2), out)
+        return out
 
 
 class DenseMLP(nn.Module):

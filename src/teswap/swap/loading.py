@@ -210,7 +210,8 @@ def _op_classes(ops: Any) -> dict[str, type]:
 
         def __init__(self, hf_ops: list[Any], hf_sources: list[str], hf_target: str, ours: Any,
                      back: bool = False) -> None:
-            self.hf_ops, self.hf_sources, self.hf_target, self.ours, self.back = hf_ops, hf_sources, hf_target, ours, back
+            self.hf_ops, self.hf_sources, self.hf_target = hf_ops, hf_sources, hf_target
+            self.ours, self.back = ours, back
 
         def convert(self, input_dict: dict[str, Any], source_patterns: list[str], target_patterns: list[str],
                     **kwargs: Any) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from teswap.errors import MappingError, TeswapError
 from teswap.families import family_for_config
-from teswap.families.registry import plan_source
 from teswap.families.base import Family
+from teswap.families.registry import plan_source
 from teswap.layers.backends import get_backend
 from teswap.layers.rope import bind_rope
 from teswap.swap.checkpoint_checks import loading_errors
