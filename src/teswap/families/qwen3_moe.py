@@ -21,11 +21,16 @@ from teswap.families.moe import MoEFamily
 from teswap.families.qwen3 import Qwen3
 
 
+def _head_dim(size: int) -> dict[str, Any]:
+    """head_dim is no declared field of Qwen3MoeConfig, yet kept as an attribute and read by its attention."""
+    return {"head_dim": size}
+
+
 def tiny_qwen3_moe() -> Qwen3MoeConfig:
     """Qwen3-MoE-shaped: 3 layers, the first dense (mlp_only_layers), 8 experts of 64, top-2, HF's default
     norm_topk_prob=False (the un-renormalised path; the qwen3-30b-a3b preset renormalises), head_dim 48, GQA 4:2."""
     return Qwen3MoeConfig(vocab_size=512, hidden_size=128, intermediate_size=256, moe_intermediate_size=64,
-                          num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=48,
+                          num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, **_head_dim(48),
                           max_position_embeddings=1024, rms_norm_eps=1e-6, num_experts=8, num_experts_per_tok=2,
                           norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[0],
                           rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
@@ -34,7 +39,7 @@ def tiny_qwen3_moe() -> Qwen3MoeConfig:
 def qwen3_30b_a3b() -> Qwen3MoeConfig:
     """Qwen3-30B-A3B's shape: 48 layers, GQA 32:4, head_dim 128, 128 experts of 768, top-8, renormalised."""
     return Qwen3MoeConfig(vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
-                          num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+                          num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, **_head_dim(128),
                           max_position_embeddings=40960, rms_norm_eps=1e-6, num_experts=128, num_experts_per_tok=8,
                           norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
                           rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})

@@ -28,7 +28,7 @@ from teswap.layers.torch_layer import DecoderComposite, TransformerLayer
 from teswap.layers.torch_moe import MoEComposite
 
 # A layout's layer body in the twin.
-BODIES: dict[str, type] = {TRANSFORMER_LAYER: TransformerLayer, COMPOSITE: DecoderComposite,
+BODIES: dict[str, Any] = {TRANSFORMER_LAYER: TransformerLayer, COMPOSITE: DecoderComposite,
                            MOE_COMPOSITE: MoEComposite}
 
 

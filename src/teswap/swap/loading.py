@@ -313,7 +313,7 @@ def composed_with_hf(previous: list[Any], family: Family, *, fuse_qkv: bool, exp
         target = transform.target_patterns[0] if type(transform).__name__ == "WeightConverter" else None
         rule = next((r for r in splits if target and len(transform.target_patterns) == 1
                      and r.hf[0].endswith(target.lstrip("."))), None)
-        if rule is None:
+        if rule is None or target is None:
             out.append(transform)
             continue
         pattern = _expert_pattern(rule)
