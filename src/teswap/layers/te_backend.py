@@ -25,7 +25,7 @@ from teswap.errors import UnsupportedConfigError
 from teswap.hardware import te_api
 from teswap.layers.hf_adapter import HFDecoderCall, keep_fresh_weights
 from teswap.layers.hf_inputs import DecoderInputs
-from teswap.layers.plan import COMPOSITE, LayerPlan
+from teswap.layers.plan import COMPOSITE, MOE_COMPOSITE, LayerPlan
 from teswap.layers.rope import attention_softmax_scale, shared_table_for
 from teswap.layers.te_batch import TEBatch, te_batch
 from teswap.layers.torch_backend import PlanSource, swapped_class_name
@@ -184,8 +184,15 @@ def _bodies(te: Any) -> dict[str, type]:
     return {"TransformerLayer": _transformer_layer_class(te), COMPOSITE: _composite_class(te)}
 
 
+MOE_REFUSAL = ("{family}: the te backend's MoE composite (te.MultiheadAttention + te.RMSNorm + te.Linear router, "
+               "GroupedLinear experts, moe_permute/moe_unpermute) is not built yet; the torch backend (the twin) "
+               "computes it, grouped experts included")
+
+
 def te_decoder_class(plan_source: PlanSource, *, fuse_qkv: bool = False) -> type:
     """A family's TE decoder class (imports transformer_engine.pytorch now; cached per TE module)."""
+    if plan_source.layout == MOE_COMPOSITE:
+        raise UnsupportedConfigError(MOE_REFUSAL.format(family=plan_source.name))
     import transformer_engine.pytorch as te
 
     return _te_class(te, plan_source, fuse_qkv)  # type: ignore[arg-type]  # a family adapter is hashable

@@ -68,8 +68,14 @@ def _halves_swapped(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def gate_up_swapped() -> Any:
+    def each_swapped(tensors: list[torch.Tensor]) -> list[torch.Tensor]:  # every expert's [gate; up]
+        return [_halves_swapped([tensor])[0] for tensor in tensors]
+
     def transform(rule: Rule) -> Rule:
-        if rule.te != ("layernorm_mlp.fc1_weight",):
+        if rule.hf == ("mlp.experts.gate_up_proj",) and rule.kind == "split_experts":
+            return replace(rule, kind="mutated", to_te=lambda t: each_swapped(rule.to_te(t)),
+                           to_hf=lambda t: rule.to_hf(each_swapped(t)))
+        if rule.te not in (("layernorm_mlp.fc1_weight",), ("mlp.fc1.weight",)):
             return rule
         return replace(rule, kind="mutated", to_te=lambda t: _halves_swapped(rule.to_te(t)),
                        to_hf=lambda t: rule.to_hf(_halves_swapped(t)))
