@@ -15,7 +15,10 @@ router does (softmax in fp32, top-k). Everything here is measured, on the backen
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -49,15 +52,19 @@ def top_k_sets(logits: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 def routing_report(stock: PreTrainedModel, swapped: PreTrainedModel, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None) -> RoutingReport:
-    """Run both models once with output_router_logits and compare their routing."""
+                   attention_mask: torch.Tensor | None = None,
+                   contexts: Mapping[str, Callable[[], Any]] | None = None) -> RoutingReport:
+    """Run both models once with output_router_logits (each inside its `contexts` entry, "stock" and
+    "swapped": the case's precision) and compare their routing."""
     config = stock.config
     family = family_for_config(config)
     if not isinstance(family, MoEFamily):
         raise ValueError(f"{family.name} has no mixture-of-experts layers to compare routing on")
     top_k, experts = config.num_experts_per_tok, family.num_experts(config)
-    with torch.no_grad():
+    contexts = contexts or {}
+    with torch.no_grad(), contexts.get("swapped", nullcontext)():
         ours = swapped(input_ids, attention_mask=attention_mask, output_router_logits=True, use_cache=False)
+    with torch.no_grad(), contexts.get("stock", nullcontext)():
         theirs = stock(input_ids, attention_mask=attention_mask, output_router_logits=True, use_cache=False)
     real = None if attention_mask is None else attention_mask.reshape(-1).bool()
     flips = tokens = 0
