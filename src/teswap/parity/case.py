@@ -169,6 +169,10 @@ class ReferenceRuns:
     def __init__(self, pair: Pair, dtype: torch.dtype, inputs_key: tuple, inputs: CaseInputs) -> None:
         self.pair, self.dtype, self.inputs_key, self.inputs = pair, dtype, inputs_key, inputs
         self.model = copy.deepcopy(pair.stock).to(dtype=dtype)  # type: ignore[call-arg]  # transformers wraps .to
+        experts = getattr(self.model.config, "_experts_implementation", None)
+        if dtype == torch.float64 and experts not in (None, "eager"):
+            # MoE experts: HF's grouped_mm kernel takes no fp64; its eager loop is the same math
+            self.model.config._experts_implementation = "eager"
         self._forwards: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         self._grads: tuple[float, dict[str, torch.Tensor]] | None = None
         self._continuations: dict[int, torch.Tensor] = {}
