@@ -149,3 +149,38 @@ def test_refusals_name_the_feature():
         build_pair(config)
     with pytest.raises(UnsupportedConfigError, match="no mixture-of-experts"):
         decoder_class("llama", experts="grouped")
+
+
+def test_shapes_count_every_expert_and_a_token_s_top_k():
+    from teswap.benchmark.memory_estimate import GIB, estimate_cell, fits
+    from teswap.benchmark.mfu import ModelShape
+    from teswap.benchmark.plan import Cell
+    from teswap.hardware.free_memory import FreeMemory
+    from teswap.swap.presets import PRESETS as ALL
+
+    pair = pair_of("mixtral")
+    assert ModelShape.from_config(pair.config).params == sum(p.numel() for p in pair.stock.parameters())
+    big = ModelShape.from_config(ALL["mixtral-8x7b"]())
+    assert 46.5e9 < big.params < 46.9e9 and 12.5e9 < big.matmul_params < 13e9  # 46.7B, 12.9B active
+    qwen = ModelShape.from_config(ALL["qwen3-30b-a3b"]())
+    assert 30e9 < qwen.params < 31e9 and qwen.moe_layers == 48
+    tiny = ModelShape.from_config(pair_of("qwen3_moe").config)
+    assert (tiny.moe_layers, tiny.dense_layers) == (2, 1)
+    cell = Cell(model="mixtral-8x7b", workload="prefill", backend="torch", precision="bf16", seq_len=128, batch=1,
+                device="cpu")
+    estimate = estimate_cell(cell, big)
+    assert estimate.weights_bytes > 80 * GIB and not fits(estimate.total_bytes, FreeMemory(24 * GIB, "test"))
+
+
+def test_the_te_mixtral_ladder_names_its_rungs_and_skips_what_cannot_run():
+    from teswap.benchmark.moe_ladder import format_ladder, run_ladder
+    from teswap.benchmark.timing import TimingPolicy
+
+    policy = TimingPolicy(warmup=1, min_samples=2, max_samples=4, budget_s=0.5, min_rounds=2)
+    rows = run_ladder("tiny-mixtral", workload="prefill", seq_len=16, batch=1,
+                      rungs=("hf", "grouped-experts", "mxfp8"), policy=policy)
+    assert [row["rung"] for row in rows] == ["hf", "grouped-experts", "mxfp8"]
+    assert rows[1]["status"] == "ok" and rows[1]["speedup"] > 0 and rows[1]["load_balance"] >= 1.0
+    assert rows[1]["backend"] == "torch" and rows[0]["backend"] == "stock"
+    assert rows[2]["status"] == "skipped" and "MXFP8" in rows[2]["reason"]
+    assert "grouped-experts" in format_ladder(rows)
