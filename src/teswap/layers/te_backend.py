@@ -3,7 +3,9 @@
 The classes are made on demand because importing TE needs a CUDA build of its PyTorch extension; the
 module itself imports nothing from TE. A family's plan (teswap.layers.plan) gives TE's arguments:
 most families are one `te.pytorch.TransformerLayer`; Gemma3 is a composite of `MultiheadAttention`,
-`RMSNorm`, `LayerNormMLP`, `RMSNorm` (TransformerLayer has no post-attention or post-MLP norm).
+`RMSNorm`, `LayerNormMLP`, `RMSNorm` (TransformerLayer has no post-attention or post-MLP norm); the MoE
+families (Mixtral, Qwen3-MoE) are te_mixtral's composite: `MultiheadAttention`, `RMSNorm` and an MoE block
+(router `Linear`, `GroupedLinear` experts, `moe_permute`/`moe_unpermute`; or HF's own block).
 Differences from TE's te_llama example, on purpose: RoPE from the HF model's own inv_freq (one shared
 table per layer type), attention_scaling and the family's query scale honoured through the softmax
 scale, kv_channels = config head_dim, layer_number = layer_idx + 1, a tensor returned, fresh weights
