@@ -23,6 +23,10 @@ from teswap.store.provenance import capture_provenance
 from teswap.swap.presets import PRESETS
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", choices=[name for name in PRESETS if "mixtral" in name or "moe" in name
@@ -50,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = ModelShape.from_config(config)
     import torch
 
-    print(f"{args.preset}: {shape.params / 1e9:.2f}B parameters ({shape.matmul_params / 1e9:.2f}B active per token), "
-          f"weights {weights_bytes(shape, torch.bfloat16) / GIB:.1f} GiB in bf16")
+    print(f"{args.preset}: {_count(shape.params)} parameters ({_count(shape.matmul_params)} active per token), "
+          f"weights {weights_bytes(shape, torch.bfloat16) / GIB:.2f} GiB in bf16")
     try:
         rows = run_ladder(config if args.layers else args.preset, workload=args.workload,
                           backend=args.backend, device=args.device, seq_len=args.seq_len, batch=args.batch,
