@@ -149,6 +149,9 @@ def test_refusals_name_the_feature():
         build_pair(config)
     with pytest.raises(UnsupportedConfigError, match="no mixture-of-experts"):
         decoder_class("llama", experts="grouped")
+    for family in PRESETS:  # a dense Llama's weights are no experts: not housed as Mistral's or Qwen3's would be
+        with pytest.raises(UnsupportedConfigError, match="cannot be housed"):
+            FAMILIES[family].from_llama(ALL["tiny"](), {})
 
 
 def test_shapes_count_every_expert_and_a_token_s_top_k():

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import functools
 from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 
@@ -119,6 +119,10 @@ class MoEFamily(Family):
             found.append(f"{EXPERTS_FIELD}={experts!r} (the expert implementations: "
                          f"{', '.join(EXPERT_IMPLEMENTATIONS)})")
         return found
+
+    def from_llama(self, config: PretrainedConfig, state: dict[str, Any]) -> tuple[PretrainedConfig, dict[str, Any]]:
+        """Refused: a dense Llama's MLP is no set of experts and router (Mistral's or Qwen3's housing does not apply)."""
+        return Family.from_llama(self, config, state)
 
     # --- the plan ------------------------------------------------------------------------------------
     def moe_plan(self, config: PretrainedConfig, layer_idx: int, experts: str) -> MoEPlan | None:
