@@ -121,7 +121,7 @@ class MoEFamily(Family):
         return found
 
     def from_llama(self, config: PretrainedConfig, state: dict[str, Any]) -> tuple[PretrainedConfig, dict[str, Any]]:
-        """Refused: a dense Llama's MLP is no set of experts and router (Mistral's or Qwen3's housing does not apply)."""
+        """Refused: a dense Llama's MLP is no set of experts and a router (Mistral's, Qwen3's housing aside)."""
         return Family.from_llama(self, config, state)
 
     # --- the plan ------------------------------------------------------------------------------------
