@@ -16,7 +16,8 @@ TorchLlamaDecoderLayerFusedQKV = decoder_class("llama", fuse_qkv=True)
 
 # Each family's tiny preset (teswap.families.<name>): what the per-family tests build.
 FAMILY_PRESETS = {"llama": "tiny", "mistral": "tiny-mistral", "qwen2": "tiny-qwen2", "qwen3": "tiny-qwen3",
-                  "phi3": "tiny-phi3", "gemma": "tiny-gemma", "gemma3_text": "tiny-gemma3"}
+                  "phi3": "tiny-phi3", "gemma": "tiny-gemma", "gemma3_text": "tiny-gemma3", "mixtral": "tiny-mixtral",
+                  "qwen3_moe": "tiny-qwen3-moe"}
 FAMILY_NAMES = list(FAMILY_PRESETS)
 
 

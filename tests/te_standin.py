@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from teswap.layers import torch_attention, torch_layer, torch_modules
+from teswap.layers import torch_attention, torch_layer, torch_modules, torch_moe
 
 # --- TE's signatures, per release (names only; order as in TE) ------------------------------------
 
@@ -135,6 +135,31 @@ _MLP_INIT_2_1 = tuple(p for p in MLP_INIT_PARAMS if p not in {
     "activation_params", "name", "delay_wgrad_compute", "symmetric_ar_type", "checkpoint"})
 _MLP_INIT_2_5 = tuple(p for p in MLP_INIT_PARAMS if p not in {"activation_params", "checkpoint"})
 
+# te.Linear (module/linear.py), GroupedLinear (module/grouped_linear.py), moe_permute / moe_unpermute
+# (permutation.py), main d0067d0; the MoE composite's router and experts (te_mixtral's layer)
+LINEAR_INIT_PARAMS = (
+    "in_features", "out_features", "sequence_parallel", "fuse_wgrad_accumulation", "tp_group", "tp_size",
+    "get_rng_state_tracker", "rng_tracker_name", "init_method", "bias", "return_bias", "params_dtype",
+    "parallel_mode", "parameters_split", "device", "ub_overlap_ag", "ub_overlap_rs", "ub_overlap_rs_dgrad",
+    "ub_bulk_dgrad", "ub_bulk_wgrad", "ub_name", "delay_wgrad_compute", "symmetric_ar_type", "save_original_input",
+    "name")
+LINEAR_FORWARD_PARAMS = ("inp", "is_first_microbatch", "fp8_output", "fp8_grad")  # 2.1 ... 2.20
+GROUPED_INIT_PARAMS = (
+    "num_gemms", "in_features", "out_features", "sequence_parallel", "fuse_wgrad_accumulation", "tp_group",
+    "tp_size", "get_rng_state_tracker", "rng_tracker_name", "init_method", "bias", "return_bias", "params_dtype",
+    "parallel_mode", "device", "ub_overlap_rs", "ub_overlap_ag", "ub_name", "delay_wgrad_compute",
+    "save_original_input", "single_grouped_weight", "single_grouped_bias", "name", "use_grouped_tensor")
+GROUPED_FORWARD_PARAMS = ("inp", "m_splits", "is_first_microbatch", "out", "dgrad_out")
+PERMUTE_PARAMS = ("inp", "routing_map", "num_out_tokens", "max_token_num", "map_type")  # 2.1 ... 2.20
+UNPERMUTE_PARAMS = ("inp", "row_id_map", "merging_probs", "restore_shape", "map_type", "probs", "pad_offsets")
+_LINEAR_INIT_2_1 = LINEAR_INIT_PARAMS[:LINEAR_INIT_PARAMS.index("delay_wgrad_compute")]
+_LINEAR_INIT_2_5 = tuple(p for p in LINEAR_INIT_PARAMS if p != "save_original_input")
+_GROUPED_INIT_2_1 = GROUPED_INIT_PARAMS[:GROUPED_INIT_PARAMS.index("delay_wgrad_compute")]
+_GROUPED_INIT_2_5 = GROUPED_INIT_PARAMS[:GROUPED_INIT_PARAMS.index("save_original_input")]
+_GROUPED_INIT_2_9 = GROUPED_INIT_PARAMS[:GROUPED_INIT_PARAMS.index("single_grouped_weight")]
+_GROUPED_FORWARD_2_1 = GROUPED_FORWARD_PARAMS[:3]
+_UNPERMUTE_2_1 = UNPERMUTE_PARAMS[:-1]
+
 _DELAYED_2_1 = ("margin", "interval", "fp8_format", "amax_history_len", "amax_compute_algo",
                 "scaling_factor_compute_algo", "reduce_amax", "fp8_dpa", "fp8_mha")  # `interval` gone in 2.2
 _MXFP8_2_1 = ("margin", "fp8_format", "fp8_dpa", "fp8_mha")
@@ -158,25 +183,32 @@ class Generation:
     mha_init: tuple[str, ...] = MHA_INIT_PARAMS
     mha_forward: tuple[str, ...] = MHA_FORWARD_PARAMS
     mlp_init: tuple[str, ...] = MLP_INIT_PARAMS
+    linear_init: tuple[str, ...] = LINEAR_INIT_PARAMS
+    grouped_init: tuple[str, ...] = GROUPED_INIT_PARAMS
+    grouped_forward: tuple[str, ...] = GROUPED_FORWARD_PARAMS
+    unpermute: tuple[str, ...] = UNPERMUTE_PARAMS
 
 
 GENERATIONS = {
     "2.1": Generation("2.1.0", _LAYER_INIT_2_1, _LAYER_FORWARD_2_1,
                       {"DelayedScaling": _DELAYED_2_1, "MXFP8BlockScaling": _MXFP8_2_1}, (), False, False,
-                      ("is_fp8_available", "is_mxfp8_available"), _MHA_INIT_2_1, _MHA_FORWARD_2_1, _MLP_INIT_2_1),
+                      ("is_fp8_available", "is_mxfp8_available"), _MHA_INIT_2_1, _MHA_FORWARD_2_1, _MLP_INIT_2_1,
+                      _LINEAR_INIT_2_1, _GROUPED_INIT_2_1, _GROUPED_FORWARD_2_1, _UNPERMUTE_2_1),
     "2.5": Generation("2.5.0", _LAYER_INIT_2_5, _LAYER_FORWARD_2_5,
                       {"DelayedScaling": _DELAYED_2_1[:1] + _DELAYED_2_1[2:], "MXFP8BlockScaling": _MXFP8_2_1,
                        "Float8CurrentScaling": _CURRENT_2_5, "Float8BlockScaling": _BLOCK_2_5},
                       ("power_2_scale", "amax_epsilon"), False, False,
                       ("is_fp8_available", "is_mxfp8_available", "is_fp8_block_scaling_available"),
-                      _MHA_INIT_2_5, _MHA_FORWARD_2_5, _MLP_INIT_2_5),
+                      _MHA_INIT_2_5, _MHA_FORWARD_2_5, _MLP_INIT_2_5, _LINEAR_INIT_2_5, _GROUPED_INIT_2_5,
+                      _GROUPED_FORWARD_2_1, _UNPERMUTE_2_1),
     "2.9": Generation("2.9.0", _LAYER_INIT_2_9, _LAYER_FORWARD_2_5,
                       {"DelayedScaling": _DELAYED_2_1[:1] + _DELAYED_2_1[2:], "MXFP8BlockScaling": _MXFP8_2_1,
                        "Float8CurrentScaling": ("use_power_2_scales", *_CURRENT_2_5), "Float8BlockScaling": _BLOCK_2_5},
                       ("power_2_scale", "amax_epsilon", "random_hadamard_transform", "stochastic_rounding",
                        "fp4_2d_quantization"), True, True,
                       ("is_fp8_available", "is_mxfp8_available", "is_fp8_block_scaling_available",
-                       "is_nvfp4_available"), _MHA_INIT_2_9, _MHA_FORWARD_2_5, _MLP_INIT_2_5),
+                       "is_nvfp4_available"), _MHA_INIT_2_9, _MHA_FORWARD_2_5, _MLP_INIT_2_5,
+                      LINEAR_INIT_PARAMS, _GROUPED_INIT_2_9, _GROUPED_FORWARD_2_1, _UNPERMUTE_2_1),
     "2.20": Generation("2.20.0.dev0+d0067d0", TRANSFORMER_LAYER_INIT_PARAMS, TRANSFORMER_LAYER_FORWARD_PARAMS,
                        RECIPE_FIELDS, ("power_2_scale", "amax_epsilon", "random_hadamard_transform",
                                        "stochastic_rounding", "fp4_2d_quantization"), True, True,
@@ -492,6 +524,10 @@ def install(monkeypatch, version: str = LATEST, *,
     for name, cls in (("MultiheadAttention", MultiheadAttention), ("LayerNormMLP", LayerNormMLP)):
         setattr(pytorch, name, type(name, (cls,), {"generation": generation}))
     pytorch.RMSNorm = RMSNorm
+    for name, cls in (("Linear", Linear), ("GroupedLinear", GroupedLinear)):
+        setattr(pytorch, name, type(name, (cls,), {"generation": generation}))
+    pytorch.moe_permute = _checked_function("moe_permute", PERMUTE_PARAMS, _moe_permute)
+    pytorch.moe_unpermute = _checked_function("moe_unpermute", generation.unpermute, _moe_unpermute)
     INFERENCE_PARAMS_MADE.clear()
     pytorch.answers = answers = {}
     checks = _checks(generation, answers)
@@ -763,3 +799,96 @@ class LayerNormMLP(_ExtraState, torch_modules.LayerNormMLP):
                              bias=args["bias"], init_method=args.get("init_method"),
                              output_layer_init_method=args.get("output_layer_init_method"))
         self.init_kwargs = {"hidden_size": hidden_size, "ffn_hidden_size": ffn_hidden_size, **kwargs}
+
+
+# --- the MoE composite's modules (te_mixtral's layer), signatures as recorded above --------------------
+
+_LINEAR_DEFAULTS = {"bias": True, "return_bias": False, "params_dtype": None, "device": "cuda", "init_method": None,
+                    "parallel_mode": None, "sequence_parallel": False, "tp_size": 1}
+
+
+def _linear_args(kind: str, allowed: tuple[str, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"{kind}.__init__() got unexpected keyword arguments {unknown}")
+    args = {**_LINEAR_DEFAULTS, **kwargs}
+    if args["bias"] or args["return_bias"] or args["parallel_mode"] is not None or args["tp_size"] != 1:
+        raise NotImplementedError(f"stand-in {kind} emulates bias=False, no return_bias, no tensor parallelism")
+    return args
+
+
+class Linear(_ExtraState, torch_modules.Linear):
+    """TE's Linear of one generation (signature checked): weight [out, in], the twin's GEMM."""
+
+    generation: Generation = GENERATIONS[LATEST]
+
+    def __init__(self, in_features, out_features, **kwargs) -> None:
+        args = _linear_args("Linear", self.generation.linear_init, kwargs)
+        with _DeviceAndDtype(args["device"], args["params_dtype"]):
+            super().__init__(in_features, out_features, gemm_name="linear", init_method=args["init_method"])
+        self.init_kwargs = {"in_features": in_features, "out_features": out_features, **kwargs}
+
+    def forward(self, inp, **kwargs):  # type: ignore[override]
+        unknown = sorted(set(kwargs) - set(LINEAR_FORWARD_PARAMS[1:]))
+        if unknown:
+            raise TypeError(f"Linear.forward() got unexpected keyword arguments {unknown}")
+        return torch_modules.Linear.forward(self, inp)
+
+
+class GroupedLinear(_ExtraState, torch_moe.GroupedLinear):
+    """TE's GroupedLinear of one generation (signature checked): weight0..weight{n-1}, the twin's per-group GEMMs."""
+
+    generation: Generation = GENERATIONS[LATEST]
+
+    def __init__(self, num_gemms, in_features, out_features, **kwargs) -> None:
+        args = _linear_args("GroupedLinear", self.generation.grouped_init, kwargs)
+        if args.get("single_grouped_weight") or args.get("use_grouped_tensor"):
+            raise NotImplementedError("stand-in GroupedLinear emulates one parameter per GEMM (weight{i})")
+        with _DeviceAndDtype(args["device"], args["params_dtype"]):
+            super().__init__(num_gemms, in_features, out_features, name="grouped", init_method=args["init_method"])
+        self.init_kwargs = {"num_gemms": num_gemms, "in_features": in_features, "out_features": out_features,
+                            **kwargs}
+        self.forward_calls: list[list[int]] = []
+
+    def forward(self, inp, m_splits, **kwargs):  # type: ignore[override]
+        unknown = sorted(set(kwargs) - set(self.generation.grouped_forward[2:]))
+        if unknown:
+            raise TypeError(f"GroupedLinear.forward() got unexpected keyword arguments {unknown}")
+        if not isinstance(m_splits, list) or sum(m_splits) != inp.shape[0] or len(m_splits) != self.num_gemms:
+            raise ValueError(f"m_splits must be a list of {self.num_gemms} ints summing to {inp.shape[0]}")
+        self.forward_calls.append(list(m_splits))
+        return torch_moe.GroupedLinear.forward(self, inp, m_splits)
+
+
+MOE_CALLS: list[tuple[str, dict[str, Any]]] = []
+
+
+def _checked_function(name: str, params: tuple[str, ...], body):
+    def call(*args, **kwargs):
+        named = dict(zip(params, args, strict=False))
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown or set(named) & set(kwargs):
+            raise TypeError(f"{name}() got unexpected or repeated keyword arguments {unknown or sorted(named)}")
+        named.update(kwargs)
+        MOE_CALLS.append((name, {k: v for k, v in named.items() if not isinstance(v, torch.Tensor)}))
+        return body(**named)
+
+    call.__name__ = name
+    return call
+
+
+def _moe_permute(inp, routing_map, num_out_tokens=-1, max_token_num=-1, map_type="mask"):
+    if map_type != "index" or routing_map.dtype != torch.int32:
+        raise NotImplementedError("stand-in moe_permute emulates map_type='index' with int32 indices")
+    if num_out_tokens != routing_map.numel():  # main: required and >= 0; 2.1: -1 default
+        raise NotImplementedError("stand-in moe_permute emulates num_out_tokens = tokens x top-k (no dropping)")
+    return torch_moe.moe_permute(inp, routing_map.long())
+
+
+def _moe_unpermute(inp, row_id_map, merging_probs=None, restore_shape=None, map_type="mask", probs=None,
+                   pad_offsets=None):
+    if map_type != "index" or merging_probs is None or probs is not None or pad_offsets is not None:
+        raise NotImplementedError("stand-in moe_unpermute emulates map_type='index' with merging_probs")
+    if merging_probs.dtype != torch.float32:
+        raise TypeError("TE warns and casts merging_probs that are not float32; teswap passes float32")
+    return torch_moe.moe_unpermute(inp, row_id_map, merging_probs)

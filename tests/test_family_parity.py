@@ -24,6 +24,9 @@ OTHERS = [name for name in FAMILY_NAMES if name != "llama"]
 CLEAN = [(family, precision) for index, family in enumerate(OTHERS)
          for precision in ("bf16", ("fp8-delayed", "fp8-current")[index % 2])]
 CLEAN += [(family, "fp32") for family in ("qwen2", "phi3", "gemma3_text")]
+MOE = ("mixtral", "qwen3_moe")
+CLEAN += [(family, recipe) for family in MOE for recipe in ("fp8-delayed", "fp8-current")
+          if (family, recipe) not in CLEAN]  # MoE: both recipes (routing flips are the MoE risk)
 
 
 _BF16_PAIRS: dict[str, tuple] = {}
@@ -46,6 +49,9 @@ def test_a_clean_swap_passes(name, precision):
         report = run_parity_case(case, pair=pair, references=references)
     assert report.passed, report.failure_summary()
     assert report.first_divergent_layer is None
+    if name in MOE:  # routing reported beside the usual metrics, and recorded
+        assert report.routing["tokens"] > 0 and 0.0 <= report.routing["agreement"] <= 1.0
+        assert report.record().routing["aux_loss_swapped"] == report.routing["aux_loss_swapped"]
 
 
 # The faults a family's adapter or the twin could get wrong, each on the families it applies to, at bf16

@@ -133,7 +133,8 @@ def test_te_backend_is_refused_where_te_cannot_run():
 # --- every family through the stand-in ---------------------------------------------------------------
 
 FAMILY_BUILDS = [(te_standin.LATEST, family) for family in FAMILY_NAMES] + [
-    ("2.9", "qwen3"), ("2.9", "gemma3_text"), ("2.1", "mistral"), ("2.1", "phi3"), ("2.1", "gemma"), ("2.5", "qwen2")]
+    ("2.1", "mixtral"), ("2.5", "mixtral"), ("2.9", "qwen3_moe"), ("2.9", "qwen3"), ("2.9", "gemma3_text"),
+    ("2.1", "mistral"), ("2.1", "phi3"), ("2.1", "gemma"), ("2.5", "qwen2")]
 
 
 @pytest.mark.parametrize("version, family", FAMILY_BUILDS, ids=[f"te{v}-{f}" for v, f in FAMILY_BUILDS])
@@ -196,6 +197,35 @@ def test_gemma3_is_a_composite_of_te_modules_with_its_own_arguments(standin):
     # TE's q/k RMSNorm holds 1 + w (it has no zero-centred gamma); HF holds w
     hf_w = pair.stock.model.layers[0].self_attn.q_norm.weight
     assert torch.equal(sliding.self_attention.q_norm.weight, (hf_w.float() + 1).to(hf_w.dtype))
+
+
+MOE_BUILDS = [(version, experts) for version in ("2.9", te_standin.LATEST)  # q/k norm: TE >= 2.7
+              for experts in ("grouped", "hf")]
+
+
+@pytest.mark.parametrize("version, experts", MOE_BUILDS, ids=[f"te{v}-{e}" for v, e in MOE_BUILDS])
+def test_moe_composite_of_te_modules_routes_as_stock(standin, experts):
+    """te_mixtral's layer: MultiheadAttention + RMSNorm + router te.Linear, GroupedLinear, moe_permute/unpermute
+    (each call checked against that TE release's signature), or HF's own block; router logits and aux loss."""
+    pair = build_pair("tiny-qwen3-moe", backend="te", experts=experts)
+    assert pair.weights_equal
+    dense, moe = pair.swapped.model.layers[0], pair.swapped.model.layers[1]
+    assert type(moe).__name__ == f"TEQwen3MoeDecoderMoEComposite{'HFExperts' if experts == 'hf' else ''}"
+    assert isinstance(dense.mlp.fc1, te_standin.Linear)  # a dense layer among MoE ones
+    ids = random_ids(pair.config.vocab_size, seq=24)
+    te_standin.MOE_CALLS.clear()
+    with torch.no_grad():
+        ours, theirs = (model(ids, output_router_logits=True) for model in (pair.swapped, pair.stock))
+    assert rel_max_err(ours.logits, theirs.logits) <= 1e-5
+    assert len(ours.router_logits) == 2 and abs(float(ours.aux_loss) - float(theirs.aux_loss)) <= 1e-6
+    if experts == "grouped":
+        assert isinstance(moe.mlp.experts_fc1, te_standin.GroupedLinear)
+        assert moe.mlp.experts_fc1.init_kwargs["num_gemms"] == 8 and moe.mlp.experts_fc1.init_kwargs["bias"] is False
+        assert sum(moe.mlp.experts_fc1.forward_calls[-1]) == ids.numel() * 2  # tokens x top-k rows, by expert
+        assert [name for name, _ in te_standin.MOE_CALLS[:2]] == ["moe_permute", "moe_unpermute"]
+        assert te_standin.MOE_CALLS[0][1]["map_type"] == "index"
+    else:
+        assert type(moe.mlp).__name__ == "Qwen3MoeSparseMoeBlock" and not te_standin.MOE_CALLS
 
 
 @pytest.mark.parametrize("version", ["2.1", "2.5"], ids=["te2.1", "te2.5"])

@@ -5,7 +5,9 @@ The estimate is one model's peak, what memory.py measures (weights, inputs, grad
 each op's outputs while they live), in the model dtype's bytes `e` (b batch, s sequence, h hidden, I
 intermediate, L layers, V vocabulary, kv x d the key/value heads and head dim):
 
-- weights: the parameters (a tied embedding once);
+- weights: the parameters (a tied embedding once; an MoE model's every expert, not only the k a token uses);
+- MoE layers: I is the width of a token's k experts together (k x the expert size), plus the router logits
+  and the k permuted copies of each token;
 - prefill, under no_grad, holds one layer's tensors at a time: b·s·(4h + 3I)·e, plus the last position's logits
   (a TE-layout layer, 3h more: its fused QKV output beside the split views and the normalised input);
 - train peaks at the larger of two moments, both over weights, AdamW's two states and every gradient: the
@@ -24,6 +26,7 @@ before the cell", gives SmolLM2-135M's figures).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,7 +70,8 @@ class MemoryEstimate:
 def shape_of(model_config: dict[str, Any]) -> ModelShape:
     """The ModelShape of a record's "model_config" (teswap.benchmark.records.model_config_fields)."""
     names = ModelShape.__dataclass_fields__
-    return ModelShape(**{name: model_config[name] for name in names})
+    return ModelShape(**{name: model_config[name] for name in names if name in model_config
+                         or names[name].default is dataclasses.MISSING})
 
 
 def weights_bytes(shape: ModelShape, dtype: torch.dtype) -> int:
@@ -75,18 +79,28 @@ def weights_bytes(shape: ModelShape, dtype: torch.dtype) -> int:
 
 
 def _largest_parameter(shape: ModelShape) -> int:
-    return max(shape.vocab_size, shape.intermediate_size, shape.num_attention_heads * shape.head_dim) \
+    experts = shape.num_experts * 2 * shape.moe_intermediate_size  # HF's 3-D gate_up_proj is one tensor
+    return max(shape.vocab_size, shape.intermediate_size, shape.num_attention_heads * shape.head_dim, experts) \
         * shape.hidden_size
+
+
+def _ffn_width(shape: ModelShape) -> int:
+    """The MLP's intermediate width per token: a dense layer's, or an MoE layer's top-k experts' together."""
+    return max(shape.intermediate_size if shape.dense_layers else 0,
+               shape.experts_per_token * shape.moe_intermediate_size)
 
 
 def _layer_working_set(shape: ModelShape, tokens: int, swapped: bool = False) -> int:
     """Elements one decoder layer holds at once in a forward without grad (stock's, or a TE-layout layer's)."""
-    return tokens * ((7 if swapped else 4) * shape.hidden_size + 3 * shape.intermediate_size)
+    # an MoE layer also holds the router logits and k copies of each token (permuted), counted in the width
+    moe = shape.experts_per_token * shape.hidden_size + shape.num_experts if shape.num_experts else 0
+    return tokens * ((7 if swapped else 4) * shape.hidden_size + 3 * _ffn_width(shape) + moe)
 
 
 def _saved_activations(shape: ModelShape, tokens: int, itemsize: int) -> int:
     """Bytes autograd keeps for the backward of one training step."""
-    layers = shape.num_hidden_layers * (6 * shape.hidden_size + 3 * shape.intermediate_size) * itemsize
+    moe = shape.experts_per_token * shape.hidden_size + shape.num_experts if shape.num_experts else 0
+    layers = shape.num_hidden_layers * (6 * shape.hidden_size + 3 * _ffn_width(shape) + moe) * itemsize
     return tokens * (layers + shape.vocab_size * (itemsize + FP32_LOSS_BYTES))
 
 

@@ -40,6 +40,12 @@ class ModelShape:
     head_dim: int
     vocab_size: int
     tie_word_embeddings: bool
+    # mixture of experts (0: dense): `moe_layers` of the layers hold `num_experts` experts of
+    # `moe_intermediate_size` and a router, each token through `experts_per_token` of them
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    moe_layers: int = 0
 
     @classmethod
     def from_config(cls, config: PretrainedConfig) -> ModelShape:
@@ -50,14 +56,35 @@ class ModelShape:
             num_hidden_layers=config.num_hidden_layers, num_attention_heads=heads,
             num_key_value_heads=getattr(config, "num_key_value_heads", None) or heads, head_dim=head_dim,
             vocab_size=config.vocab_size, tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            **moe_fields(config),
         )
 
     @property
-    def layer_matmul_params(self) -> int:
-        """q, k, v, o and gate, up, down weights of one decoder layer (no biases in Llama)."""
+    def attention_params(self) -> int:
         d, q = self.hidden_size, self.head_dim
-        attention = d * self.num_attention_heads * q * 2 + d * self.num_key_value_heads * q * 2
-        return attention + 3 * d * self.intermediate_size
+        return d * self.num_attention_heads * q * 2 + d * self.num_key_value_heads * q * 2
+
+    @property
+    def layer_matmul_params(self) -> int:
+        """q, k, v, o and gate, up, down weights of one dense decoder layer (no biases in Llama)."""
+        return self.attention_params + 3 * self.hidden_size * self.intermediate_size
+
+    @property
+    def moe_layer_params(self) -> int:
+        """One MoE layer's attention, router and EVERY expert's gate, up, down."""
+        d = self.hidden_size
+        return self.attention_params + self.num_experts * (d + 3 * d * self.moe_intermediate_size)
+
+    @property
+    def moe_layer_active_params(self) -> int:
+        """The weights one token's pass through an MoE layer multiplies: attention, router, its top-k experts."""
+        d = self.hidden_size
+        experts = self.experts_per_token * 3 * d * self.moe_intermediate_size
+        return self.attention_params + self.num_experts * d + experts
+
+    @property
+    def dense_layers(self) -> int:
+        return self.num_hidden_layers - self.moe_layers
 
     @property
     def lm_head_params(self) -> int:
@@ -65,15 +92,31 @@ class ModelShape:
 
     @property
     def matmul_params(self) -> int:
-        """Weights that take part in a matmul per token: all layers plus the lm_head."""
-        return self.num_hidden_layers * self.layer_matmul_params + self.lm_head_params
+        """Weights that take part in a matmul per token: all layers (an MoE layer's top-k experts) plus the lm_head."""
+        return (self.dense_layers * self.layer_matmul_params + self.moe_layers * self.moe_layer_active_params
+                + self.lm_head_params)
 
     @property
     def params(self) -> int:
-        """All parameters, counted once when the embedding is tied to the lm_head."""
+        """All parameters (every expert's), counted once when the embedding is tied to the lm_head."""
         norms = (2 * self.num_hidden_layers + 1) * self.hidden_size
         embeddings = self.lm_head_params * (1 if self.tie_word_embeddings else 2)
-        return self.num_hidden_layers * self.layer_matmul_params + norms + embeddings
+        return (self.dense_layers * self.layer_matmul_params + self.moe_layers * self.moe_layer_params + norms
+                + embeddings)
+
+
+def moe_fields(config: PretrainedConfig) -> dict[str, int]:
+    """ModelShape's MoE fields of a config (Mixtral's num_local_experts, Qwen3-MoE's num_experts and its
+    dense layers); {} for a dense model."""
+    experts = int(getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None) or 0)
+    if not experts or not getattr(config, "num_experts_per_tok", None):
+        return {}
+    size = int(getattr(config, "moe_intermediate_size", None) or config.intermediate_size)
+    dense = set(getattr(config, "mlp_only_layers", None) or [])
+    step = int(getattr(config, "decoder_sparse_step", 1) or 1)
+    layers = sum(1 for i in range(config.num_hidden_layers) if i not in dense and (i + 1) % step == 0)
+    return {"num_experts": experts, "experts_per_token": int(config.num_experts_per_tok),
+            "moe_intermediate_size": size, "moe_layers": layers}
 
 
 def attention_flops_per_token(shape: ModelShape, seq_len: int) -> int:

@@ -51,6 +51,9 @@ def model_config_fields(config: PretrainedConfig) -> dict[str, Any]:
         "num_key_value_heads": shape.num_key_value_heads, "head_dim": shape.head_dim,
         "vocab_size": shape.vocab_size, "params": shape.params, "tie_word_embeddings": shape.tie_word_embeddings,
         "model_type": getattr(config, "model_type", None),
+        **({"num_experts": shape.num_experts, "experts_per_token": shape.experts_per_token,
+            "moe_intermediate_size": shape.moe_intermediate_size, "moe_layers": shape.moe_layers}
+           if shape.num_experts else {}),
     }
 
 

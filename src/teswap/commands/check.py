@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--fuse-qkv", action="store_true", help="TE's fused QKV weight layout")
+    check.add_argument("--experts", choices=("grouped", "hf"),
+                       help="an MoE model's expert implementation: TE's grouped experts (default) or HF's own block")
     check.add_argument("--policy", help="policy name or JSON file (default: the precision's own policy)")
     check.add_argument("--tol", action="append", default=[], metavar="BOUND=VALUE",
                        help="override one bound, e.g. --tol kl_div=1e-3 (repeatable)")
@@ -38,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="allow a --seq-len past the model's max_position_embeddings (recorded in the case)")
     check.add_argument("--mutate", metavar="NAME",
                        help="run with a deliberate fault in the swap (gate-up-swapped, layer-at-init, rope-base-10000, "
-                            "fp8-skipped, qkv-bias-dropped, window-off-by-one, qk-norm-skipped, gamma-not-centred; "
+                            "fp8-skipped, qkv-bias-dropped, window-off-by-one, qk-norm-skipped, gamma-not-centred, "
+                            "renormalisation-skipped, experts-exchanged, router-bf16, norm-topk-prob-ignored; "
                             "teswap.parity.mutations) to see the check catch it: expect exit 1; nothing is recorded")
     check.add_argument("--json", type=Path, help="also write the report as JSON here")
     check.add_argument("--results", type=Path, default=Path("results"), help="results store to append the record to")
@@ -59,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     case = ParityCase(source=args.model, backend=args.backend, precision=args.precision, seq_len=args.seq_len,
                       batch=args.batch, batches=args.batches, seed=args.seed, device=device, fuse_qkv=args.fuse_qkv,
                       gen_prompts=args.gen_prompts, gen_tokens=args.gen_tokens, grads=not args.no_grads,
-                      beyond_max_positions=args.beyond_max_positions)
+                      beyond_max_positions=args.beyond_max_positions, experts=args.experts)
     if args.mutate:
         from teswap.swap.sources import resolve_source
 
@@ -87,7 +90,8 @@ def to_json(report) -> dict:
             "reference_dtype": report.reference_dtype, "verdict_rows": record.verdict_rows,
             "layer_errors": record.layer_errors, "precision_verdict": record.precision_verdict,
             "precision_rows": record.precision_rows, "perplexity": record.perplexity,
-            "generation": record.generation, "inputs": record.inputs}
+            "generation": record.generation, "inputs": record.inputs,
+            **({"routing": record.routing} if record.routing else {})}
 
 
 def append_record(report, root: Path) -> Path:

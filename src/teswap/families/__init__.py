@@ -10,6 +10,9 @@
     gemma.py     Gemma: (1 + w) norms, tanh GeGLU, head_dim 256
     gemma3.py    Gemma3 text: a composite of TE modules (sandwich norms), (1 + w) q/k norms, two RoPE tables
     gemma2.py    Gemma2: refused (attention softcapping)
+    moe.py       what the MoE families share: the MoE composite's plan, expert implementations, mapping
+    mixtral.py   Mixtral: every layer a sparse MoE (te_mixtral's composite), Mistral's window
+    qwen3_moe.py Qwen3-MoE: Qwen3's q/k norm, MoE layers among dense ones, norm_topk_prob
     registry.py  FAMILIES, get_family, family_for_config, decoder_class(family, backend)
 """
 

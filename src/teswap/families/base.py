@@ -13,6 +13,7 @@ A family says:
 
 from __future__ import annotations
 
+import copy
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,21 @@ def llama_dims(config: PretrainedConfig) -> dict[str, Any]:
     tokens = ("bos_token_id", "eos_token_id", "pad_token_id")  # the tokenizer's, None included
     return {**{name: getattr(config, name) for name in names if getattr(config, name, None) is not None},
             **{name: getattr(config, name, None) for name in tokens}}
+
+
+LAYER_INDEX = "_teswap_layer_idx"  # set on a config view by `at_layer`
+
+
+def at_layer(config: PretrainedConfig, layer_idx: int) -> PretrainedConfig:
+    """A shallow copy of `config` that says which layer is asked about (read by `layer_index_of`)."""
+    view = copy.copy(config)
+    view.__dict__[LAYER_INDEX] = layer_idx
+    return view
+
+
+def layer_index_of(config: PretrainedConfig) -> int | None:
+    """The layer a config view from `at_layer` is about; None: every layer."""
+    return config.__dict__.get(LAYER_INDEX)
 
 
 def te_window(window: int | None) -> tuple[int, int] | None:
@@ -189,6 +205,11 @@ class Family:
         raise UnsupportedConfigError(f"trained Llama weights cannot be housed in the {self.name} layout")
 
     # --- the mapping --------------------------------------------------------------------------------
+    def layer_rules_at(self, config: PretrainedConfig, layer_idx: int, *, fuse_qkv: bool) -> list[Rule]:
+        """The rules of decoder layer `layer_idx` (a family whose layers differ, e.g. dense layers among
+        MoE ones, reads the index from the config view; `layer_rules(config)` is then every layer's union)."""
+        return self.layer_rules(at_layer(config, layer_idx), fuse_qkv=fuse_qkv)
+
     def layer_rules(self, config: PretrainedConfig, *, fuse_qkv: bool) -> list[Rule]:
         """HF <-> TE rules for one decoder layer's tensors (split or fused QKV in TE)."""
         return [*self.norm_rules(config), *self.attention_rules(config, fuse_qkv=fuse_qkv),

@@ -11,6 +11,8 @@ the low bits of a small w (1 + w - 1 != w), which is why teswap proves weights e
     fuse_qkv      q, k, v -> TE's group-interleaved fused QKV (qkv_weight_interleaved=True)
     unit_offset   TE holds 1 + w where HF holds w (Gemma3's q/k norms: TE's q/k RMSNorm has no
                   zero-centred gamma); a gradient maps unchanged
+    split_experts one [E, rows, cols] expert tensor -> E tensors [rows, cols] (HF's 3-D experts -> TE's
+                  GroupedLinear weight0..weight{E-1}); back: stacked
     te_only_zero  a tensor only the TE layout has (a bias TE's bias=True adds that HF lacks), held at
                   zero and frozen; mapping back requires it to be zero still
 """
@@ -101,6 +103,12 @@ def unit_offset(hf: str, te: str) -> Rule:
         return [(tensors[0].float() - 1.0).to(tensors[0].dtype)]
 
     return Rule("unit_offset", (hf,), (te,), plus_one, minus_one, offset=1.0)
+
+
+def split_experts(hf: str, te: Sequence[str]) -> Rule:
+    """hf [E, rows, cols] -> E tensors named te (one per expert, in expert order); back by stacking."""
+    return Rule("split_experts", (hf,), tuple(te), lambda tensors: list(tensors[0].unbind(0)),
+                lambda tensors: [torch.stack(tensors, dim=0)])
 
 
 def te_only_zero(te: str) -> Rule:

@@ -120,5 +120,6 @@ class HFDecoderCall:
         # are replaced by TE-layout freqs from the same inv_freq.
         inputs = decoder_inputs(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
                                 cache=cache, past_key_values=past_key_values, kwargs=kwargs,
-                                output_attentions_config=bool(getattr(self.hf_config, "output_attentions", False)))
+                                output_attentions_config=bool(getattr(self.hf_config, "output_attentions", False)),
+                                has_router=getattr(self, "router_class", None) is not None)
         return self.te_forward(hidden_states, inputs)

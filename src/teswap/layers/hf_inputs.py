@@ -28,7 +28,7 @@ PASSED_THROUGH = ("num_items_in_batch", "shift_labels", "ignore_index", "output_
 REFUSED_FLAGS = {
     "output_attentions": "TransformerEngine never materialises attention probabilities (its fused kernels "
                          "do not form them), so neither do the swapped layers",
-    "output_router_logits": "the swapped decoder layers have no router (mixture-of-experts families are not swapped)",
+    "output_router_logits": "this family's swapped decoder layers have no router (it is no mixture-of-experts family)",
 }
 
 
@@ -44,8 +44,10 @@ class DecoderInputs:
 
 def decoder_inputs(hidden_states: torch.Tensor, *, attention_mask: torch.Tensor | None,
                    position_ids: torch.Tensor | None, cache: Any, past_key_values: Any,
-                   kwargs: dict[str, Any], output_attentions_config: bool = False) -> DecoderInputs:
-    """Sort an HF decoder call's arguments; raise UnsupportedInputError for what cannot be honoured."""
+                   kwargs: dict[str, Any], output_attentions_config: bool = False,
+                   has_router: bool = False) -> DecoderInputs:
+    """Sort an HF decoder call's arguments; raise UnsupportedInputError for what cannot be honoured.
+    An MoE family's layers (`has_router`) take output_router_logits: HF records the router's output by a hook."""
     if cache is not None and past_key_values is not None and cache is not past_key_values:
         raise UnsupportedInputError("the decoder layer got two different caches (cache= and past_key_values=)")
     cache = cache if cache is not None else past_key_values
@@ -55,7 +57,7 @@ def decoder_inputs(hidden_states: torch.Tensor, *, attention_mask: torch.Tensor 
                                     f"{REFUSED_FLAGS['output_attentions']}")
     packed = _packed_cu_seqlens(kwargs, hidden_states, cache)
     for name, value in kwargs.items():
-        if name in PASSED_THROUGH or name in PACKED_KWARGS:
+        if name in PASSED_THROUGH or name in PACKED_KWARGS or (has_router and name == "output_router_logits"):
             continue
         if name in REFUSED_FLAGS:
             if value:

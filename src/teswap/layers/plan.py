@@ -23,6 +23,28 @@ from torch import nn
 # The two ways a swapped layer is built from TE's modules.
 TRANSFORMER_LAYER = "TransformerLayer"  # one te.pytorch.TransformerLayer (pre-norm attention + MLP)
 COMPOSITE = "composite"  # MultiheadAttention + RMSNorm + LayerNormMLP + RMSNorm (sandwich norms)
+# MultiheadAttention + RMSNorm + an MoE block (TE's te_mixtral); a dense layer among MoE ones keeps
+# MultiheadAttention + LayerNormMLP (teswap.layers.torch_moe)
+MOE_COMPOSITE = "moe composite"
+
+# The two expert implementations of an MoE layer (recorded in the config as `teswap_experts`).
+HF_EXPERTS = "hf"  # HF's own sparse MoE block kept as it is: only attention and norms move to TE
+GROUPED_EXPERTS = "grouped"  # TE's: router te.Linear, GroupedLinear experts, moe_permute / moe_unpermute
+EXPERT_IMPLEMENTATIONS = (GROUPED_EXPERTS, HF_EXPERTS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MoEPlan:
+    """One MoE layer's router and experts (HF's semantics; both backends build from it)."""
+
+    num_experts: int
+    top_k: int
+    ffn_hidden_size: int  # per expert
+    renormalize: bool  # top-k probabilities divided by their sum (Mixtral always; Qwen3-MoE: norm_topk_prob)
+    scores_in_input_dtype: bool  # the top-k weights rounded to the input dtype before they scale (Qwen3-MoE)
+    experts: str = GROUPED_EXPERTS  # HF_EXPERTS or GROUPED_EXPERTS
+    # makes HF's own sparse MoE block for this layer's config (HF_EXPERTS), from the family's modeling module
+    hf_block: Callable[[], nn.Module] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +60,7 @@ class LayerPlan:
     query_scale: float | None = None  # softmax scale before RoPE's attention scaling (None: 1/sqrt(head_dim))
     frozen_zero: tuple[str, ...] = ()  # TE-only parameters (biases HF lacks) held at zero, never trained
     te_versions: tuple[tuple[tuple[int, int], str], ...] = field(default=())  # (minimum TE, what needs it)
+    moe: MoEPlan | None = None  # MOE_COMPOSITE: this layer's MoE block (None: a dense layer among MoE ones)
 
     @property
     def window_size(self) -> tuple[int, int] | None:

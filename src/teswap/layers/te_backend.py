@@ -3,7 +3,9 @@
 The classes are made on demand because importing TE needs a CUDA build of its PyTorch extension; the
 module itself imports nothing from TE. A family's plan (teswap.layers.plan) gives TE's arguments:
 most families are one `te.pytorch.TransformerLayer`; Gemma3 is a composite of `MultiheadAttention`,
-`RMSNorm`, `LayerNormMLP`, `RMSNorm` (TransformerLayer has no post-attention or post-MLP norm).
+`RMSNorm`, `LayerNormMLP`, `RMSNorm` (TransformerLayer has no post-attention or post-MLP norm); the MoE
+families (Mixtral, Qwen3-MoE) are te_mixtral's composite: `MultiheadAttention`, `RMSNorm` and an MoE block
+(router `Linear`, `GroupedLinear` experts, `moe_permute`/`moe_unpermute`; or HF's own block).
 Differences from TE's te_llama example, on purpose: RoPE from the HF model's own inv_freq (one shared
 table per layer type), attention_scaling and the family's query scale honoured through the softmax
 scale, kv_channels = config head_dim, layer_number = layer_idx + 1, a tensor returned, fresh weights
@@ -25,10 +27,10 @@ from teswap.errors import UnsupportedConfigError
 from teswap.hardware import te_api
 from teswap.layers.hf_adapter import HFDecoderCall, keep_fresh_weights
 from teswap.layers.hf_inputs import DecoderInputs
-from teswap.layers.plan import COMPOSITE, LayerPlan
+from teswap.layers.plan import COMPOSITE, HF_EXPERTS, MOE_COMPOSITE, LayerPlan
 from teswap.layers.rope import attention_softmax_scale, shared_table_for
 from teswap.layers.te_batch import TEBatch, te_batch
-from teswap.layers.torch_backend import PlanSource, swapped_class_name
+from teswap.layers.torch_backend import PlanSource, class_suffix, moe_class_attrs, swapped_class_name
 
 # TE's DotProductAttention (2.0 ... 2.20) computes softmax_scale once in __init__ (default
 # 1/sqrt(kv_channels); TransformerLayer has no softmax_scale argument) and hands it to its three
@@ -179,9 +181,106 @@ def _composite_class(te: Any) -> type:
     return TECompositeDecoder
 
 
+def te_linear_kwargs(constants: dict[str, Any], init_method: Any) -> dict[str, Any]:
+    """te.Linear / te.GroupedLinear arguments beyond the shapes, by keyword (TE 2.0 ... 2.20 all take them)."""
+    return {"bias": False, "init_method": init_method, **constants}
+
+
+def _moe_blocks(te: Any) -> dict[str, type]:
+    """te_mixtral's MoE block on TE's modules: router te.Linear, moe_permute, GroupedLinear, moe_unpermute."""
+    from teswap.layers.fused_kernels import gated_activation
+    from teswap.layers.torch_moe import route, tokens_per_expert
+
+    class TERouter(te.Linear):
+        """te.Linear [E, H] holding the router's weight; the logits are computed outside FP8 (as Megatron keeps
+        the router high precision, and HF's stock model does), then HF's routing."""
+
+        def __init__(self, hidden: int, plan: Any, init_method: Any) -> None:
+            te.Linear.__init__(self, hidden, plan.num_experts, **te_linear_kwargs(_constants(), init_method))
+            self.plan = plan
+
+        def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits = torch.nn.functional.linear(hidden_states, self.weight)
+            return (logits, *route(logits, self.plan.top_k, renormalize=self.plan.renormalize,
+                                   scores_in_input_dtype=self.plan.scores_in_input_dtype))
+
+    class TEGroupedExperts(nn.Module):
+        def __init__(self, hidden: int, plan: Any, activation: str, init_method: Any, output_init: Any) -> None:
+            super().__init__()
+            self.plan, self.activation = plan, activation
+            self.router = TERouter(hidden, plan, init_method)
+            self.experts_fc1 = te.GroupedLinear(plan.num_experts, hidden, 2 * plan.ffn_hidden_size,
+                                                **te_linear_kwargs(_constants(), init_method))
+            self.experts_fc2 = te.GroupedLinear(plan.num_experts, plan.ffn_hidden_size, hidden,
+                                                **te_linear_kwargs(_constants(), output_init))
+
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            shape = hidden_states.shape
+            flat = hidden_states.reshape(-1, shape[-1])
+            _, scores, indices = self.router(flat)
+            rows, row_map = te.moe_permute(flat, indices.to(torch.int32), num_out_tokens=indices.numel(),
+                                           map_type="index")
+            m_splits = tokens_per_expert(indices, self.plan.num_experts).tolist()
+            hidden = self.experts_fc1(rows, m_splits)
+            hidden = self.experts_fc2(gated_activation(hidden, self.activation).rounded, m_splits)
+            out = te.moe_unpermute(hidden, row_map, merging_probs=scores.float(), map_type="index")
+            return out.view(shape)
+
+    class TEDenseMLP(nn.Module):
+        """A dense layer's MLP among MoE ones: te.Linear fc1 ([gate; up]), the gated activation, te.Linear fc2."""
+
+        def __init__(self, hidden: int, ffn: int, activation: str, init_method: Any, output_init: Any) -> None:
+            super().__init__()
+            self.activation = activation
+            self.fc1 = te.Linear(hidden, 2 * ffn, **te_linear_kwargs(_constants(), init_method))
+            self.fc2 = te.Linear(ffn, hidden, **te_linear_kwargs(_constants(), output_init))
+
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            return self.fc2(gated_activation(self.fc1(hidden_states), self.activation).rounded)
+
+    return {"router": TERouter, "grouped": TEGroupedExperts, "dense": TEDenseMLP}
+
+
+def _moe_composite_class(te: Any) -> type:
+    blocks = _moe_blocks(te)
+
+    class TEMoECompositeDecoder(TEDecoder, nn.Module):
+        """MultiheadAttention + RMSNorm + an MoE block of TE's modules (te_mixtral's layer): not a TransformerLayer."""
+
+        router_class = blocks["router"]
+
+        def __init__(self, config: PretrainedConfig, layer_idx: int) -> None:
+            nn.Module.__init__(self)
+            plan = self.plan_source.layer_plan(config, layer_idx)
+            check_te_versions(plan, te_api.imported_te_version())
+            kwargs = te_composite_kwargs(plan, fuse_qkv=self.fuse_qkv_params)
+            self.self_attention = te.MultiheadAttention(**kwargs["attention"])
+            self.post_attention_layernorm = te.RMSNorm(**kwargs["norm"])
+            te_kwargs = plan.te_kwargs
+            hidden, activation = te_kwargs["hidden_size"], te_kwargs.get("activation", "swiglu")
+            inits = (te_kwargs.get("init_method"), te_kwargs.get("output_layer_init_method"))
+            if plan.moe is None:
+                self.mlp = blocks["dense"](hidden, te_kwargs["ffn_hidden_size"], activation, *inits)
+            elif plan.moe.experts == HF_EXPERTS and plan.moe.hf_block is not None:
+                self.mlp = plan.moe.hf_block()  # HF's own block, as it is (only attention and norms on TE)
+            else:
+                self.mlp = blocks["grouped"](hidden, plan.moe, activation, *inits)
+            self._setup(config, layer_idx, plan)
+
+        def te_body(self, hidden_states: torch.Tensor, batch: TEBatch) -> torch.Tensor:
+            attention = self.self_attention(
+                hidden_states, attention_mask=batch.attention_mask, attn_mask_type=batch.mask_type,
+                rotary_pos_emb=batch.freqs_for(self.rope), inference_params=batch.inference_params)
+            hidden_states = hidden_states + attention
+            return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+    return TEMoECompositeDecoder
+
+
 @functools.cache
 def _bodies(te: Any) -> dict[str, type]:
-    return {"TransformerLayer": _transformer_layer_class(te), COMPOSITE: _composite_class(te)}
+    return {"TransformerLayer": _transformer_layer_class(te), COMPOSITE: _composite_class(te),
+            MOE_COMPOSITE: _moe_composite_class(te)}
 
 
 def te_decoder_class(plan_source: PlanSource, *, fuse_qkv: bool = False) -> type:
@@ -194,9 +293,12 @@ def te_decoder_class(plan_source: PlanSource, *, fuse_qkv: bool = False) -> type
 @functools.cache
 def _te_class(te: Any, plan_source: PlanSource, fuse_qkv: bool) -> type:
     base = _bodies(te)[plan_source.layout]
-    name = swapped_class_name("TE", plan_source.name, plan_source.layout, fuse_qkv)
+    name = swapped_class_name("TE", plan_source.name, plan_source.layout, fuse_qkv, class_suffix(plan_source))
+    moe = moe_class_attrs(plan_source)
+    if moe and moe["experts"] != HF_EXPERTS:
+        moe["router_class"] = getattr(base, "router_class")  # noqa: B009  TE's router module (HF's under HF experts)
     attrs = {"__module__": __name__, "plan_source": plan_source, "fuse_qkv_params": fuse_qkv,
-             "family": plan_source.name, "te": te,
+             "family": plan_source.name, "te": te, **moe,
              "__doc__": f"A drop-in for {plan_source.name}'s decoder layer on TransformerEngine's modules."}
     cls = type(name, (base,), attrs)
     cls.__qualname__ = name

@@ -21,10 +21,15 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from teswap.layers.hf_adapter import HFDecoderCall, keep_fresh_weights
 from teswap.layers.hf_inputs import DecoderInputs, packed_causal_mask
-from teswap.layers.plan import COMPOSITE, LayerPlan
+from teswap.layers.plan import COMPOSITE, MOE_COMPOSITE, TRANSFORMER_LAYER, LayerPlan
 from teswap.layers.rope import RopeTable, attention_softmax_scale, shared_table_for
 from teswap.layers.torch_attention import KVUpdate
 from teswap.layers.torch_layer import DecoderComposite, TransformerLayer
+from teswap.layers.torch_moe import MoEComposite
+
+# A layout's layer body in the twin.
+BODIES: dict[str, Any] = {TRANSFORMER_LAYER: TransformerLayer, COMPOSITE: DecoderComposite,
+                           MOE_COMPOSITE: MoEComposite}
 
 
 class PlanSource(Protocol):
@@ -36,11 +41,12 @@ class PlanSource(Protocol):
     def layer_plan(self, config: PretrainedConfig, layer_idx: int) -> LayerPlan: ...
 
 
-def swapped_class_name(backend: str, family: str, layout: str, fuse_qkv: bool) -> str:
-    """TorchLlamaDecoderLayer, TEQwen2DecoderLayerFusedQKV, TorchGemma3TextDecoderComposite, ..."""
+def swapped_class_name(backend: str, family: str, layout: str, fuse_qkv: bool, suffix: str = "") -> str:
+    """TorchLlamaDecoderLayer, TEQwen2DecoderLayerFusedQKV, TorchGemma3TextDecoderComposite,
+    TorchMixtralDecoderMoEComposite, ..."""
     word = "".join(part.capitalize() for part in family.split("_"))
-    kind = "DecoderComposite" if layout == COMPOSITE else "DecoderLayer"
-    return f"{backend}{word}{kind}{'FusedQKV' if fuse_qkv else ''}"
+    kind = {COMPOSITE: "DecoderComposite", MOE_COMPOSITE: "DecoderMoEComposite"}.get(layout, "DecoderLayer")
+    return f"{backend}{word}{kind}{'FusedQKV' if fuse_qkv else ''}{suffix}"
 
 
 class TorchDecoder(HFDecoderCall):
@@ -54,7 +60,8 @@ class TorchDecoder(HFDecoderCall):
         plan = self.plan_source.layer_plan(config, layer_idx)
         rope = shared_table_for(config, plan)  # `bind_rope` re-points it at the model's own rotary module
         scale = attention_softmax_scale(rope, plan.te_kwargs["kv_channels"], plan.query_scale)
-        super().__init__(**plan.te_kwargs, fuse_qkv_params=self.fuse_qkv_params,  # type: ignore[call-arg]
+        moe = {"moe": plan.moe} if plan.layout == MOE_COMPOSITE else {}
+        super().__init__(**plan.te_kwargs, **moe, fuse_qkv_params=self.fuse_qkv_params,  # type: ignore[call-arg]
                          softmax_scale=scale)  # the body's (TransformerLayer or composite) __init__, next in the MRO
         keep_fresh_weights(self, plan.frozen_zero)  # type: ignore[arg-type]
         self.layer_idx = layer_idx
@@ -65,7 +72,7 @@ class TorchDecoder(HFDecoderCall):
     def te_forward(self, hidden_states: torch.Tensor, inputs: DecoderInputs) -> torch.Tensor:
         seq_len = hidden_states.shape[1]
         freqs = self.rope.freqs(inputs.position_ids, seq_len, hidden_states.device)
-        body = DecoderComposite if self.layer_plan_used.layout == COMPOSITE else TransformerLayer
+        body = BODIES[self.layer_plan_used.layout]
         return body.forward(self, hidden_states, freqs, _twin_mask(inputs, seq_len),  # type: ignore[arg-type]
                             self._kv_update(inputs.cache), own_window=not _static_layer(inputs.cache, self.layer_idx))
 
@@ -92,15 +99,27 @@ def _twin_mask(inputs: DecoderInputs, seq_len: int) -> torch.Tensor | None:
     return packed & (mask if mask.dtype == torch.bool else mask == 0)
 
 
+def class_suffix(plan_source: PlanSource) -> str:
+    return str(getattr(plan_source, "class_suffix", ""))
+
+
+def moe_class_attrs(plan_source: PlanSource) -> dict[str, Any]:
+    """An MoE family's class says which experts it builds and which class returns the router's logits."""
+    if plan_source.layout != MOE_COMPOSITE:
+        return {}
+    return {"experts": plan_source.experts, "router_class": plan_source.router_class()}  # type: ignore[attr-defined]
+
+
 @functools.cache
 def torch_decoder_class(plan_source: PlanSource, *, fuse_qkv: bool = False) -> type:
     """The twin's decoder class for a family (cached: one class per family and QKV layout)."""
-    body = DecoderComposite if plan_source.layout == COMPOSITE else TransformerLayer
-    name = swapped_class_name("Torch", plan_source.name, plan_source.layout, fuse_qkv)
+    body = BODIES[plan_source.layout]
+    name = swapped_class_name("Torch", plan_source.name, plan_source.layout, fuse_qkv, class_suffix(plan_source))
+    what = "a TransformerLayer" if body is TransformerLayer else f"a {plan_source.layout} of TE modules"
     doc = (f"A drop-in for {plan_source.name}'s decoder layer with TE's parameter layout and math, in pure "
-           f"PyTorch ({'a composite of TE modules' if body is DecoderComposite else 'a TransformerLayer'}).")
+           f"PyTorch ({what}).")
     attrs = {"__doc__": doc, "__module__": __name__, "plan_source": plan_source, "fuse_qkv_params": fuse_qkv,
-             "family": plan_source.name}
+             "family": plan_source.name, **moe_class_attrs(plan_source)}
     cls = type(name, (TorchDecoder, body, GradientCheckpointingLayer), attrs)
     cls.__qualname__ = name
     return cls

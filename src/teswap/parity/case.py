@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,6 +75,7 @@ class ParityCase:
     calibration_steps: int = 2  # grad-enabled FP8 forwards before measuring (DelayedScaling scales)
     beyond_max_positions: bool = False  # a seq_len past the model's max_position_embeddings, asked for
     stands_for: str | None = None  # the timed model whose verdict this case gives, when its own cannot run here
+    experts: str | None = None  # an MoE family's expert implementation ("grouped", the default, or "hf")
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch", "batches"):
@@ -90,7 +92,7 @@ class ParityCase:
         """The record's "case"; `beyond_max_positions` and `stands_for` only where set, so other cases read as
         before."""
         fields = asdict(self)
-        unset = {"source", *(name for name in ("beyond_max_positions", "stands_for") if not fields[name])}
+        unset = {"source", *(name for name in ("beyond_max_positions", "stands_for", "experts") if not fields[name])}
         return {"model": self.source_name, **{k: v for k, v in fields.items() if k not in unset}}
 
 
@@ -111,6 +113,7 @@ class ParityReport:
     perplexity: dict[str, float] = field(default_factory=dict)  # reference, stock, swapped
     generation: dict[str, float] = field(default_factory=dict)  # mean matched tokens, prompts, new tokens
     inputs: str = ""
+    routing: dict[str, Any] = field(default_factory=dict)  # MoE: teswap.parity.routing, swapped against stock
 
     @property
     def passed(self) -> bool:
@@ -135,7 +138,7 @@ class ParityReport:
             precision_verdict=self.precision_verdict,
             precision_rows=[asdict(row) for row in self.verdict.precision_rows],
             perplexity=self.perplexity, generation=self.generation, inputs=self.inputs,
-            recipe=recipe_record(self.case.precision, self.case.backend),
+            recipe=recipe_record(self.case.precision, self.case.backend), routing=self.routing or None,
         )
 
     def failure_summary(self) -> str:
@@ -166,6 +169,10 @@ class ReferenceRuns:
     def __init__(self, pair: Pair, dtype: torch.dtype, inputs_key: tuple, inputs: CaseInputs) -> None:
         self.pair, self.dtype, self.inputs_key, self.inputs = pair, dtype, inputs_key, inputs
         self.model = copy.deepcopy(pair.stock).to(dtype=dtype)  # type: ignore[call-arg]  # transformers wraps .to
+        experts = getattr(self.model.config, "_experts_implementation", None)
+        if dtype == torch.float64 and experts not in (None, "eager"):
+            # MoE experts: HF's grouped_mm kernel takes no fp64; its eager loop is the same math
+            self.model.config._experts_implementation = "eager"
         self._forwards: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         self._grads: tuple[float, dict[str, torch.Tensor]] | None = None
         self._continuations: dict[int, torch.Tensor] = {}
@@ -226,7 +233,7 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None, pair: Pair |
         raise UnsupportedInputError(refusal)
     policy = policy or get_policy(case.precision)
     pair = pair or build_pair(case.source, seed=case.seed, backend=case.backend, dtype=precision.model_dtype,
-                              device=case.device, fuse_qkv=case.fuse_qkv)
+                              device=case.device, fuse_qkv=case.fuse_qkv, experts=case.experts)
     _check_pair(pair, case, precision.model_dtype)
     ref_dtype = reference_dtype_for(pair.device, precision.name)
     reference = (references or ReferenceCache()).runs_for(pair, ref_dtype, case)
@@ -247,11 +254,22 @@ def run_parity_case(case: ParityCase, policy: Policy | None = None, pair: Pair |
                                       floor=LAYER_FLOOR.get(precision.name, LAYER_FLOOR_FP8))
     if divergent is None and precision.is_fp8:
         divergent = _localise_without_fp8(models, reference)
-    return ParityReport(case=case, policy=policy, verdict=verdict,
+    routing = _routing(pair, inputs.batches[0], contexts)
+    return ParityReport(case=case, policy=policy, verdict=verdict, routing=routing,
                         reference_dtype=str(ref_dtype).removeprefix("torch."), swapped=metrics["swapped"],
                         stock=metrics["stock"], swapped_layer_errors=forward.layers["swapped"],
                         stock_layer_errors=forward.layers["stock"], first_divergent_layer=divergent, worst_grad=worst,
                         perplexity=forward.perplexity, generation=generation, inputs=inputs.description)
+
+
+def _routing(pair: Pair, ids: torch.Tensor, contexts: Mapping[str, Context]) -> dict[str, Any]:
+    """An MoE pair's routing, each model at the case's precision (empty for a dense family)."""
+    if pair.experts is None:
+        return {}
+    from teswap.parity.routing import routing_report
+
+    report = routing_report(pair.stock, pair.swapped, ids, contexts=contexts)
+    return {**asdict(report), "experts": pair.experts}
 
 
 def _check_pair(pair: Pair, case: ParityCase, dtype: torch.dtype) -> None:

@@ -11,6 +11,10 @@ where a real adapter or layer would get it wrong (a family's rules or TE argumen
     window-off-by-one    TE's window_size (W, 0) instead of (W - 1, 0): one key too many       sliding windows
     qk-norm-skipped      the q/k RMSNorm not applied (twin)                                    Qwen3, Gemma3
     gamma-not-centred    w instead of 1 + w for a zero-centred RMSNorm gamma                   Gemma, Gemma3
+    renormalisation-skipped  the top-k weights not divided by their sum                       Mixtral, Qwen3-MoE+norm
+    experts-exchanged    experts 0 and 1 given each other's weights in the mapping             MoE (grouped experts)
+    router-bf16          the router's softmax in bf16 instead of fp32 (twin)                   MoE (grouped experts)
+    norm-topk-prob-ignored  Qwen3-MoE renormalised as Mixtral is, whatever norm_topk_prob says  Qwen3-MoE, norm off
 
 A parity run under any of them must end with a swap FAIL (exit 1) at every precision it applies to;
 tests/test_mutations.py, tests/test_family_parity.py and scripts/calibrate_policies.py check that.
@@ -64,8 +68,14 @@ def _halves_swapped(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def gate_up_swapped() -> Any:
+    def each_swapped(tensors: list[torch.Tensor]) -> list[torch.Tensor]:  # every expert's [gate; up]
+        return [_halves_swapped([tensor])[0] for tensor in tensors]
+
     def transform(rule: Rule) -> Rule:
-        if rule.te != ("layernorm_mlp.fc1_weight",):
+        if rule.hf == ("mlp.experts.gate_up_proj",) and rule.kind == "split_experts":
+            return replace(rule, kind="mutated", to_te=lambda t: each_swapped(rule.to_te(t)),
+                           to_hf=lambda t: rule.to_hf(each_swapped(t)))
+        if rule.te not in (("layernorm_mlp.fc1_weight",), ("mlp.fc1.weight",)):
             return rule
         return replace(rule, kind="mutated", to_te=lambda t: _halves_swapped(rule.to_te(t)),
                        to_hf=lambda t: rule.to_hf(_halves_swapped(t)))
@@ -143,6 +153,49 @@ def gamma_not_centred() -> Any:
     return _stacked(stack)
 
 
+def renormalisation_skipped() -> Any:
+    from teswap.families.moe import MoEFamily
+
+    return _patched(MoEFamily, "moe_plan", _plan_with(lambda plan: replace(plan, renormalize=False)))
+
+
+def norm_topk_prob_ignored() -> Any:
+    from teswap.families.moe import MoEFamily
+
+    return _patched(MoEFamily, "moe_plan", _plan_with(lambda plan: replace(plan, renormalize=True)))
+
+
+def _plan_with(change: Callable[[Any], Any]) -> Callable[..., Any]:
+    from teswap.families.moe import MoEFamily
+
+    original = MoEFamily.moe_plan
+
+    def moe_plan(self, config, layer_idx, experts):  # type: ignore[no-untyped-def]
+        plan = original(self, config, layer_idx, experts)
+        return None if plan is None else change(plan)
+
+    return moe_plan
+
+
+def experts_exchanged() -> Any:
+    def exchanged(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [tensors[1], tensors[0], *tensors[2:]]
+
+    def transform(rule: Rule) -> Rule:
+        if rule.kind != "split_experts":
+            return rule
+        return replace(rule, kind="mutated", to_te=lambda t: exchanged(rule.to_te(t)),
+                       to_hf=lambda t: rule.to_hf(exchanged(t)))
+
+    return _rules_transformed(transform)
+
+
+def router_bf16() -> Any:
+    from teswap.layers import torch_moe
+
+    return _patched(torch_moe, "ROUTER_SOFTMAX_DTYPE", torch.bfloat16)
+
+
 @contextmanager
 def _stacked(contexts: list[Any]) -> Iterator[None]:
     from contextlib import ExitStack
@@ -167,6 +220,21 @@ def _has_qkv_bias(config: PretrainedConfig) -> bool:
         config, fuse_qkv=False) for key in rule.hf)
 
 
+def _is_moe(config: PretrainedConfig) -> bool:
+    from teswap.families.moe import MoEFamily
+
+    return isinstance(family_for_config(config), MoEFamily)
+
+
+def _renormalises(config: PretrainedConfig) -> bool:
+    family = family_for_config(config)
+    return _is_moe(config) and family.renormalizes(config)  # type: ignore[attr-defined]
+
+
+def _norm_topk_off(config: PretrainedConfig) -> bool:
+    return _is_moe(config) and getattr(config, "norm_topk_prob", None) is False
+
+
 def _always(config: PretrainedConfig) -> bool:
     return True
 
@@ -188,6 +256,12 @@ MUTATIONS: dict[str, Mutation] = {
     "qk-norm-skipped": Mutation(qk_norm_skipped, _layer_kwarg("qk_norm_type"), "q/k norms (Qwen3, Gemma3)"),
     "gamma-not-centred": Mutation(gamma_not_centred, _layer_kwarg("zero_centered_gamma"),
                                   "zero-centred norms (Gemma, Gemma3)"),
+    "renormalisation-skipped": Mutation(renormalisation_skipped, _renormalises,
+                                        "renormalised top-k routing (Mixtral, Qwen3-MoE with norm_topk_prob)"),
+    "experts-exchanged": Mutation(experts_exchanged, _is_moe, "mixture-of-experts layers (Mixtral, Qwen3-MoE)"),
+    "router-bf16": Mutation(router_bf16, _is_moe, "mixture-of-experts layers (Mixtral, Qwen3-MoE)"),
+    "norm-topk-prob-ignored": Mutation(norm_topk_prob_ignored, _norm_topk_off,
+                                       "Qwen3-MoE with norm_topk_prob=False"),
 }
 
 

@@ -42,6 +42,12 @@ def report_text(report: ParityReport) -> str:
              *(_precision_row(row) for row in report.verdict.precision_rows),
              *(f"  {bound:30} skipped (metric not measured)" for bound in report.verdict.skipped)]
     lines += _diagnostics(report)
+    if report.routing:  # an MoE model: routing beside the usual metrics
+        r = report.routing
+        lines.append(f"routing ({r['experts']} experts, swapped vs stock at this precision): agreement "
+                     f"{r['agreement']:.2%} ({r['flips']} flips of {r['tokens']} token-layers over {r['layers']} MoE "
+                     f"layers), aux loss stock {r['aux_loss_stock']:.6f} swapped {r['aux_loss_swapped']:.6f}, "
+                     f"load balance {r['load_balance']:.2f}")
     lines.append(f"precision verdict: {report.precision_verdict.upper()}"
                  + ("" if report.verdict.precision_passed else " (stock fails "
                     + ", ".join(row.bound for row in report.verdict.precision_failures)

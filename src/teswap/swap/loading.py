@@ -117,12 +117,38 @@ def unmapped_layer_keys(keys: list[str], config: Any) -> list[str]:
              | mapping.te_layer_keys(config, fuse_qkv=True))
     out = []
     for key in keys:
+        if _converted_by_hf(key, config):
+            continue  # an older layout transformers itself converts first (Mixtral's block_sparse_moe.experts.N.w1)
+        key = _renamed_by_hf(key, config)
         match = mapping._LAYER_KEY.match(key)
         rest = match["rest"] if match else ""
         ignored = rest.endswith("_extra_state") or re.search(_IGNORED_LAYER_KEYS, key)
         if match and rest not in known and not ignored:
             out.append(key)
     return out
+
+
+# transformers' own conversions of a model type (legacy checkpoint layouts), saved while ours are registered
+_HF_OWN: dict[str, list[Any]] = {}
+
+
+def _renamed_by_hf(key: str, config: Any) -> str:
+    for transform in _HF_OWN.get(getattr(config, "model_type", ""), []):
+        if type(transform).__name__ == "WeightRenaming":
+            for source, target in zip(transform.source_patterns, transform.target_patterns, strict=False):
+                key = re.sub(source, target, key)
+    return key
+
+
+def _converted_by_hf(key: str, config: Any) -> bool:
+    """Whether one of transformers' own converters of this model type takes `key` (after its renamings)."""
+    renamed = _renamed_by_hf(key, config)
+    for transform in _HF_OWN.get(getattr(config, "model_type", ""), []):
+        if type(transform).__name__ == "WeightConverter":
+            patterns = [pattern.replace("*", r"\d+") for pattern in transform.source_patterns]
+            if any(re.search(pattern, renamed) for pattern in patterns):
+                return True
+    return False
 
 
 def _op_classes(ops: Any) -> dict[str, type]:
@@ -143,6 +169,8 @@ def _op_classes(ops: Any) -> dict[str, type]:
     class ApplyRule(ops.ConversionOps):
         """One family rule (HF tensors -> TE tensors, or back when saving), made for the loaded config."""
 
+        supports_many_to_many = True  # the last op of a chain from HF's per-expert w1/w3 to weight{e}
+
         def __init__(self, family: Family, fuse_qkv: bool, names: tuple[tuple[str, ...], tuple[str, ...]],
                      back: bool = False) -> None:
             self.family, self.fuse_qkv, self.names, self.back = family, fuse_qkv, names, back
@@ -153,22 +181,77 @@ def _op_classes(ops: Any) -> dict[str, type]:
             rule = _rule_named(self.family.layer_rules(kwargs["config"], fuse_qkv=self.fuse_qkv), self.names)
             if not self.back:
                 _mark_layers(kwargs.get("model"))
+            if rule.kind == "split_experts":  # one [E, ...] tensor <-> E tensors: names follow E (`*`)
+                return self._experts(rule, input_dict, source_patterns, target_patterns)
             tensors = [_single(input_dict[pattern]) for pattern in source_patterns]
             converted = rule.to_hf(tensors) if self.back else rule.to_te(tensors)
             return {target: tensor.contiguous() for target, tensor in zip(target_patterns, converted, strict=True)}
+
+        def _experts(self, rule: Rule, input_dict: dict[str, Any], source_patterns: list[str],
+                     target_patterns: list[str]) -> dict[str, Any]:
+            if self.back:  # weight0..weight{E-1}, in expert order (the names are the sources)
+                tensors = [_single(input_dict[name]) for name in source_patterns if name in input_dict]
+                if len(tensors) != len(rule.te):
+                    raise MappingError(f"{len(tensors)} expert tensors for {rule.hf[0]}, expected {len(rule.te)}")
+                return {target_patterns[0]: rule.to_hf(list(tensors))[0].contiguous()}
+            (values,) = input_dict.values()  # the one source (a chain's earlier op may have renamed it)
+            parts = rule.to_te([_single(values)])
+            return {target: part.contiguous() for target, part in zip(target_patterns, parts, strict=False)}
 
         @property
         def reverse_op(self) -> Any:
             return ApplyRule(self.family, self.fuse_qkv, self.names, back=not self.back)
 
-    return {"MarkLoaded": MarkLoaded, "ApplyRule": ApplyRule}
+    class AfterHF(ops.ConversionOps):
+        """transformers' own conversion of an older layout (to `hf_target`), then our rule on its result;
+        saving runs the two backwards: our rule's inverse, then transformers' reversed operations."""
+
+        supports_many_to_many = True
+
+        def __init__(self, hf_ops: list[Any], hf_sources: list[str], hf_target: str, ours: Any,
+                     back: bool = False) -> None:
+            self.hf_ops, self.hf_sources, self.hf_target = hf_ops, hf_sources, hf_target
+            self.ours, self.back = ours, back
+
+        def convert(self, input_dict: dict[str, Any], source_patterns: list[str], target_patterns: list[str],
+                    **kwargs: Any) -> dict[str, Any]:
+            if self.back:
+                tensors = self.ours.convert(input_dict, source_patterns, [self.hf_target], **kwargs)
+                for op in self.hf_ops:  # already reversed, in reverse order
+                    tensors = op.convert(tensors, source_patterns=[self.hf_target], target_patterns=self.hf_sources,
+                                         **kwargs)
+                return tensors
+            tensors = input_dict
+            for op in self.hf_ops:
+                tensors = op.convert(tensors, source_patterns=source_patterns, target_patterns=[self.hf_target],
+                                     **kwargs)
+            return self.ours.convert(tensors, [self.hf_target], target_patterns, **kwargs)
+
+        @property
+        def reverse_op(self) -> Any:
+            return AfterHF([op.reverse_op for op in reversed(self.hf_ops)], self.hf_sources, self.hf_target,
+                           self.ours.reverse_op, back=not self.back)
+
+    return {"MarkLoaded": MarkLoaded, "ApplyRule": ApplyRule, "AfterHF": AfterHF}
 
 
 def _rule_named(rules: list[Rule], names: tuple[tuple[str, ...], tuple[str, ...]]) -> Rule:
     for rule in rules:
-        if (rule.hf, rule.te) == names:
+        if (rule.hf, rule.te) == names or (rule.kind == "split_experts" and rule.hf == names[0]
+                                          and _expert_pattern(rule) == names[1]):
             return rule
     raise MappingError(f"this config's {names[0]} -> {names[1]} mapping is not the one registered for the swap")
+
+
+# transformers resolves a converter's target names before it converts, so a split into one tensor per expert
+# names every expert a model may have; a model with E experts gets the first E
+MAX_EXPERTS = 512
+
+
+def _expert_pattern(rule: Rule) -> tuple[str, ...]:
+    """A split_experts rule's TE names for any expert count (weight0 .. weight511): the count is the config's."""
+    base = re.sub(r"\d+$", "", rule.te[0])
+    return tuple(f"{base}{index}" for index in range(MAX_EXPERTS))
 
 
 def _single(tensors: Any) -> torch.Tensor:
@@ -179,27 +262,34 @@ def _escaped(name: str) -> str:
     return name.replace(".", r"\.")
 
 
-def family_rule_names(family: Family, *, fuse_qkv: bool) -> list[Rule]:
-    """Every rule the family may have for any of its configs (names matter here; sizes are the loaded config's)."""
+def family_rule_names(family: Family, *, fuse_qkv: bool, experts: str | None = None) -> list[Rule]:
+    """Every rule the family may have for any of its configs (names matter here; sizes are the loaded config's);
+    an MoE family's for the expert implementation `experts` only (the two name the router differently)."""
     seen: dict[tuple[tuple[str, ...], tuple[str, ...]], Rule] = {}
     for config in family.config_variants():
+        if experts is not None and getattr(config, "teswap_experts", experts) != experts:
+            continue
         for rule in family.layer_rules(config, fuse_qkv=fuse_qkv):
-            seen.setdefault((rule.hf, rule.te), rule)
+            seen.setdefault((rule.hf, _expert_pattern(rule) if rule.kind == "split_experts" else rule.te), rule)
     return list(seen.values())
 
 
-def hf_conversions(family: Family, *, fuse_qkv: bool) -> list[Any]:
+def hf_conversions(family: Family, *, fuse_qkv: bool, experts: str | None = None) -> list[Any]:
     """transformers' conversion list from the family's HF keys to the TE layout (empty where unsupported)."""
     ops = _transformers_ops()
     if ops is None:
         return []
     ours = _op_classes(ops)
     renamings, converters = [], []
-    for rule in family_rule_names(family, fuse_qkv=fuse_qkv):
+    for rule in family_rule_names(family, fuse_qkv=fuse_qkv, experts=experts):
         if not rule.hf or (rule.kind == "rename" and rule.hf == rule.te):
             continue  # a TE-only zero tensor the layer makes itself, or a name both layouts share
         if rule.kind == "rename":
             renamings.append(ops.WeightRenaming(_escaped(rule.hf[0]), rule.te[0]))
+        elif rule.kind == "split_experts":
+            pattern = _expert_pattern(rule)
+            converters.append(ops.WeightConverter(_escaped(rule.hf[0]), [_escaped(name) for name in pattern],
+                                                  operations=[ours["ApplyRule"](family, fuse_qkv, (rule.hf, pattern))]))
         else:
             converters.append(ops.WeightConverter([_escaped(k) for k in rule.hf], list(rule.te),
                                                   operations=[ours["ApplyRule"](family, fuse_qkv, (rule.hf, rule.te))]))
@@ -208,10 +298,37 @@ def hf_conversions(family: Family, *, fuse_qkv: bool) -> list[Any]:
     return [*renamings, *converters]
 
 
+def composed_with_hf(previous: list[Any], family: Family, *, fuse_qkv: bool, experts: str | None) -> list[Any]:
+    """transformers' own conversions of the model type, each one whose result our mapping converts further
+    (an older MoE checkpoint's per-expert w1/w3 -> gate_up_proj -> GroupedLinear's weight{e}) extended by our
+    operation, so that one converter does both (transformers applies at most one per key)."""
+    ops = _transformers_ops()
+    if ops is None:
+        return previous
+    ours = _op_classes(ops)
+    splits = [rule for rule in family_rule_names(family, fuse_qkv=fuse_qkv, experts=experts)
+              if rule.kind == "split_experts"]
+    out = []
+    for transform in previous:
+        target = transform.target_patterns[0] if type(transform).__name__ == "WeightConverter" else None
+        rule = next((r for r in splits if target and len(transform.target_patterns) == 1
+                     and r.hf[0].endswith(target.lstrip("."))), None)
+        if rule is None or target is None:
+            out.append(transform)
+            continue
+        pattern = _expert_pattern(rule)
+        # aligned with HF's target, which the matched part of a key is replaced by (".experts.gate_up_proj")
+        ours_target = ["." + name.split(".", 1)[1] if target.startswith(".") else name for name in pattern]
+        step = ours["AfterHF"](list(transform.operations), list(transform.source_patterns), target,
+                               ours["ApplyRule"](family, fuse_qkv, (rule.hf, pattern)))
+        out.append(ops.WeightConverter(list(transform.source_patterns), ours_target, operations=[step]))
+    return out
+
+
 @contextmanager
-def conversions_registered(family: Family, *, fuse_qkv: bool) -> Iterator[None]:
+def conversions_registered(family: Family, *, fuse_qkv: bool, experts: str | None = None) -> Iterator[None]:
     """While the block runs, transformers loads (and saves) the family's checkpoints through its TE mapping."""
-    transforms = hf_conversions(family, fuse_qkv=fuse_qkv)
+    transforms = hf_conversions(family, fuse_qkv=fuse_qkv, experts=experts)
     if not transforms:
         yield
         return
@@ -219,11 +336,13 @@ def conversions_registered(family: Family, *, fuse_qkv: bool) -> Iterator[None]:
 
     model_type = family.model_types[0]
     previous = conversion_mapping.get_checkpoint_conversion_mapping(model_type)
-    conversion_mapping.register_checkpoint_conversion_mapping(model_type, [*(previous or []), *transforms],
-                                                              overwrite=True)
+    own = composed_with_hf(previous or [], family, fuse_qkv=fuse_qkv, experts=experts)
+    conversion_mapping.register_checkpoint_conversion_mapping(model_type, [*own, *transforms], overwrite=True)
+    _HF_OWN[model_type] = list(previous or [])
     try:
         yield
     finally:
+        _HF_OWN.pop(model_type, None)
         if previous is not None:
             conversion_mapping.register_checkpoint_conversion_mapping(model_type, previous, overwrite=True)
         else:

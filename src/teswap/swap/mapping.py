@@ -75,10 +75,10 @@ def hf_to_te_state_dict(state_dict: StateDict, config: PretrainedConfig, *, fuse
     TE-only zero tensors (`te_only_zero`) are not made here: the swapped layers hold them themselves.
     """
     family = family_for_config(config)
-    rules = family.layer_rules(config, fuse_qkv=fuse_qkv_params)
     layers, out = _split_layers(state_dict)
     _check_layer_count(layers, config, "HF")
     for prefix, layer in layers.items():
+        rules = family.layer_rules_at(config, _index(prefix), fuse_qkv=fuse_qkv_params)
         _require_exact(layer, hf_keys(rules), frozenset(), prefix, "HF", family.name)
         for rule in rules:
             if rule.hf:
@@ -98,7 +98,7 @@ def te_to_hf_state_dict(state_dict: StateDict, config: PretrainedConfig, *, grad
     out = {k: v for k, v in out.items() if not k.endswith("_extra_state")}
     _check_layer_count(layers, config, "TE")
     for prefix, layer in layers.items():
-        rules = family.layer_rules(config, fuse_qkv=FUSED_QKV in layer)
+        rules = family.layer_rules_at(config, _index(prefix), fuse_qkv=FUSED_QKV in layer)
         zero_only = frozenset(name for rule in rules if not rule.hf for name in rule.te)
         _require_exact(layer, te_keys(rules), zero_only, prefix, "TE", family.name)
         for name in zero_only & layer.keys():
@@ -111,6 +111,10 @@ def te_to_hf_state_dict(state_dict: StateDict, config: PretrainedConfig, *, grad
                 for name, tensor in zip(rule.hf, mapped, strict=True):
                     out[prefix + name] = tensor
     return out
+
+
+def _index(prefix: str) -> int:
+    return int(_LAYER_KEY.match(prefix + "x")["idx"])  # type: ignore[index]
 
 
 def _check_layer_count(layers: Mapping[str, object], config: PretrainedConfig, side: str) -> None:

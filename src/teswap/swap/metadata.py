@@ -47,11 +47,23 @@ def swapped_model_class(base: type, decoder_cls: type) -> type:
             "__qualname__": f"{base.__qualname__}[{decoder_cls.__name__}]",
             "__doc__": f"{base.__name__} built with {decoder_cls.__name__} decoder layers (teswap swap).",
             "_no_split_modules": [decoder_cls.__name__],
-            "_can_record_outputs": {"hidden_states": decoder_cls},
+            "_can_record_outputs": recorded_outputs(decoder_cls),
             "__teswap_base__": base,
         }
         _SUBCLASSES[key] = type(base.__name__, (base,), attrs)  # same __name__: configs save "LlamaModel"
     return _SUBCLASSES[key]
+
+
+def recorded_outputs(decoder_cls: type) -> dict[str, Any]:
+    """What output_hidden_states / output_router_logits hook: the swapped layers, and an MoE layer's router
+    (HF's own router class under HF experts, else the swapped layers' router; logits are its output 0)."""
+    recorded: dict[str, Any] = {"hidden_states": decoder_cls}
+    router = getattr(decoder_cls, "router_class", None)
+    if router is not None:
+        from transformers.utils.output_capturing import OutputRecorder
+
+        recorded["router_logits"] = OutputRecorder(router, index=0)
+    return recorded
 
 
 def prepare_swapped_config(config: PretrainedConfig) -> None:

@@ -12,6 +12,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from teswap.errors import MappingError, TeswapError
 from teswap.families import family_for_config
 from teswap.families.base import Family
+from teswap.families.registry import plan_source
 from teswap.layers.backends import get_backend
 from teswap.layers.rope import bind_rope
 from teswap.swap.checkpoint_checks import loading_errors
@@ -34,6 +35,7 @@ class Pair:
     dtype: torch.dtype
     device: torch.device
     fuse_qkv: bool
+    experts: str | None = None  # an MoE family's expert implementation ("grouped" or "hf"); None: dense
 
     @property
     def config(self) -> PretrainedConfig:
@@ -66,11 +68,13 @@ def build_pair(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     fuse_qkv: bool = False,
+    experts: str | None = None,
 ) -> Pair:
     """Build stock under `seed`, then the swapped model under `replace_decoder`, then copy weights.
 
     Without weights (a preset or config), stock is HF's own random init under `seed`, with the
-    decoder-layer tensors HF sets to a constant drawn around it (`vary_constant_tensors`).
+    decoder-layer tensors HF sets to a constant drawn around it (`vary_constant_tensors`). An MoE family's
+    swapped layers use the expert implementation `experts` ("grouped", TE's, by default, or "hf").
     """
     resolved = resolve_source(source)
     family = family_for_config(resolved.config)
@@ -79,12 +83,13 @@ def build_pair(
     chosen.require()
     device = torch.device(device)
     stock = _build_stock(resolved, family, seed=seed, dtype=dtype, device=device)
-    swapped = _build_swapped(stock, family, chosen.decoder_class(family, fuse_qkv), dtype=dtype, device=device)
+    decoder_cls = chosen.decoder_class(plan_source(family.name, experts), fuse_qkv)
+    swapped = _build_swapped(stock, family, decoder_cls, dtype=dtype, device=device)
     _copy_weights(stock, swapped, fuse_qkv=fuse_qkv)
     bind_rope(swapped)
     return Pair(
         stock=stock.eval(), swapped=swapped.eval(), source=resolved.name, backend=backend, seed=seed,
-        dtype=dtype, device=device, fuse_qkv=fuse_qkv,
+        dtype=dtype, device=device, fuse_qkv=fuse_qkv, experts=getattr(decoder_cls, "experts", None),
     )
 
 
@@ -142,11 +147,13 @@ def _build_swapped(stock: PreTrainedModel, family: Family, decoder_cls: type, *,
 
 
 def _copy_weights(stock: PreTrainedModel, swapped: PreTrainedModel, *, fuse_qkv: bool) -> None:
-    """Load the stock weights, mapped to TE layout, into the swapped model; every key must land."""
-    mapped = hf_to_te_state_dict(stock.state_dict(), stock.config, fuse_qkv_params=fuse_qkv)
+    """Load the stock weights, mapped to TE layout, into the swapped model; every key must land.
+
+    Mapped by the swapped model's config: it records what the layers were built as (an MoE family's experts)."""
+    mapped = hf_to_te_state_dict(stock.state_dict(), swapped.config, fuse_qkv_params=fuse_qkv)
     result = swapped.load_state_dict(mapped, strict=False)
-    held_at_zero = tuple(f".{name}" for rule in family_for_config(stock.config).layer_rules(
-        stock.config, fuse_qkv=fuse_qkv) if not rule.hf for name in rule.te)  # the layers make them
+    held_at_zero = tuple(f".{name}" for rule in family_for_config(swapped.config).layer_rules(
+        swapped.config, fuse_qkv=fuse_qkv) if not rule.hf for name in rule.te)  # the layers make them
     missing = [k for k in result.missing_keys if not k.endswith(("_extra_state", *held_at_zero))]
     if missing or result.unexpected_keys:
         raise MappingError(f"swapped model did not take the mapped weights: missing {missing}, "
@@ -160,7 +167,7 @@ def _in_te_layout(stock: PreTrainedModel, swapped: PreTrainedModel) -> tuple[dic
     the swapped model's own tensors (TE-only zero tensors and FP8 metadata aside); the key sets must agree."""
     held = {k: v for k, v in swapped.state_dict().items() if not k.endswith("_extra_state")}
     fused = any(k.endswith(FUSED_QKV) for k in held)
-    mapped = hf_to_te_state_dict(stock.state_dict(), stock.config, fuse_qkv_params=fused)
+    mapped = hf_to_te_state_dict(stock.state_dict(), swapped.config, fuse_qkv_params=fused)
     extra = held.keys() - mapped.keys()
     frozen = {name for name in extra if not held[name].any()}  # TE-only zero tensors, checked by the mapping
     if mapped.keys() != held.keys() - frozen:

@@ -55,7 +55,7 @@ def replace_decoder(te_decoder_cls: type, family: str | None = None) -> Iterator
         pretrained.post_init = post_init
         try:
             # from_pretrained inside the block maps the checkpoint's keys to the TE layout (swap.loading)
-            with conversions_registered(fam, fuse_qkv=fused):
+            with conversions_registered(fam, fuse_qkv=fused, experts=getattr(te_decoder_cls, "experts", None)):
                 yield
         finally:  # also on KeyboardInterrupt and GeneratorExit
             setattr(module, fam.hf.decoder, original)
