@@ -251,7 +251,8 @@ def test_nvfp4_quantization_matches_te_reference_bit_for_bit(tile):
 def test_random_hadamard_transform_is_te_signed_sylvester_matrix_and_orthonormal():
     h = bw.hadamard_16()
     assert torch.allclose(h @ h.t(), torch.eye(16), atol=1e-6)
-    sylvester = torch.tensor([[(-1) ** bin(i & j).count("1") for j in range(16)] for i in range(16)], dtype=torch.float32)
+    sylvester = torch.tensor([[(-1) ** bin(i & j).count("1") for j in range(16)] for i in range(16)],
+                             dtype=torch.float32)
     signs = torch.tensor([1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1], dtype=torch.float32)
     assert torch.equal(h, torch.diag(signs) @ sylvester / 4)
     x = torch.randn(3, 32)

@@ -209,7 +209,7 @@ class ScalingMeta:
 class SiteScaling:
     """How one GemmSite scales its tensors under one recipe, on one device."""
 
-    def __init__(self, recipe: Recipe, device: torch.device) -> None:
+    def __init__(self, recipe: DelayedScaling | Float8CurrentScaling, device: torch.device) -> None:
         self.recipe = recipe
         self.device = device
         self._weight: tuple[torch.Tensor, tuple, torch.Tensor, torch.Tensor] | None = None
@@ -242,7 +242,7 @@ class SiteScaling:
         spec = self.recipe.fp8_format.value
         return spec.backward if role is Role.GRAD_OUTPUT else spec.forward
 
-    def matches(self, recipe: Recipe, device: torch.device) -> bool:
+    def matches(self, recipe: object, device: torch.device) -> bool:
         """True when this state can serve `recipe` on `device` (equal recipes share state)."""
         return self.recipe == recipe and self.device == device
 
