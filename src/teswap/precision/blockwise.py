@@ -75,11 +75,23 @@ def _pad_to(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return F.pad(t, (0, extra_c, 0, extra_r)) if extra_r or extra_c else t
 
 
+def _blocks(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A padded 2D tensor as [M/rows, rows, K/cols, cols]: block (i, j) is [i, :, j, :]."""
+    m, k = t.shape
+    return t.reshape(m // rows, rows, k // cols, cols)
+
+
 def _block_amax(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """max |t| over each rows x cols block of a padded 2D tensor: [M/rows, K/cols]; NaNs skipped (fmaxf)."""
-    m, k = t.shape
-    blocks = t.detach().float().abs().nan_to_num(nan=0.0, posinf=math.inf)
-    return blocks.reshape(m // rows, rows, k // cols, cols).amax(dim=(1, 3))
+    amax = _blocks(t.detach().abs(), rows, cols).amax(dim=(1, 3)).float()
+    if amax.isnan().any():  # amax propagates NaN; only then pay for a second pass
+        amax = _blocks(t.detach().abs().nan_to_num(nan=0.0, posinf=math.inf), rows, cols).amax(dim=(1, 3)).float()
+    return amax
+
+
+def _scaled(t: torch.Tensor, per_block: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """t (padded 2D) times its block's factor, in fp32."""
+    return (_blocks(t.float(), rows, cols) * per_block[:, None, :, None]).reshape(t.shape)
 
 
 def _expand(per_block: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -104,7 +116,11 @@ class Quantized:
 
     def values(self) -> torch.Tensor:
         """data * block scale_inv in fp32, unpadded (without the per-tensor factor)."""
-        full = self.data.float() * _expand(self.scale_inv, *self.block)
+        rows, cols = self.block
+        if self.data.shape[0] == self.scale_inv.shape[0] * rows:
+            full = _scaled(self.data, self.scale_inv, rows, cols)
+        else:  # a transposed view: blocks of (cols, rows) over the transposed data
+            full = _scaled(self.data.t(), self.scale_inv.t(), cols, rows).t()
         return full[: self.shape[0], : self.shape[1]]
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -126,7 +142,7 @@ def quantize_fp8_block(x: torch.Tensor, fp8_dtype: torch.dtype, block: tuple[int
     value_for_inf = float(torch.finfo(x.dtype).max) if x.dtype.is_floating_point else FP32_MAX
     scale = fp8_block_scale(amax, fp8_max(fp8_dtype), power_2=power_2, epsilon=epsilon, value_for_inf=value_for_inf)
     limit = fp8_max(fp8_dtype)
-    data = (padded.float() * _expand(scale, rows, cols)).clamp(-limit, limit).to(fp8_dtype)
+    data = _scaled(padded, scale, rows, cols).clamp_(-limit, limit).to(fp8_dtype)
     one = torch.ones((), device=x.device)
     return Quantized(data, scale.reciprocal(), block, one, (x.shape[0], x.shape[1]))
 
@@ -169,33 +185,32 @@ def quantize_mxfp8(x: torch.Tensor, fp8_dtype: torch.dtype) -> tuple[Quantized, 
     max_norm_rcp = torch.tensor(1.0 / fp8_max(fp8_dtype), dtype=torch.float32, device=x.device)  # fp32(1/max)
     biased = float_to_e8m0(amax * max_norm_rcp)
     limit = fp8_max(fp8_dtype)
-    data = (padded.float() * _expand(e8m0_scale(biased), 1, MX_BLOCK)).clamp(-limit, limit).to(fp8_dtype)
+    data = _scaled(padded, e8m0_scale(biased), 1, MX_BLOCK).clamp_(-limit, limit).to(fp8_dtype)
     one = torch.ones((), device=x.device)
     return Quantized(data, e8m0_scale_inv(biased), (1, MX_BLOCK), one, (x.shape[0], x.shape[1])), biased
 
 
 # --- NVFP4BlockScaling -----------------------------------------------------------------------------
 
-_E2M1_MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 # TE's fixed sign vector for its 16-point random Hadamard transform (get_wgrad_sign_vector), as data.
 RHT_SIGNS = (1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1)
 
 
 def round_to_e2m1(x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """x (already scaled into [-6, 6]) rounded to E2M1 values (in fp32): to nearest, ties to even;
-    with `generator`, stochastically (up with probability equal to the distance from the value below)."""
-    grid = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=x.device)
+    with `generator`, stochastically (up with probability equal to the distance from the value below).
+
+    E2M1's magnitudes are spaced 0.5 below 2, 1 in [2, 4) and 2 in [4, 6]; on each spacing an even
+    multiple has an even mantissa, so torch.round (half to even) of x / spacing is TE's tie rule.
+    """
     magnitude = x.float().abs().clamp(max=E2M1_MAX)
+    step = torch.where(magnitude < 2.0, 0.5, torch.where(magnitude < 4.0, 1.0, 2.0))
     if generator is None:
-        mids = torch.tensor(_E2M1_MIDPOINTS, dtype=torch.float32, device=x.device)
-        index = torch.bucketize(magnitude, mids)  # mids[i-1] < m <= mids[i]: a tie lands on the lower value
-        tie = (magnitude == mids[index.clamp(max=len(_E2M1_MIDPOINTS) - 1)]) & (index % 2 == 1)
-        rounded = grid[index + tie.to(index.dtype)]
+        rounded = torch.round(magnitude / step) * step
     else:
-        below = (torch.bucketize(magnitude, grid, right=True) - 1).clamp(0, len(E2M1_VALUES) - 2)
-        low, high = grid[below], grid[below + 1]
+        low = torch.floor(magnitude / step) * step
         draw = torch.rand(magnitude.shape, generator=generator, device=x.device, dtype=torch.float32)
-        rounded = torch.where(draw < (magnitude - low) / (high - low), high, low)
+        rounded = torch.where(draw < (magnitude - low) / step, low + step, low)
     return torch.copysign(rounded, x.float())
 
 
@@ -230,15 +245,15 @@ def quantize_nvfp4(x: torch.Tensor, block: tuple[int, int], *, generator: torch.
     block decode = e4m3(min((block_amax / 6) * S_enc, 448)); values = e2m1(clamp(x / (decode / S_enc), 6))."""
     rows, cols = block
     padded = _pad_to(x.detach().float(), rows, cols)
+    amax = _block_amax(padded, rows, cols)
     if global_amax is None:
-        global_amax = padded.abs().nan_to_num(nan=0.0).amax()
+        global_amax = amax.amax()  # the tensor's amax is its largest block amax
     encode = nvfp4_global_encode_scale(global_amax)
     global_decode = torch.div(torch.ones_like(encode), encode)
-    amax = _block_amax(padded, rows, cols)
     decode = torch.div(amax, torch.full_like(amax, E2M1_MAX)) * encode
     decode = decode.clamp(max=FP32_MAX).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float()
     block_encode = torch.div(torch.ones_like(decode), decode * global_decode).clamp(max=FP32_MAX)
-    scaled = (padded * _expand(block_encode, rows, cols)).clamp(-E2M1_MAX, E2M1_MAX)
+    scaled = _scaled(padded, block_encode, rows, cols).clamp_(-E2M1_MAX, E2M1_MAX)
     data = round_to_e2m1(scaled, generator=generator)
     return Quantized(data, decode, block, global_decode, (x.shape[0], x.shape[1]))
 
