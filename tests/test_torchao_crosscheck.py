@@ -51,7 +51,8 @@ def _pair(dtype: torch.dtype, power_2: bool, monkeypatch):
     torch.manual_seed(0)
     ours = LlamaForCausalLM(llama()).to(dtype)
     theirs = _torchao_float8(copy.deepcopy(ours), power_2)
-    monkeypatch.setitem(recipes.RECIPES, "fp8-current", lambda: recipes.Float8CurrentScaling(use_power_2_scales=power_2))
+    recipe = recipes.Float8CurrentScaling(use_power_2_scales=power_2)
+    monkeypatch.setitem(recipes.RECIPES, "fp8-current", lambda: recipe)
     return ours, theirs
 
 
