@@ -306,3 +306,11 @@ def test_the_sweeps_noise_policy_is_the_one_its_cells_are_judged_by(tmp_path, pr
     (record,) = result.records.values()
     assert record["noise"]["noisy"] and record["noise"]["attempts"] == 1
     assert record["settings"]["noise"]["remeasure"] == 0
+
+
+def test_an_emulated_block_recipe_is_never_timed_as_that_recipes_speed(tmp_path, provenance):
+    """The torch backend runs fp8-block, mxfp8 and nvfp4 emulated: parity yes, a speed of the recipe no."""
+    result = run_sweep(spec(backends=("torch",), precisions=("mxfp8",)), results_root=tmp_path, provenance=provenance)
+    ((status, reason),) = {(r["status"], r["reason"]) for r in result.records.values()
+                           if r["cell"]["backend"] == "torch"}
+    assert status == "skipped" and "emulated" in reason and "not a speed of MXFP8BlockScaling" in reason
