@@ -46,7 +46,8 @@ def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
     published = pd.read_csv(report / "results.csv")
     assert len(published) == 6 and set(published["parity"]) == {"passed"}  # no speed row without its verdict
     assert set(published["parity_model"]) == {"tiny"}
-    assert (report / "results-parity.csv").read_text().count("\n") == 1 + 7  # header, fp32, bf16 and the five FP8/FP4 recipes
+    # the parity CSV: a header, then fp32, bf16 and the five FP8/FP4 recipes
+    assert (report / "results-parity.csv").read_text().count("\n") == 1 + 7
     assert any(report.rglob("*.png")) and any(report.rglob("*.svg"))
 
 
