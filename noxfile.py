@@ -42,6 +42,14 @@ def tests(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *session.posargs)
 
 
+@nox.session
+def torchao(session: nox.Session) -> None:
+    """Our recipe emulation against torchao 0.18 (tests/test_torchao_crosscheck.py), in an env of its own:
+    transformers imports torchao when installed, so the main `tests` session must not have it."""
+    _install(session, "torchao")
+    session.run("python", "-m", "pytest", "tests/test_torchao_crosscheck.py", "-ra", *session.posargs)
+
+
 @nox.session(default=HAS_GPU)
 def correctness(session: nox.Session) -> None:
     """The parity suite on the GPU (torch and te backends), appending records to results/."""

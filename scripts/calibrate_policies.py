@@ -31,11 +31,12 @@ import time
 from teswap.families import FAMILIES
 from teswap.parity.case import ParityCase, run_parity_case
 from teswap.parity.mutations import MUTATIONS, applies_to, mutation
+from teswap.precision.table import get_precision
 from teswap.store.provenance import capture_provenance
 from teswap.swap.checkpoints import REHOUSED_FAMILIES
 from teswap.swap.presets import PRESETS
 
-PRECISIONS = ("fp32", "bf16", "fp8-delayed", "fp8-current")
+PRECISIONS = ("fp32", "bf16", "fp8-delayed", "fp8-current", "fp8-block", "mxfp8", "nvfp4")
 REAL = "smollm2-135m"
 
 
@@ -63,7 +64,7 @@ def mutation_cases(names: tuple[str, ...] = tuple(MUTATIONS),
         if not applies_to(name, config):
             continue  # a family's own fault (a window, a bias) that a Llama has nothing to break for
         for precision in precisions:
-            if name == "fp8-skipped" and not precision.startswith("fp8"):
+            if name == "fp8-skipped" and not get_precision(precision).is_fp8:
                 continue  # nothing to skip
             out.append((name, ParityCase(source=REAL, precision=precision, batch=2, seq_len=64, batches=1,
                                          gen_prompts=16, gen_tokens=12)))
@@ -101,7 +102,7 @@ def family_mutation_cases(names: tuple[str, ...], precisions: tuple[str, ...]) -
             if name == "rope-base-10000" or not applies_to(name, config):
                 continue  # rope-base-10000: the Llama grid has it (a tiny preset's theta may be 1e4)
             for precision in precisions:
-                if name == "fp8-skipped" and not precision.startswith("fp8"):
+                if name == "fp8-skipped" and not get_precision(precision).is_fp8:
                     continue
                 out.append((name, ParityCase(source=source, precision=precision, batch=2, seq_len=64, batches=1,
                                              gen_prompts=16, gen_tokens=12)))

@@ -71,6 +71,10 @@ RECIPE_FIELDS = {
                            "fp8_dpa", "fp8_mha", "backward_override"),
     "MXFP8BlockScaling": ("margin", "fp8_format", "fp8_dpa", "fp8_mha", "backward_override",
                           "enable_2d_quantization"),
+    "NVFP4BlockScaling": ("disable_rht", "disable_stochastic_rounding", "disable_2d_quantization",
+                          "row_scaled_activation", "nvfp4_4over6", "nvfp4_4over6_e4m3_use_256",
+                          "nvfp4_4over6_err_mode", "fp4_format", "fp8_format", "fp8_dpa", "fp8_mha",
+                          "backward_override"),
 }
 AUTOCAST_PARAMS = ("enabled", "calibrating", "recipe", "amax_reduction_group", "_graph")
 FP8_AUTOCAST_PARAMS = ("enabled", "calibrating", "fp8_recipe", "fp8_group", "_graph")  # 2.0 ... 2.20
@@ -165,6 +169,9 @@ _DELAYED_2_1 = ("margin", "interval", "fp8_format", "amax_history_len", "amax_co
 _MXFP8_2_1 = ("margin", "fp8_format", "fp8_dpa", "fp8_mha")
 _CURRENT_2_5 = ("fp8_format", "fp8_gemm_fprop", "fp8_gemm_dgrad", "fp8_gemm_wgrad", "fp8_dpa", "fp8_mha")
 _BLOCK_2_5 = tuple(f for f in RECIPE_FIELDS["Float8BlockScaling"] if f != "backward_override")
+# NVFP4BlockScaling 2.8 ... 2.15 (backward_override 2.15, row_scaled_activation 2.16, 4over6 2.17)
+_NVFP4_2_9 = ("disable_rht", "disable_stochastic_rounding", "disable_2d_quantization", "fp4_format", "fp8_format",
+              "fp8_dpa", "fp8_mha")
 QPARAMS_CLASS_ATTRS = ("fp8_quant_fwd_inp", "fp8_quant_fwd_weight", "fp8_quant_bwd_grad")  # 2.2 ... 2.20
 
 
@@ -203,7 +210,8 @@ GENERATIONS = {
                       _GROUPED_FORWARD_2_1, _UNPERMUTE_2_1),
     "2.9": Generation("2.9.0", _LAYER_INIT_2_9, _LAYER_FORWARD_2_5,
                       {"DelayedScaling": _DELAYED_2_1[:1] + _DELAYED_2_1[2:], "MXFP8BlockScaling": _MXFP8_2_1,
-                       "Float8CurrentScaling": ("use_power_2_scales", *_CURRENT_2_5), "Float8BlockScaling": _BLOCK_2_5},
+                       "Float8CurrentScaling": ("use_power_2_scales", *_CURRENT_2_5), "Float8BlockScaling": _BLOCK_2_5,
+                       "NVFP4BlockScaling": _NVFP4_2_9},
                       ("power_2_scale", "amax_epsilon", "random_hadamard_transform", "stochastic_rounding",
                        "fp4_2d_quantization"), True, True,
                       ("is_fp8_available", "is_mxfp8_available", "is_fp8_block_scaling_available",
@@ -395,11 +403,20 @@ def _field_defaults() -> dict[str, Any]:
         "fp8_gemm_fprop": MMParams(True), "fp8_gemm_dgrad": MMParams(True), "fp8_gemm_wgrad": MMParams(True),
         "x_block_scaling_dim": 1, "w_block_scaling_dim": 2, "grad_block_scaling_dim": 1,
         "enable_2d_quantization": False,
+        "disable_rht": _env_flag("NVTE_NVFP4_DISABLE_RHT"),
+        "disable_stochastic_rounding": _env_flag("NVTE_NVFP4_DISABLE_STOCHASTIC_ROUNDING"),
+        "disable_2d_quantization": _env_flag("NVTE_NVFP4_DISABLE_2D_QUANTIZATION"),
+        "row_scaled_activation": _env_flag("NVTE_NVFP4_ROW_SCALED_ACTIVATION"),
+        "nvfp4_4over6": os.getenv("NVTE_NVFP4_4OVER6", "none"),
+        "nvfp4_4over6_e4m3_use_256": os.getenv("NVTE_NVFP4_4OVER6_E4M3_USE_256", "all"),
+        "nvfp4_4over6_err_mode": os.getenv("NVTE_NVFP4_4OVER6_ERR_MODE", "MAE").upper(),
+        "fp4_format": Format.E2M1,
     }
 
 
 _FORMAT_DEFAULT = {"DelayedScaling": Format.HYBRID, "Float8CurrentScaling": Format.HYBRID,
-                   "Float8BlockScaling": Format.E4M3, "MXFP8BlockScaling": Format.E4M3}
+                   "Float8BlockScaling": Format.E4M3, "MXFP8BlockScaling": Format.E4M3,
+                   "NVFP4BlockScaling": Format.E4M3}
 
 
 def _recipe_classes(generation: Generation) -> dict[str, type]:
@@ -447,6 +464,25 @@ def _to_emulation(recipe):
         (q,) = qparams
         return fp8.Float8CurrentScaling(fp8_format=fmt, use_power_2_scales=q.power_2_scale,
                                         amax_epsilon=q.amax_epsilon)
+    if kind == "Float8BlockScaling":  # TE's modules read power-of-2 from the fp8_quant_* QParams
+        qparams = {getattr(recipe, name) for name in QPARAMS_CLASS_ATTRS}
+        assert len(qparams) == 1, f"the stand-in emulates one QParams for inputs, weights and grads: {qparams}"
+        (q,) = qparams
+        assert q.amax_epsilon == 0.0, "the stand-in emulates Float8BlockScaling without an amax epsilon"
+        return fp8.Float8BlockScaling(fp8_format=fmt, use_f32_scales=not q.power_2_scale,
+                                      x_block_scaling_dim=recipe.x_block_scaling_dim,
+                                      w_block_scaling_dim=recipe.w_block_scaling_dim,
+                                      grad_block_scaling_dim=recipe.grad_block_scaling_dim)
+    if kind == "MXFP8BlockScaling":
+        if getattr(recipe, "enable_2d_quantization", False):
+            raise NotImplementedError("the stand-in emulates no 2D MXFP8 weights")
+        return fp8.MXFP8BlockScaling(margin=recipe.margin, fp8_format=fmt)
+    if kind == "NVFP4BlockScaling":
+        if getattr(recipe, "row_scaled_activation", False) or getattr(recipe, "nvfp4_4over6", "none") != "none":
+            raise NotImplementedError("the stand-in emulates no row-scaled or 4over6 NVFP4")
+        return fp8.NVFP4BlockScaling(disable_rht=recipe.disable_rht,
+                                     disable_stochastic_rounding=recipe.disable_stochastic_rounding,
+                                     disable_2d_quantization=recipe.disable_2d_quantization)
     raise NotImplementedError(f"the stand-in emulates no {kind}")
 
 

@@ -156,7 +156,12 @@ def test_a_torn_last_line_does_not_stop_a_resume(tmp_path, provenance):
     assert again.resumed == 2 and again.written == 0 and "unreadable record" in again.notes[0]
 
 
-def test_unavailable_backends_and_precisions_are_skipped_with_reasons_and_retried(tmp_path, provenance):
+def test_unavailable_backends_and_precisions_are_skipped_with_reasons_and_retried(tmp_path, provenance, monkeypatch):
+    from teswap.precision import recipes
+
+    # Every recipe is emulated now; a recipe the torch backend could not run is refused like this:
+    monkeypatch.setitem(recipes._NOT_EMULATED, "Float8BlockScaling", "Float8BlockScaling is not emulated here")
+    monkeypatch.delitem(recipes.RECIPES, "fp8-block")
     the_spec = spec(backends=("torch", "te"), precisions=("fp8-block",))
     result = run_sweep(the_spec, results_root=tmp_path, provenance=provenance)
     reasons = {r["cell"]["backend"]: (r["status"], r["reason"]) for r in result.records.values()}
@@ -301,3 +306,11 @@ def test_the_sweeps_noise_policy_is_the_one_its_cells_are_judged_by(tmp_path, pr
     (record,) = result.records.values()
     assert record["noise"]["noisy"] and record["noise"]["attempts"] == 1
     assert record["settings"]["noise"]["remeasure"] == 0
+
+
+def test_an_emulated_block_recipe_is_never_timed_as_that_recipes_speed(tmp_path, provenance):
+    """The torch backend runs fp8-block, mxfp8 and nvfp4 emulated: parity yes, a speed of the recipe no."""
+    result = run_sweep(spec(backends=("torch",), precisions=("mxfp8",)), results_root=tmp_path, provenance=provenance)
+    ((status, reason),) = {(r["status"], r["reason"]) for r in result.records.values()
+                           if r["cell"]["backend"] == "torch"}
+    assert status == "skipped" and "emulated" in reason and "not a speed of MXFP8BlockScaling" in reason

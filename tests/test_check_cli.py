@@ -44,14 +44,15 @@ def test_a_broken_swap_fails_with_exit_1_and_names_the_layer(capsys, mutation, l
     assert "swap verdict: FAIL" in printed and f"first diverging layer: {layer}" in printed
 
 
-def test_fp8_skipped_in_the_swapped_model_is_caught_as_better_than_stock(capsys):
-    code = main(["check", "--model", "tiny-llama3", "--precision", "fp8-current", *FAST, "--mutate", "fp8-skipped"])
+@pytest.mark.parametrize("precision", ["fp8-current", "fp8-block", "mxfp8", "nvfp4"])
+def test_fp8_skipped_in_the_swapped_model_is_caught_as_better_than_stock(capsys, precision):
+    code = main(["check", "--model", "tiny-llama3", "--precision", precision, *FAST, "--mutate", "fp8-skipped"])
     printed = capsys.readouterr().out
     assert code == 1 and "better than stock" in printed
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["check", "--precision", "mxfp8"], "precision 'mxfp8' on backend 'torch' is unavailable"),
+    (["check", "--backend", "te", "--precision", "mxfp8"], "unavailable"),
     (["check", "--precision", "fp9"], "argument --precision: invalid choice"),
     (["check", "--tol", "nonsense=1"], "unknown bound 'nonsense'"),
     (["check", "--policy", "/no/such/policy.json"], "policy"),

@@ -35,7 +35,7 @@ def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
     parity = load_records(tmp_path, kind="parity")
     by_precision = {r["case"]["precision"]: r["status"] for r in parity}
     assert by_precision == {"fp32": "passed", "bf16": "passed", "fp8-delayed": "passed", "fp8-current": "passed",
-                            "fp8-block": "skipped", "mxfp8": "skipped"}
+                            "fp8-block": "passed", "mxfp8": "passed", "nvfp4": "passed"}
     bench = load_records(tmp_path, kind="bench")
     assert {r["cell"]["backend"] for r in bench} == {"stock", "torch"} and all(r["status"] == "ok" for r in bench)
     assert "| tiny | prefill |" in out and "passed 1/1" in out
@@ -46,7 +46,8 @@ def test_run_is_the_whole_job_on_cpu(capsys, tmp_path):
     published = pd.read_csv(report / "results.csv")
     assert len(published) == 6 and set(published["parity"]) == {"passed"}  # no speed row without its verdict
     assert set(published["parity_model"]) == {"tiny"}
-    assert (report / "results-parity.csv").read_text().count("\n") == 1 + 6
+    # the parity CSV: a header, then fp32, bf16 and the five FP8/FP4 recipes
+    assert (report / "results-parity.csv").read_text().count("\n") == 1 + 7
     assert any(report.rglob("*.png")) and any(report.rglob("*.svg"))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from teswap.hardware.free_memory import FreeMemory
+from teswap.hardware.probe import Availability
 from teswap.job import parity_plan
 from teswap.parity.case import ParityCase
 
@@ -22,6 +23,10 @@ def plan_with_free(monkeypatch, free_bytes: int, model: str = "llama3-8b"):
 
 def test_each_timed_model_backend_and_precision_gets_its_own_case(monkeypatch):
     monkeypatch.setattr(parity_plan, "free_memory", lambda device: FreeMemory(None, "unknown"))
+    refused = Availability(False, "MXFP8BlockScaling needs SM 10.x")  # as a backend that cannot run it answers
+    real = parity_plan.precision_availability
+    monkeypatch.setattr(parity_plan, "precision_availability",
+                        lambda name, backend, device: refused if name == "mxfp8" else real(name, backend, device))
     cases = parity_plan.parity_cases(("tiny", "tiny-llama3"), ("torch",), ("fp32", "fp8-current", "mxfp8"),
                                      lambda source: ParityCase(source=source), [])
     assert [(p.case.source_name, p.case.precision, p.skip is None) for p in cases] == [

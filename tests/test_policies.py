@@ -191,10 +191,12 @@ def test_named_policies_have_swap_and_precision_bounds_with_provenance():
         assert "calibrate_policies.py" in built.provenance
         assert all(bound.provenance for bound in built.bounds.values())
         assert built.bounds.keys() == SWAP_BOUNDS | PRECISION_BOUNDS
-        lossy = name.startswith("fp8") or name == "mxfp8"
+        lossy = name.startswith("fp8") or name in ("mxfp8", "nvfp4")
         assert (built.bounds["rel_rms_vs_stock"].lower is not None) is lossy  # FP8 skipped must not pass
     assert "rtol 1.3e-6" in POLICIES["fp32"]().provenance and "atol 0.1" in POLICIES["bf16"]().provenance
     assert "E4M3 rtol 0.125" in POLICIES["mxfp8"]().provenance
+    fp4, fp8 = POLICIES["nvfp4"](), POLICIES["mxfp8"]()
+    assert "E2M1 rtol 0.5" in fp4.provenance and fp4.bounds["rel_rms"].value > fp8.bounds["rel_rms"].value
 
 
 @pytest.mark.parametrize("metric", sorted(PRECISION_BOUNDS))

@@ -16,7 +16,7 @@ import te_standin
 from support import llama, random_ids
 from teswap import build_pair
 from teswap.errors import BackendUnavailableError, UnsupportedConfigError
-from teswap.hardware.probe import Availability
+from teswap.hardware.probe import Availability, probe_te_recipe
 from teswap.layers.backends import BACKENDS
 from teswap.precision import recipes
 from teswap.precision.runtime import precision_availability, require_precision, swapped_autocast
@@ -27,7 +27,7 @@ GENERATIONS = list(te_standin.GENERATIONS)
 FP8 = [name for name, precision in PRECISIONS.items() if precision.is_fp8]
 # The TE version each recipe class first appears in (read from TE's tags).
 SINCE = {"DelayedScaling": "2.0", "MXFP8BlockScaling": "2.0", "Float8CurrentScaling": "2.2",
-         "Float8BlockScaling": "2.3"}
+         "Float8BlockScaling": "2.3", "NVFP4BlockScaling": "2.8"}
 
 
 @pytest.fixture(params=GENERATIONS, ids=[f"te{v}" for v in GENERATIONS])
@@ -38,6 +38,7 @@ def version(request) -> str:
 @pytest.fixture
 def te(monkeypatch, version):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the probe's CUDA check; math stays on CPU
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))  # NVFP4's SM 10.x
     return te_standin.install(monkeypatch, version)
 
 
@@ -192,3 +193,53 @@ def test_fp8_parity_through_the_latest_standin(monkeypatch, precision):
     assert report.passed, report.failure_summary()
     bf16 = run_parity_case(ParityCase(source="tiny", backend="te", precision="bf16", gen_tokens=0, grads=False))
     assert report.swapped["robust_rel"] > 3 * bf16.swapped["robust_rel"]  # the recipe really quantized
+
+
+# --- block-scaled recipes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision, ours", [
+    ("fp8-block", recipes.Float8BlockScaling(use_f32_scales=True, fp8_format=recipes.Format.HYBRID)),
+    ("fp8-block", recipes.Float8BlockScaling(use_f32_scales=False)),
+    ("mxfp8", recipes.MXFP8BlockScaling(fp8_format=recipes.Format.HYBRID)),
+    ("nvfp4", recipes.NVFP4BlockScaling(disable_rht=True, disable_stochastic_rounding=False)),
+], ids=["block-f32", "block-pow2", "mxfp8-hybrid", "nvfp4-no-rht"])
+def test_block_recipe_settings_reach_tes_recipe_by_its_field_names(te, version, monkeypatch, precision, ours):
+    if not has_recipe(version, precision):
+        pytest.skip(f"TE {version} has no {PRECISIONS[precision].fp8_recipe}")
+    monkeypatch.setitem(recipes.RECIPES, precision, lambda: ours)
+    recipe = te_recipe(precision)
+    assert type(recipe).__name__ == PRECISIONS[precision].fp8_recipe
+    if precision == "fp8-block":  # what TE's modules read: the QParams, not the constructor field
+        assert {getattr(recipe, f).power_2_scale for f in te_standin.QPARAMS_CLASS_ATTRS} == {not ours.use_f32_scales}
+    assert te_standin._to_emulation(recipe) == dataclasses.replace(ours, **(
+        {"stochastic_rounding_seed": 0} if precision == "nvfp4" else {}))
+    record = te_recipe_fields(precision)
+    assert "stochastic_rounding_seed" not in record  # teswap's own field never poses as TE's
+
+
+def test_nvfp4_is_refused_by_name_off_sm_10(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    te_standin.install(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (12, 0))  # TE's check says yes
+    probe_te_recipe.cache_clear()
+    availability = precision_availability("nvfp4", "te", "cuda")
+    assert not availability and "NVFP4BlockScaling" in availability.reason and "SM 12.0" in availability.reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
+    probe_te_recipe.cache_clear()  # the probe answers once per process, as the GPU does not change
+    assert precision_availability("nvfp4", "te", "cuda")
+
+
+@pytest.mark.parametrize("precision", ["fp8-block", "mxfp8", "nvfp4"])
+def test_block_recipes_run_through_the_latest_standins_autocast(monkeypatch, precision):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    te_standin.install(monkeypatch)
+    monkeypatch.setitem(BACKENDS, "te", dataclasses.replace(BACKENDS["te"], probe=lambda: Availability(True)))
+    pair = build_pair(llama(), backend="te", dtype=torch.bfloat16)
+    ids = random_ids(pair.config.vocab_size, seq=16)
+    with torch.no_grad():
+        plain = pair.swapped(ids).logits
+        with swapped_autocast(precision, "te"):
+            quantized = pair.swapped(ids).logits
+    assert type(te_standin.AUTOCAST_CALLS[0]["recipe"]).__name__ == PRECISIONS[precision].fp8_recipe
+    assert not torch.equal(plain, quantized)

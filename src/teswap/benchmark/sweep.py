@@ -48,7 +48,7 @@ from teswap.hardware.free_memory import free_memory
 from teswap.hardware.gpu_info import gpu_info
 from teswap.hardware.nvml import NvmlError, PowerMeter, power_meter
 from teswap.layers.backends import get_backend
-from teswap.precision.runtime import require_precision
+from teswap.precision.runtime import emulated_timing_reason, require_precision
 from teswap.precision.table import PRECISIONS, baseline_precision
 from teswap.speed_options import option_names, stock_options
 from teswap.store.provenance import Provenance
@@ -127,6 +127,9 @@ class _Sweep:
                 require_precision(cell.precision, cell.backend, cell.device)
             except TeswapError as err:
                 return str(err)
+            emulated = emulated_timing_reason(cell.precision, cell.backend)
+            if emulated is not None:  # parity runs it (teswap check, run); timing it would mislabel a speed
+                return emulated
         return decode_skip_reason(cell)
 
     def memory_check(self, cell: Cell) -> tuple[str | None, dict[str, Any]]:

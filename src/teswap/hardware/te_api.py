@@ -11,6 +11,7 @@ feature needs and the version installed.
     Float8CurrentScaling (+ QParams fp8_quant_*)       2.2
     Float8BlockScaling, ..is_fp8_block_scaling_available  2.3
     Float8CurrentScaling(use_power_2_scales=...)       2.8
+    NVFP4BlockScaling, is_nvfp4_available              2.8    (teswap: SM 10.x only)
     autocast(recipe=...), is_*_available(return_reason)  2.9  transformer_engine.pytorch
     recipes' backward_override (env default)           2.15
 
@@ -53,7 +54,11 @@ RECIPE_SUPPORT = {
                                         "compute capability >= 9.0 and CUDA >= 12.9 (TE 2.3-2.8: 9.x only)"),
     "MXFP8BlockScaling": RecipeSupport((2, 0), "is_mxfp8_available",
                                        "compute capability 10.x or 11.x (TE 2.0-2.5: >= 10.0)"),
+    "NVFP4BlockScaling": RecipeSupport((2, 8), "is_nvfp4_available",
+                                       "compute capability 10.x (TE's own check: >= 10.0)"),
 }
+# Recipes teswap runs on the te backend only on these compute capability majors, beyond TE's own check.
+RECIPE_MAJORS = {"NVFP4BlockScaling": (10,)}
 
 
 def format_version(version: TEVersion) -> str:
@@ -96,9 +101,23 @@ def recipe_check(recipe_class: str) -> tuple[bool, str]:
         return False, too_old
     ok, reason = _availability_function(support.check, installed)()
     if ok:
-        return True, ""
+        return _capability_check(recipe_class, support)
     return False, (f"TransformerEngine {format_version(installed)}: {str(reason).rstrip('.')}; "
                    f"{recipe_class} needs {support.hardware}")
+
+
+def _capability_check(recipe_class: str, support: RecipeSupport) -> tuple[bool, str]:
+    """teswap's own condition on the GPU where TE's check is looser than what teswap admits."""
+    majors = RECIPE_MAJORS.get(recipe_class)
+    if majors is None:
+        return True, ""
+    import torch
+
+    capability = torch.cuda.get_device_capability()
+    if capability[0] in majors:
+        return True, ""
+    return False, (f"{recipe_class} runs on the te backend on {support.hardware}; this GPU is SM "
+                   f"{capability[0]}.{capability[1]} (teswap admits it on SM 10.x only)")
 
 
 def _availability_function(name: str, installed: TEVersion) -> Callable[[], tuple[bool, str]]:

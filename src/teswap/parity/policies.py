@@ -132,9 +132,39 @@ def fp8(name: str) -> Policy:
     )
 
 
-# Named policies: one per precision (the FP8 ones built from teswap.precision.table).
+def nvfp4() -> Policy:
+    """NVFP4BlockScaling: E2M1 values (one mantissa bit) under E4M3 block scales and a tensor scale.
+
+    The swap bounds are the FP8 ones (relative to stock at NVFP4, so they judge the swap, not FP4).
+    The precision bounds are wider: E2M1's relative step is 2**-1 where E4M3's is 2**-3, so an
+    element's rounding error is up to 4x FP8's; they say when a model is no longer fit at FP4.
+    """
+    precision = get_precision("nvfp4")
+    e2m1 = "E2M1 rtol 0.5 per element (1 mantissa bit; E4M3: 0.125, TE dtype_tols)"
+    return Policy(
+        name="nvfp4", version=VERSION,
+        description=f"TE {precision.fp8_recipe} (E2M1 values, E4M3 block scales) vs an fp32 reference; stock runs "
+                    "its decoder-layer linears through the same recipe (teswap.precision.stock).",
+        provenance=f"{e2m1}; NVIDIA's NVFP4 recipe (arXiv 2509.25149: 16x16 weight blocks, RHT on wgrad inputs, "
+                   f"stochastic rounding of gradients) for pretraining; {CALIBRATED}.",
+        bounds=_keyed(
+            *_swap_bounds(amplitude_slack=2e-2, kl_slack=1e-3, top1_slack=0.05, grad_slack=2e-2, lower=0.5,
+                          why=f"{CALIBRATED}"),
+            _absolute("rel_rms", 1.0, f"2x {e2m1}, accumulated: beyond it the logits' error is their size"),
+            _absolute("sqnr_db", 0.0, "rel_rms 1.0 is 0 dB"),
+            _absolute("kl_div", 0.5, "0.5 nats per token: ~65% perplexity, a model changed, not rounded"),
+            _absolute("top1_agreement", 0.5, "half of the next-token choices kept"),
+            _absolute("loss_diff", 0.5, "~65% perplexity"),
+            _absolute("grad_rel_norm_error", 1.0, f"2x {e2m1} (gradients are E2M1 too, stochastically rounded)"),
+        ),
+    )
+
+
+# Named policies: one per precision (the FP8 ones built from teswap.precision.table; NVFP4 its own).
 POLICIES: dict[str, Callable[[], Policy]] = {
     "fp32": fp32,
     "bf16": bf16,
-    **{name: functools.partial(fp8, name) for name, precision in PRECISIONS.items() if precision.is_fp8},
+    **{name: functools.partial(fp8, name) for name, precision in PRECISIONS.items()
+       if precision.is_fp8 and name != "nvfp4"},
+    "nvfp4": nvfp4,
 }

@@ -1,4 +1,5 @@
-"""TE's FP8 recipes (DelayedScaling, Float8CurrentScaling) emulated in pure PyTorch, on CPU or any GPU.
+"""TE's per-tensor FP8 recipes (DelayedScaling, Float8CurrentScaling) emulated in pure PyTorch, on CPU or any GPU;
+fp8_autocast also opens regions for the block-scaled recipes (teswap.precision.blockwise).
 
 Under `fp8_autocast(recipe)` every `GemmSite` quantizes its input and weight (E4M3 under HYBRID) and
 in backward its output gradient (E5M2 under HYBRID) with per-tensor scales, and multiplies the FP8
@@ -38,7 +39,17 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from teswap.errors import UnsupportedConfigError
-from teswap.precision.recipes import DelayedScaling, Float8CurrentScaling, Recipe, fp8_max
+from teswap.precision.recipes import (
+    DelayedScaling,
+    Float8BlockScaling,
+    Float8CurrentScaling,
+    MXFP8BlockScaling,
+    NVFP4BlockScaling,
+    Recipe,
+    fp8_max,
+)
+
+RECIPE_TYPES = (DelayedScaling, Float8CurrentScaling, Float8BlockScaling, MXFP8BlockScaling, NVFP4BlockScaling)
 
 FP32_MAX = torch.finfo(torch.float32).max
 ROW_ALIGNMENT = 16  # TE's docs: pad batch*seq to a multiple of 16 for FP8 GEMMs (its check needs 8)
@@ -81,8 +92,9 @@ def fp8_autocast(recipe: Recipe, enabled: bool = True, *,
     update_forward_scales: None = TE's rule (update iff grad is enabled at exit); True = always
     (calibrate an inference-only run); False = never. Only the outermost region's value counts.
     """
-    if not isinstance(recipe, (DelayedScaling, Float8CurrentScaling)):
-        raise TypeError(f"fp8_autocast needs a DelayedScaling or Float8CurrentScaling recipe, got {recipe!r}")
+    if not isinstance(recipe, RECIPE_TYPES):
+        raise TypeError(f"fp8_autocast needs one of teswap's recipes ({', '.join(t.__name__ for t in RECIPE_TYPES)}), "
+                        f"got {recipe!r}")
     outer = _REGION.get()
     region = _Region(recipe if enabled else None, outer.pending if outer is not None else set())
     token = _REGION.set(region)
@@ -118,6 +130,16 @@ def tensor_amax(x: torch.Tensor) -> torch.Tensor:
     return x.detach().abs().nan_to_num(nan=0.0, posinf=math.inf).amax().float()
 
 
+def correctly_rounded_div(numerator: float, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator as the correctly rounded fp32 quotient, as TE's kernels compute it.
+
+    `python_float / tensor` is not that: PyTorch's __rtruediv__ is reciprocal(denominator) * numerator,
+    two roundings, 1 ulp off the true quotient for about a quarter of random denominators.
+    """
+    denominator = denominator.float()
+    return torch.div(torch.full_like(denominator, numerator), denominator)
+
+
 def _round_down_to_power_of_2(scale: torch.Tensor) -> torch.Tensor:
     # TE clears the fp32 mantissa bits (bits & 0xFF800000); 0xFF800000 as a signed int32 is -2**23.
     return (scale.view(torch.int32) & -(2**23)).view(torch.float32)
@@ -128,7 +150,7 @@ def scale_from_amax(amax: torch.Tensor, fp8_max_value: float, *, margin: int = 0
     """TE's scale = fp8_max / amax / 2**margin; `fallback` where amax is 0, inf or NaN; inf -> fp32 max."""
     amax = amax.float()
     amax = torch.where(amax < epsilon, epsilon, amax)  # NaN < epsilon is False: NaN stays NaN, as in TE
-    scale = (fp8_max_value * 2.0**-margin) / amax
+    scale = correctly_rounded_div(fp8_max_value * 2.0**-margin, amax)
     scale = torch.where(torch.isinf(scale), FP32_MAX, scale)  # amax so small the scale overflows fp32
     if power_2:
         scale = _round_down_to_power_of_2(scale)
@@ -187,7 +209,7 @@ class ScalingMeta:
 class SiteScaling:
     """How one GemmSite scales its tensors under one recipe, on one device."""
 
-    def __init__(self, recipe: Recipe, device: torch.device) -> None:
+    def __init__(self, recipe: DelayedScaling | Float8CurrentScaling, device: torch.device) -> None:
         self.recipe = recipe
         self.device = device
         self._weight: tuple[torch.Tensor, tuple, torch.Tensor, torch.Tensor] | None = None
@@ -220,7 +242,7 @@ class SiteScaling:
         spec = self.recipe.fp8_format.value
         return spec.backward if role is Role.GRAD_OUTPUT else spec.forward
 
-    def matches(self, recipe: Recipe, device: torch.device) -> bool:
+    def matches(self, recipe: object, device: torch.device) -> bool:
         """True when this state can serve `recipe` on `device` (equal recipes share state)."""
         return self.recipe == recipe and self.device == device
 
@@ -291,7 +313,8 @@ class DelayedScalingState(SiteScaling):
         self.backward.update(self.recipe.fp8_format.max_bwd, self.recipe)
 
 
-def site_scaling(current: SiteScaling | None, recipe: Recipe, device: torch.device) -> SiteScaling:
+def site_scaling(current: SiteScaling | None, recipe: DelayedScaling | Float8CurrentScaling,
+                 device: torch.device) -> SiteScaling:
     """`current` if it serves `recipe` on `device`, else fresh state (a changed recipe resets it)."""
     if current is not None and current.matches(recipe, device):
         return current

@@ -13,7 +13,8 @@ results of the norm and of silu(a) * b:
 
 The current-scaling amaxes are TE >= 2.10's (norm; 2.7-2.9 took it from fp32 y) and TE >= 2.7's
 (SwiGLU; 2.2-2.6 took it from bf16(p)). A GEMM fed by anything else (attention output, stock
-linears) quantizes the high-precision tensor it is given, with that tensor's amax.
+linears) quantizes the high-precision tensor it is given, with that tensor's amax. Under the block-scaled
+recipes (Float8BlockScaling, MXFP8, NVFP4) every GEMM quantizes the bf16 tensor it reads, per block.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from teswap.precision.emulation import active_recipe, tensor_amax
-from teswap.precision.recipes import DelayedScaling, Recipe
+from teswap.precision.recipes import DelayedScaling, Float8CurrentScaling, Recipe
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ class KernelOutput:
 
 def kernel_needs() -> tuple[bool, bool]:
     """(keep the fp32 value, reduce its amax) for a fused kernel's output under the active FP8 recipe."""
-    recipe = active_recipe()
-    return isinstance(recipe, DelayedScaling), recipe is not None
+    recipe = active_recipe()  # block-scaled recipes reduce their own per-block amaxes from the rounded value
+    return isinstance(recipe, DelayedScaling), isinstance(recipe, (DelayedScaling, Float8CurrentScaling))
 
 
 def quantization_source(output: KernelOutput, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from teswap.precision.blockwise import BLOCK_RECIPES, BlockScaling, block_linear
 from teswap.precision.emulation import SiteScaling, active_recipe, fp8_linear, site_scaling
 from teswap.precision.fused import KernelOutput, quantization_source
 
@@ -22,7 +23,7 @@ class GemmSite:
         self.name = name
         # This GEMM's FP8 scaling state (DelayedScaling keeps amax histories here, as each TE module
         # keeps its own fp8_meta); made on first FP8 use, replaced when the recipe or device changes.
-        self.fp8_scaling: SiteScaling | None = None
+        self.fp8_scaling: SiteScaling | BlockScaling | None = None
 
     def __call__(self, inp: torch.Tensor | KernelOutput, weight: torch.Tensor) -> torch.Tensor:
         """y = inp @ weight.T (no bias: TE's Llama layers are bias-free); FP8 inside fp8_autocast."""
@@ -30,7 +31,14 @@ class GemmSite:
         tensor = inp.rounded if isinstance(inp, KernelOutput) else inp
         if recipe is None:
             return F.linear(tensor, weight)
-        self.fp8_scaling = site_scaling(self.fp8_scaling, recipe, tensor.device)
+        if isinstance(recipe, BLOCK_RECIPES):
+            # Block-scaled recipes quantize the GEMM input TE's fused kernels write in the activation dtype.
+            current = self.fp8_scaling
+            if not (isinstance(current, BlockScaling) and current.matches(recipe, tensor.device)):
+                current = self.fp8_scaling = BlockScaling(recipe, tensor.device)
+            return block_linear(tensor, weight, current, name=self.name)
+        scaling = self.fp8_scaling if isinstance(self.fp8_scaling, SiteScaling) else None
+        self.fp8_scaling = site_scaling(scaling, recipe, tensor.device)
         if not isinstance(inp, KernelOutput):
             return fp8_linear(tensor, weight, self.fp8_scaling, name=self.name)
         source, amax = quantization_source(inp, recipe)

@@ -1,4 +1,4 @@
-"""TE's FP8 recipes as teswap's own frozen dataclasses: formats, DelayedScaling, Float8CurrentScaling.
+"""TE's recipes as teswap's own frozen dataclasses: formats, per-tensor and block-scaled recipes.
 
 Field names and defaults are TE's (transformer_engine.common.recipe), so one settings object drives
 both the torch emulation (teswap.precision.emulation) and TE itself (teswap.precision.te_glue).
@@ -109,21 +109,88 @@ class Float8CurrentScaling:
                              f"got {epsilon!r}")
 
 
-Recipe = DelayedScaling | Float8CurrentScaling
+def _env_default(name: str, default: str = "0") -> Callable[[], bool]:
+    # TE reads these when its recipe module is imported; ours when the recipe is made.
+    return lambda: os.getenv(name, default) == "1"
+
+
+def _check_block_dim(value: object, field_name: str) -> None:
+    if value not in (1, 2) or isinstance(value, bool):
+        raise ValueError(f"Float8BlockScaling.{field_name} must be 1 or 2 (1D or 2D blocks), got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Float8BlockScaling:
+    """TE's Float8BlockScaling (2.3+): one fp32 scale per 1x128 tile (dim 1) or 128x128 block (dim 2).
+
+    Defaults are TE's: 1D tiles for inputs and gradients, 2D blocks for weights, E4M3, power-of-2
+    scales unless use_f32_scales (TE's default from NVTE_FP8_BLOCK_SCALING_FP32_SCALES). TE's modules
+    read the power-of-2 choice from its fp8_quant_* QParams (power_2_scale = not use_f32_scales).
+    """
+
+    fp8_format: Format = Format.E4M3
+    use_f32_scales: bool = field(default_factory=_env_default("NVTE_FP8_BLOCK_SCALING_FP32_SCALES"))
+    x_block_scaling_dim: int = 1
+    w_block_scaling_dim: int = 2
+    grad_block_scaling_dim: int = 1
+
+    def __post_init__(self) -> None:
+        _check_format(self.fp8_format, "Float8BlockScaling")
+        if not isinstance(self.use_f32_scales, bool):
+            raise TypeError(f"Float8BlockScaling.use_f32_scales must be a bool, got {self.use_f32_scales!r}")
+        dims = {"x_block_scaling_dim": self.x_block_scaling_dim, "w_block_scaling_dim": self.w_block_scaling_dim,
+                "grad_block_scaling_dim": self.grad_block_scaling_dim}
+        for key, value in dims.items():
+            _check_block_dim(value, key)
+        if sum(value == 2 for value in dims.values()) > 1:  # TE asserts: "2D by 2D block gemm not supported."
+            raise ValueError(f"Float8BlockScaling: 2D by 2D block GEMM is not supported (TE), got {dims}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MXFP8BlockScaling:
+    """TE's MXFP8BlockScaling: blocks of 32 along the reduction dim sharing an E8M0 (power-of-2) scale.
+
+    `margin` is TE's field; TE's MXFP8 quantizers do not read it (nor does the emulation)."""
+
+    margin: int = 0
+    fp8_format: Format = Format.E4M3
+
+    def __post_init__(self) -> None:
+        _check_format(self.fp8_format, "MXFP8BlockScaling")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NVFP4BlockScaling:
+    """TE's NVFP4BlockScaling (2.8+): E2M1 values, 1x16 blocks with E4M3 scales and an fp32 tensor scale;
+    16x16 blocks for weights, the random Hadamard transform on the column-wise (wgrad) copies of inputs
+    and gradients, stochastic rounding of gradients, each unless disabled (TE's env defaults).
+
+    stochastic_rounding_seed is teswap's, not TE's: it seeds each GEMM's rounding stream (TE's kernel
+    draws from its own RNG), so an emulated run is reproducible.
+    """
+
+    disable_rht: bool = field(default_factory=_env_default("NVTE_NVFP4_DISABLE_RHT"))
+    disable_stochastic_rounding: bool = field(default_factory=_env_default("NVTE_NVFP4_DISABLE_STOCHASTIC_ROUNDING"))
+    disable_2d_quantization: bool = field(default_factory=_env_default("NVTE_NVFP4_DISABLE_2D_QUANTIZATION"))
+    stochastic_rounding_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("disable_rht", "disable_stochastic_rounding", "disable_2d_quantization"):
+            if not isinstance(getattr(self, key), bool):
+                raise TypeError(f"NVFP4BlockScaling.{key} must be a bool, got {getattr(self, key)!r}")
+
+
+Recipe = DelayedScaling | Float8CurrentScaling | Float8BlockScaling | MXFP8BlockScaling | NVFP4BlockScaling
 
 # The recipes the torch backend emulates, by TE's class name (teswap.precision.table names each one).
 EMULATED: dict[str, Callable[[], Recipe]] = {
     "DelayedScaling": DelayedScaling,
     "Float8CurrentScaling": Float8CurrentScaling,
+    "Float8BlockScaling": Float8BlockScaling,
+    "MXFP8BlockScaling": MXFP8BlockScaling,
+    "NVFP4BlockScaling": NVFP4BlockScaling,
 }
-# Why the others are not emulated yet, and where they run.
-_NOT_EMULATED = {
-    "Float8BlockScaling": "Float8BlockScaling (1x128 activation/gradient tiles, 128x128 weight blocks, one fp32 "
-                          "scale each) is not emulated by the torch backend yet; use the te backend "
-                          "(SM >= 9.0, CUDA >= 12.9)",
-    "MXFP8BlockScaling": "MXFP8BlockScaling (blocks of 32 values sharing an E8M0 power-of-2 scale) is not emulated "
-                         "by the torch backend yet; use the te backend (SM 10.x)",
-}
+_NOT_EMULATED: dict[str, str] = {}  # recipe class -> why the torch backend cannot run it
 # Precision name -> our recipe factory, for every FP8 precision the torch backend emulates.
 RECIPES: dict[str, Callable[[], Recipe]] = {
     name: EMULATED[p.fp8_recipe] for name, p in PRECISIONS.items() if p.fp8_recipe in EMULATED

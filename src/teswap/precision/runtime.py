@@ -53,6 +53,23 @@ def require_precision(name: str, backend: str, device: torch.device | str) -> Pr
     return get_precision(name)
 
 
+# How the torch backend runs each block-scaled recipe: always emulated, so its time is no speed of the recipe.
+BLOCK_EMULATION = ("emulated: blocks quantized and dequantized exactly as TE defines them, GEMMs in fp32 "
+                   "(teswap.precision.blockwise); a time measured so is not a speed of {recipe}")
+
+
+def emulated_timing_reason(name: str, backend: str) -> str | None:
+    """Why a timing of precision `name` on `backend` would not be a speed of its recipe, or None."""
+    recipe = get_precision(name).fp8_recipe
+    if backend == "torch" and recipe in BLOCK_RECIPE_NAMES:
+        return (f"precision {name!r} on the torch backend is " + BLOCK_EMULATION.format(recipe=recipe)
+                + "; time it on the te backend")
+    return None
+
+
+BLOCK_RECIPE_NAMES = ("Float8BlockScaling", "MXFP8BlockScaling", "NVFP4BlockScaling")
+
+
 def swapped_autocast(name: str, backend: str) -> ContextManager[None]:
     """The context the swapped model runs in at precision `name` (a no-op without FP8)."""
     if not get_precision(name).is_fp8:
@@ -99,4 +116,7 @@ def recipe_record(name: str, backend: str) -> dict[str, Any] | None:
         return {"name": name, "type": precision.fp8_recipe, "settings": "TransformerEngine defaults (te only)"}
     recipe = factory()
     settings = {key: value.name if isinstance(value, Enum) else value for key, value in asdict(recipe).items()}
-    return {"name": name, "type": type(recipe).__name__, **settings}
+    record = {"name": name, "type": type(recipe).__name__, **settings}
+    if precision.fp8_recipe in BLOCK_RECIPE_NAMES:
+        record["execution"] = BLOCK_EMULATION.format(recipe=precision.fp8_recipe)
+    return record

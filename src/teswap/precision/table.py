@@ -42,6 +42,8 @@ PRECISIONS: dict[str, Precision] = {
     "fp8-current": Precision("fp8-current", torch.bfloat16, "Float8CurrentScaling", "HYBRID"),
     "fp8-block": Precision("fp8-block", torch.bfloat16, "Float8BlockScaling", "E4M3"),
     "mxfp8": Precision("mxfp8", torch.bfloat16, "MXFP8BlockScaling", "E4M3"),
+    # FP4 values with E4M3 block scales; fp8_format is the scales' format, as TE's recipe holds it.
+    "nvfp4": Precision("nvfp4", torch.bfloat16, "NVFP4BlockScaling", "E4M3"),
 }
 
 

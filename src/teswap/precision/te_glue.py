@@ -21,10 +21,11 @@ from typing import Any
 from teswap.errors import UnsupportedConfigError
 from teswap.hardware import te_api
 from teswap.hardware.probe import Availability, probe_te_recipe
-from teswap.precision.recipes import RECIPES, DelayedScaling, Float8CurrentScaling
+from teswap.precision.recipes import RECIPES, DelayedScaling, Float8BlockScaling, Float8CurrentScaling
 from teswap.precision.table import get_precision
 
 QPARAMS_FIELDS = ("fp8_quant_fwd_inp", "fp8_quant_fwd_weight", "fp8_quant_bwd_grad")
+FP4_QPARAMS_FIELDS = ("fp4_quant_fwd_inp", "fp4_quant_fwd_weight", "fp4_quant_bwd_grad")  # NVFP4 (__post_init__)
 
 
 def te_recipe(name: str) -> Any:
@@ -46,7 +47,39 @@ def te_recipe(name: str) -> Any:
                                  **pinned)
     if isinstance(ours, Float8CurrentScaling):
         return _current_scaling(te, ours, installed, pinned)
-    return getattr(te, recipe_class)()  # block scalings: TE's own defaults
+    return _block_scaling(te, recipe_class, ours)
+
+
+# Fields of TE's block-scaled recipes whose TE default comes from the environment or selects a mode the
+# torch twin does not emulate, pinned to what it emulates (each only where the installed TE has it).
+BLOCK_PINNED = {"backward_override": None, "enable_2d_quantization": False, "row_scaled_activation": False,
+                "nvfp4_4over6": "none"}
+
+
+def _block_scaling(te: Any, recipe_class: str, ours: Any) -> Any:
+    """TE's Float8BlockScaling / MXFP8BlockScaling / NVFP4BlockScaling with teswap's settings, by TE's field names.
+
+    Every field of ours that the installed TE's class has is passed (formats by name); teswap-only
+    fields (NVFP4's stochastic_rounding_seed) are not. Float8BlockScaling's power-of-2 choice reaches
+    TE's modules through its fp8_quant_* QParams class attributes, fixed at TE's import from the
+    environment, so they are set on the instance (as for Float8CurrentScaling).
+    """
+    cls = getattr(te, recipe_class)
+    names = {field.name for field in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(ours):
+        if field.name in names:
+            value = getattr(ours, field.name)
+            kwargs[field.name] = te.Format[value.name] if isinstance(value, Enum) else value
+    kwargs |= {key: value for key, value in BLOCK_PINNED.items() if key in names}
+    recipe = cls(**kwargs)
+    if isinstance(ours, Float8BlockScaling):
+        installed = te_api.imported_te_version()
+        qparams = te_api.te_attribute(te, "QParams", installed)(power_2_scale=not ours.use_f32_scales,
+                                                               amax_epsilon=0.0)
+        for name in QPARAMS_FIELDS:
+            setattr(recipe, name, qparams)
+    return recipe
 
 
 def _current_scaling(te: Any, ours: Float8CurrentScaling, installed: te_api.TEVersion, pinned: dict) -> Any:
@@ -78,7 +111,8 @@ def te_recipe_fields(name: str) -> dict[str, Any]:
     """Every field of the TE recipe object teswap builds for `name`, as TE holds it (for records)."""
     recipe = te_recipe(name)
     fields = {field.name: getattr(recipe, field.name) for field in dataclasses.fields(recipe)}
-    fields |= {field: getattr(recipe, field) for field in QPARAMS_FIELDS if hasattr(recipe, field)}
+    qparams = (*QPARAMS_FIELDS, *FP4_QPARAMS_FIELDS)
+    fields |= {field: getattr(recipe, field) for field in qparams if hasattr(recipe, field)}
     return {"type": type(recipe).__name__, "te_version": te_api.format_version(te_api.imported_te_version()),
             **{key: _plain(value) for key, value in fields.items()}}
 
