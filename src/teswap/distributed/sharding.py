@@ -61,6 +61,7 @@ def shard_pair(pair: Pair, parallel: Parallel) -> Pair:
         tp_mesh = parallel.submesh("tp")
         shard_stock(stock, tp_mesh)
         shard_twin(swapped, tp_mesh.get_group(), tp_mesh.get_local_rank(), parallel.tp_size)
+        swapped.teswap_tp_mesh = tp_mesh  # checkpoints save the twin's shards as DTensors over it
     if parallel.plan in ("fsdp", "fsdp+tp"):
         for model in (stock, swapped):
             fsdp_wrap(model, parallel.submesh("dp"), pair.dtype)

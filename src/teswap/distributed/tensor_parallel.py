@@ -13,6 +13,7 @@ assumes sequence-first input), so it would change the layout stock runs in.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -54,6 +55,23 @@ class _ReduceFromRegion(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
+
+
+class _RegionGemm:
+    """A column-parallel GEMM site: its input enters the tensor-parallel region, then the site runs as before."""
+
+    def __init__(self, site: Any, group: Any) -> None:
+        self.site, self.group = site, group
+
+    def __getattr__(self, name: str) -> Any:  # name, fp8_scaling: the wrapped site's
+        return getattr(self.__dict__["site"], name)
+
+    def __call__(self, inp: Any, weight: torch.Tensor) -> torch.Tensor:
+        if isinstance(inp, torch.Tensor):
+            inp = _CopyToRegion.apply(inp, self.group)
+        elif dataclasses.is_dataclass(inp):  # a fused norm's output: its rounded tensor enters the region
+            inp = dataclasses.replace(inp, rounded=_CopyToRegion.apply(inp.rounded, self.group))
+        return self.site(inp, weight)
 
 
 def check_divisible(config: Any, tp_size: int) -> None:
@@ -98,9 +116,10 @@ def _rows(weight: torch.Tensor, parts: list[int], rank: int, tp: int) -> torch.T
     return torch.cat([piece.chunk(tp, dim=0)[rank] for piece in pieces], dim=0)
 
 
-def _set(module: nn.Module, name: str, value: torch.Tensor) -> None:
+def _set(module: nn.Module, name: str, value: torch.Tensor, dim: int = 0) -> None:
     old = getattr(module, name)
     setattr(module, name, nn.Parameter(value.detach().clone().contiguous(), requires_grad=old.requires_grad))
+    module.teswap_tp_sharded = {**getattr(module, "teswap_tp_sharded", {}), name: dim}  # the dim it is cut on
 
 
 def shard_twin_layer(layer: nn.Module, group: Any, rank: int, tp: int) -> None:
@@ -109,22 +128,26 @@ def shard_twin_layer(layer: nn.Module, group: Any, rank: int, tp: int) -> None:
     if attention.fused or attention.proj.bias is not None or mlp.fc2_bias is not None:
         raise LaunchError("--parallel tp on the torch twin shards split QKV without output biases; "
                           "this model has fused QKV or a proj/fc2 bias")
+    if attention.q_norm is not None:  # a per-head norm inside the region: its gradient would be partial per rank
+        raise LaunchError("--parallel tp: q/k norms inside the tensor-parallel region are not sharded yet; "
+                          "use --parallel fsdp")
     qkv = attention.layernorm_qkv
     for name in qkv.split_names:
         _set(qkv, name, getattr(qkv, name).chunk(tp, dim=0)[rank])
     for name in qkv.bias_names:
         _set(qkv, name, getattr(qkv, name).chunk(tp, dim=0)[rank])
     qkv._fused_buffer = None
-    _set(attention.proj, "weight", attention.proj.weight.chunk(tp, dim=1)[rank])
+    _set(attention.proj, "weight", attention.proj.weight.chunk(tp, dim=1)[rank], dim=1)
     attention.heads, attention.groups = attention.heads // tp, attention.groups // tp
     half = mlp.fc1_weight.shape[0] // 2
     _set(mlp, "fc1_weight", _rows(mlp.fc1_weight, [half, half], rank, tp))  # [gate; up], each cut by rows
     if mlp.fc1_bias is not None:
         _set(mlp, "fc1_bias", _rows(mlp.fc1_bias, [half, half], rank, tp))
-    _set(mlp, "fc2_weight", mlp.fc2_weight.chunk(tp, dim=1)[rank])
+    _set(mlp, "fc2_weight", mlp.fc2_weight.chunk(tp, dim=1)[rank], dim=1)
+    # As TE's LayerNormLinear / LayerNormMLP: the norm runs on the whole input, its output enters the region
+    # (so the norm's gradient is the all-reduced one), the row-parallel output leaves it summed.
+    qkv.gemm, mlp.fc1 = _RegionGemm(qkv.gemm, group), _RegionGemm(mlp.fc1, group)
     for region in (attention, mlp):
-        region.register_forward_pre_hook(lambda _m, args, kwargs: ((_CopyToRegion.apply(args[0], group), *args[1:]),
-                                                                   kwargs), with_kwargs=True)
         region.register_forward_hook(lambda _m, _args, out: _ReduceFromRegion.apply(out, group))
     layer.teswap_tensor_parallel = {"tp_size": tp, "rank": rank}
 
@@ -132,3 +155,12 @@ def shard_twin_layer(layer: nn.Module, group: Any, rank: int, tp: int) -> None:
 def shard_twin(model: nn.Module, group: Any, rank: int, tp: int) -> None:
     for layer in model.base_model.layers:
         shard_twin_layer(layer, group, rank, tp)
+
+
+def tp_sharded_names(model: nn.Module) -> dict[str, int]:
+    """The twin's parameters cut by tensor parallelism (each rank holds 1/tp of them): full name -> cut dim."""
+    names = {}
+    for prefix, module in model.named_modules():
+        for name, dim in getattr(module, "teswap_tp_sharded", {}).items():
+            names[f"{prefix}.{name}" if prefix else name] = dim
+    return names

@@ -97,13 +97,16 @@ def _merge_cell(records: list[dict[str, Any]]) -> dict[str, Any]:
     plan, dp, tp = _degrees(records, world)
     metrics = [r["metrics"] for r in records]
     medians = _rank_medians(records)
-    slowest = max(medians) if medians else None
+    # Synchronised: the cell's samples are each step at its slowest rank (the same on every record), the time
+    # the launch took; older records: the slowest rank's own median.
+    stats = records[0].get("stats") or {}
+    slowest = stats.get("median_s") if launch_synchronised(records[0]) else (max(medians) if medians else None)
     per_step = _tokens_per_step(records[0])
     merged: dict[str, Any] = {name: _max(m.get(name) for m in metrics) for name in _MAXED}
     merged["tokens_per_s"] = None if slowest is None or per_step is None else per_step * dp / slowest
     merged["tokens_per_s_per_gpu"] = None if merged["tokens_per_s"] is None else merged["tokens_per_s"] / world
     merged["slowest_rank_median_s"] = slowest
-    merged["slowest_rank"] = medians.index(slowest) if medians else None
+    merged["slowest_rank"] = medians.index(max(medians)) if medians else None
     merged["energy_j"] = _sum(m.get("energy_j") for m in metrics)
     # Each rank's energy window covers its own steps (energy_j / energy_per_token_j tokens); tensor-parallel
     # ranks worked on the same tokens, so the launch's tokens are the ranks' sum / tp.
