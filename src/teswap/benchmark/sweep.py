@@ -117,10 +117,10 @@ class _Sweep:
             self.result.run_path = self.writer.path
         self.progress.advance(cell, outcome.status)
         if self.ranks.active and outcome.status in ("error", "oom"):  # peers may sit in a collective: stop
-            host = (self.launch or {}).get("ranks", [{}] * (self.parallel.rank + 1))[self.parallel.rank].get("host")
-            raise RankFailure(f"rank {self.parallel.rank} of {self.parallel.world_size} ({host}) failed {cell.label()}: "
-                              f"{outcome.reason}; the launch stops, finished cells are kept: rerun the same command "
-                              "to resume")
+            rank, world = self.parallel.rank, self.parallel.world_size
+            host = (self.launch or {}).get("ranks", [{}] * (rank + 1))[rank].get("host")
+            raise RankFailure(f"rank {rank} of {world} ({host}) failed {cell.label()}: {outcome.reason}; the launch "
+                              "stops, finished cells are kept: rerun the same command to resume")
         if outcome.noise and outcome.noise["noisy"]:
             reasons = outcome.noise["reasons"]
             clocks = any(reason.startswith(CLOCK_REASONS) for reason in reasons)

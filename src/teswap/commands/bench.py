@@ -84,13 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(parser)
 
 
-def build_spec(args: argparse.Namespace, device: str | None = None) -> tuple[Any, str, bool]:
+def build_spec(args: argparse.Namespace, on: str | None = None) -> tuple[Any, str, bool]:
     """This hardware's default SweepSpec with every flag given replacing its field; why those defaults;
     and whether the flags left the defaults as they were."""
     from teswap.benchmark.plan import default_spec, resolve_device
     from teswap.hardware.probe import default_device, probe_te
 
-    device = resolve_device(device or args.device or default_device())
+    device = resolve_device(on or args.device or default_device())
     default, why = default_spec(device, te_available=bool(probe_te()))
     policy = replace(default.policy, **{name: getattr(args, flag) for name, flag in _TIMING_FLAGS.items()
                                         if getattr(args, flag) is not None})
@@ -143,9 +143,9 @@ def main(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace, parallel: Any) -> int:
     from teswap.benchmark.plan import describe, plan_cells
     from teswap.benchmark.progress import NullProgress, TqdmProgress
-    from teswap.distributed.faults import stopped_by_peer
     from teswap.benchmark.summary import decode_table, summary_legend, summary_table
     from teswap.benchmark.sweep import run_sweep
+    from teswap.distributed.faults import stopped_by_peer
     from teswap.store.provenance import capture_provenance
     from teswap.swap.sources import resolve_source
 

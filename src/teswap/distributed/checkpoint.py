@@ -21,7 +21,7 @@ def _state(model: nn.Module) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
     from torch.distributed.tensor import DTensor, Shard
 
-    state = get_model_state_dict(model)
+    state: dict[str, Any] = dict(get_model_state_dict(model))
     mesh = getattr(model, "teswap_tp_mesh", None)
     for name, dim in tp_sharded_names(model).items():
         if name in state and not isinstance(state[name], DTensor):

@@ -28,8 +28,9 @@ def launch_faults(parallel: Parallel) -> Iterator[RankSync]:
         yield sync
     except RankFailure as err:
         line = f"teswap: error: {err}"
-        sync.publish_failure(line)
-        print(line, file=sys.stderr, flush=True)
+        if sync.peer_failure() is None:  # the first rank to fail speaks for the launch
+            sync.publish_failure(line)
+            print(line, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     except PeerLost as err:
         if sync.peer_failure() is None:

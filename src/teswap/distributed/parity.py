@@ -181,8 +181,9 @@ def check_sharded(source: Any, *, parallel: Parallel, backend: str = "torch", pr
         raise LaunchError("--checkpoint under fsdp+tp: the twin's tensor-parallel shards inside FSDP2 are not "
                           "saved per tp rank yet; check the round trip under fsdp or tp")
     if checkpoint is not None and parallel.sharded:
+        differing = _round_trip(sharded, parallel, checkpoint, sync)
         result.rows.append(Row(what="DCP round trip: sharded pair saved, loaded into another seed's, tensors "
-                                    "differing", error=float(_round_trip(sharded, parallel, checkpoint, sync)), bound=0))
+                                    "differing", error=float(differing), bound=0))
     return result
 
 

@@ -11,7 +11,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-
 from teswap.distributed.launch import LaunchError, Parallel
 from teswap.distributed.sync import RankSync
 from teswap.store.provenance import Provenance

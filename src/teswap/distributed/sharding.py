@@ -20,7 +20,6 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import nn
 
 from teswap.distributed.launch import LaunchError, Parallel
 from teswap.distributed.tensor_parallel import check_divisible, shard_stock, shard_twin
@@ -39,7 +38,7 @@ def mixed_precision(dtype: torch.dtype) -> Any:
     return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
 
 
-def fsdp_wrap(model: nn.Module, dp_mesh: Any, dtype: torch.dtype) -> None:
+def fsdp_wrap(model: Any, dp_mesh: Any, dtype: torch.dtype) -> None:
     """fully_shard each decoder layer, then the root (torchtitan's and TE's tests' wrapping)."""
     from torch.distributed.fsdp import fully_shard
 
@@ -51,7 +50,8 @@ def fsdp_wrap(model: nn.Module, dp_mesh: Any, dtype: torch.dtype) -> None:
 
 def shard_pair(pair: Pair, parallel: Parallel) -> Pair:
     """Both sides sharded by `parallel.plan` on `parallel.device`, audited; replicas: moved only."""
-    stock, swapped = pair.stock.to(parallel.device), pair.swapped.to(parallel.device)
+    stock: Any = pair.stock.to(parallel.device)  # type: ignore[arg-type]  # transformers wraps .to
+    swapped: Any = pair.swapped.to(parallel.device)  # type: ignore[arg-type]
     if parallel.plan in ("tp", "fsdp+tp"):
         if pair.backend != "torch":
             raise LaunchError(f"--parallel {parallel.plan} on backend {pair.backend!r}: TE's tensor parallelism "
@@ -81,8 +81,8 @@ def audit(pair: Pair, parallel: Parallel) -> dict[str, Any]:
     Returns what was checked (counts of sharded parameters per side), for the run's record."""
     checked: dict[str, Any] = {"plan": parallel.plan}
     for side in ("stock", "swapped"):
-        model = getattr(pair, side)
-        layers = list(model.base_model.layers)
+        model: Any = getattr(pair, side)
+        layers: list[Any] = list(model.base_model.layers)
         if parallel.plan in ("fsdp", "fsdp+tp"):
             for name, param in model.named_parameters():
                 if not _is_fsdp_sharded(param, parallel.dp_size):
@@ -102,7 +102,7 @@ def _local_rows(param: torch.Tensor) -> int:
     return local.shape[0]
 
 
-def _audit_tp(side: str, layers: list[nn.Module], config: Any, tp: int) -> None:
+def _audit_tp(side: str, layers: list[Any], config: Any, tp: int) -> None:
     """Each layer's query projection holds 1/tp of the query rows (and its attention 1/tp of the heads)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     q_rows = config.num_attention_heads * head_dim

@@ -11,6 +11,7 @@ raises `PeerLost`; the caller stops without writing a record for the cell it was
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -109,10 +110,8 @@ class RankSync:
         """Leave this rank's failure line in the launch's store, so peers stopped by it stay silent."""
         store = _launch_store()
         if store is not None:
-            try:
+            with contextlib.suppress(Exception):  # the line is printed anyway; the store is a courtesy to peers
                 store.set(FAILURE_KEY, line)
-            except Exception:  # noqa: BLE001 - the line is printed anyway; the store is only a courtesy to peers
-                pass
 
     def peer_failure(self) -> str | None:
         """The failure line another rank published, if any (None when none did or no store is reachable)."""

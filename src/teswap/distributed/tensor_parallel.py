@@ -69,14 +69,15 @@ class _RegionGemm:
     def __call__(self, inp: Any, weight: torch.Tensor) -> torch.Tensor:
         if isinstance(inp, torch.Tensor):
             inp = _CopyToRegion.apply(inp, self.group)
-        elif dataclasses.is_dataclass(inp):  # a fused norm's output: its rounded tensor enters the region
-            inp = dataclasses.replace(inp, rounded=_CopyToRegion.apply(inp.rounded, self.group))
+        elif dataclasses.is_dataclass(inp) and not isinstance(inp, type):  # a fused norm's output: its rounded
+            inp = dataclasses.replace(inp, rounded=_CopyToRegion.apply(inp.rounded, self.group))  # type: ignore[type-var,attr-defined]
         return self.site(inp, weight)
 
 
 def check_divisible(config: Any, tp_size: int) -> None:
     """Refuse a tensor-parallel degree the heads, groups or MLP width do not split into (TE needs the same)."""
-    heads, groups = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    heads = config.num_attention_heads
+    groups = getattr(config, "num_key_value_heads", None) or heads
     for name, value in (("num_attention_heads", heads), ("num_key_value_heads", groups),
                         ("intermediate_size", config.intermediate_size)):
         if value % tp_size:
@@ -101,7 +102,7 @@ def stock_plan(config: Any) -> dict[str, Any]:
     return styles
 
 
-def shard_stock(model: nn.Module, tp_mesh: Any) -> None:
+def shard_stock(model: Any, tp_mesh: Any) -> None:
     """Every decoder layer of the stock model through HF's plan with DTensor."""
     from torch.distributed.tensor.parallel import parallelize_module
 
@@ -116,13 +117,13 @@ def _rows(weight: torch.Tensor, parts: list[int], rank: int, tp: int) -> torch.T
     return torch.cat([piece.chunk(tp, dim=0)[rank] for piece in pieces], dim=0)
 
 
-def _set(module: nn.Module, name: str, value: torch.Tensor, dim: int = 0) -> None:
+def _set(module: Any, name: str, value: torch.Tensor, dim: int = 0) -> None:
     old = getattr(module, name)
     setattr(module, name, nn.Parameter(value.detach().clone().contiguous(), requires_grad=old.requires_grad))
     module.teswap_tp_sharded = {**getattr(module, "teswap_tp_sharded", {}), name: dim}  # the dim it is cut on
 
 
-def shard_twin_layer(layer: nn.Module, group: Any, rank: int, tp: int) -> None:
+def shard_twin_layer(layer: Any, group: Any, rank: int, tp: int) -> None:
     """The twin's decoder layer cut to this rank's share, with TE's tensor-parallel collectives as hooks."""
     attention, mlp = layer.self_attention, layer.layernorm_mlp
     if attention.fused or attention.proj.bias is not None or mlp.fc2_bias is not None:
@@ -152,7 +153,7 @@ def shard_twin_layer(layer: nn.Module, group: Any, rank: int, tp: int) -> None:
     layer.teswap_tensor_parallel = {"tp_size": tp, "rank": rank}
 
 
-def shard_twin(model: nn.Module, group: Any, rank: int, tp: int) -> None:
+def shard_twin(model: Any, group: Any, rank: int, tp: int) -> None:
     for layer in model.base_model.layers:
         shard_twin_layer(layer, group, rank, tp)
 
