@@ -47,7 +47,7 @@ def test_replicas_bench_times_ranks_together_and_the_report_merges_them(tmp_path
     swapped = [r for r in records if r["cell"]["backend"] == "torch"]
     for record in swapped:
         launch = record["distributed"]
-        assert launch["plan"] == "replicas" and launch["world_size"] == 2 and launch["amax_group_size"] == 1
+        assert launch["plan"] == "replicas" and launch["world_size"] == 2 and launch["amax_group_size"]["torch"] == 1
         assert [i["rank"] for i in launch["ranks"]] == [0, 1] and launch["ranks"][0]["torch"]
         assert len(launch["rank_median_s"]) == 2 and len(launch["rank_baseline_median_s"]) == 2  # both ranks
         assert record["paired"]["speedup"] > 0

@@ -54,7 +54,8 @@ def check_same(identities: list[dict[str, Any]]) -> None:
                               "from the same checkout and environment")
 
 
-def gather_launch(parallel: Parallel, provenance: Provenance, amax_group_size: int | None = None) -> Launch:
+def gather_launch(parallel: Parallel, provenance: Provenance,
+                  amax_group_size: dict[str, int] | None = None) -> Launch:
     """Every rank's identity checked and gathered; rank 0's run id and start time shared with all."""
     sync = RankSync(parallel)
     if not sync.active:
@@ -77,11 +78,9 @@ def _backend_name() -> str | None:
     return str(dist.get_backend_config()) if dist.is_initialized() else None
 
 
-def amax_group_size(parallel: Parallel) -> int:
-    """How many ranks an FP8 DelayedScaling amax is reduced over under this plan (what TE's docs prescribe:
-    the ranks that hold shards of the same tensors; a replica reduces over itself only, as stock does)."""
-    if parallel.plan == "replicas":
-        return 1
-    return parallel.world_size  # fsdp, tp and fsdp+tp: the whole mesh (TE: the data- and tensor-parallel group)
-
-
+def amax_group_size(parallel: Parallel) -> dict[str, int]:
+    """Per swapped backend, how many ranks an FP8 DelayedScaling amax is reduced over in this launch, as it
+    runs today: the torch twin reduces over none but its own rank (its emulation has no all-reduce); TE reduces
+    over its default, the WORLD group, since teswap does not yet pass TE a per-plan `amax_reduction_group`
+    (replicas should reduce over the rank alone, as stock does; sharded plans over the mesh)."""
+    return {"torch": 1, "te": parallel.world_size}
