@@ -159,3 +159,24 @@ def test_rounds_take_each_step_at_its_slowest_rank_after_a_barrier():
         own, other = rounds.rank_times[side]
         assert rounds.of(side) == [max(a, b) for a, b in zip(own, other, strict=True)]
         assert rounds.own[side] == own
+
+
+@pytest.mark.parametrize(("version", "keyword"), [("2.20", "amax_reduction_group"), ("2.1", "fp8_group")])
+def test_te_autocast_reduces_amax_over_the_group_it_is_given(monkeypatch, version, keyword):
+    """Replicas hand TE each rank's own group (what TE's autocast / fp8_autocast take it as, by version);
+    outside such a block TE keeps its default (nothing passed). The stand-in checks TE's recorded signature."""
+    import torch
+
+    import te_standin
+    from teswap.precision.te_glue import amax_reduction_group, te_autocast
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    te_standin.install(monkeypatch, version)
+    te_standin.AUTOCAST_CALLS.clear()
+    own_rank = object()
+    with amax_reduction_group(own_rank), te_autocast("fp8-delayed"):
+        pass
+    with te_autocast("fp8-delayed"):
+        pass
+    first, second = te_standin.AUTOCAST_CALLS[-2:]
+    assert first["kwargs"][keyword] is own_rank and keyword not in second["kwargs"]

@@ -326,7 +326,8 @@ def run_sweep(spec: SweepSpec, *, results_root: Path | str, provenance: Provenan
     sharded by the plan; the ranks agree on which cells are finished, which are skipped and where models
     sit, and a cell that fails on any rank stops the launch (RankFailure) after its record is written.
     """
-    from teswap.distributed.provenance import amax_group_size, gather_launch
+    from teswap.distributed.provenance import amax_group_size, fp8_amax_group, gather_launch
+    from teswap.precision.te_glue import amax_reduction_group
 
     parallel = parallel or Parallel.single(resolve_device(spec.device))
     launch = gather_launch(parallel, provenance, amax_group_size(parallel))
@@ -344,7 +345,8 @@ def run_sweep(spec: SweepSpec, *, results_root: Path | str, provenance: Provenan
     device = resolve_device(spec.device)
     writer = open_run(results_root, provenance, run_id)
     progress.start(len(cells), result.resumed)
-    with terminate_as_interrupt() as guard, torch_threads(spec.threads), power_meter(device) as (meter, meter_reason):
+    with terminate_as_interrupt() as guard, torch_threads(spec.threads), power_meter(device) as (meter, meter_reason), \
+            amax_reduction_group(fp8_amax_group(parallel)):
         try:
             idle, idle_reason = _measure_idle(meter, meter_reason, spec)
             ctx = CellContext(policy=spec.policy, noise=spec.noise, seed=spec.seed, meter=meter,

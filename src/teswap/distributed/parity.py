@@ -149,6 +149,9 @@ def check_sharded(source: Any, *, parallel: Parallel, backend: str = "torch", pr
     """The plan's exactness and the swap's parity under it (rows worst over the ranks); `checkpoint`:
     also save the sharded pair there with DCP, load it into a differently seeded sharded pair, compare."""
     sync = RankSync(parallel)
+    if get_precision(precision).is_fp8:
+        raise LaunchError(f"check --parallel compares sharded and unsharded pairs at the model dtype (fp32, bf16); "
+                          f"{precision} under sharding waits for TE's amax groups on GPUs (docs/distributed.md)")
     dtype = get_precision(precision).model_dtype
     pair = build_pair(source, seed=seed, backend=backend, dtype=dtype, device=parallel.device)
     pair.stock.train(), pair.swapped.train()

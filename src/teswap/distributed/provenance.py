@@ -79,8 +79,20 @@ def _backend_name() -> str | None:
 
 
 def amax_group_size(parallel: Parallel) -> dict[str, int]:
-    """Per swapped backend, how many ranks an FP8 DelayedScaling amax is reduced over in this launch, as it
-    runs today: the torch twin reduces over none but its own rank (its emulation has no all-reduce); TE reduces
-    over its default, the WORLD group, since teswap does not yet pass TE a per-plan `amax_reduction_group`
-    (replicas should reduce over the rank alone, as stock does; sharded plans over the mesh)."""
-    return {"torch": 1, "te": parallel.world_size}
+    """Per swapped backend, how many ranks an FP8 DelayedScaling amax is reduced over in this launch. TE:
+    replicas reduce over their own rank (as stock, which reduces nothing; `fp8_amax_group` gives TE that
+    group); sharded plans over the whole mesh, data- and tensor-parallel ranks together (TE's default WORLD
+    group, what its docs prescribe for the amaxes of sharded tensors). The torch twin's emulation reduces over
+    its own rank only, under every plan."""
+    return {"torch": 1, "te": 1 if parallel.plan == "replicas" else parallel.world_size}
+
+
+def fp8_amax_group(parallel: Parallel) -> Any:
+    """The process group TE's autocast reduces amaxes over in this launch: each rank's own under replicas
+    (made collectively, every rank calls this), None (TE's default, WORLD) otherwise or for one process."""
+    if not RankSync(parallel).active or parallel.plan != "replicas":
+        return None
+    import torch.distributed as dist
+
+    own, _ = dist.new_subgroups(group_size=1)
+    return own
