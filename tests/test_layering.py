@@ -23,6 +23,7 @@ LAYERS = {
     "layers": 3,
     "families": 4,
     "swap": 5,
+    "distributed": 5.5,  # torchrun launches: shards a pair (swap), used by the benchmark and the checks
     "parity": 6, "benchmark": 6, "reporting": 6,
     "__init__": 7,  # the public API: swap, families and layers only
     "job": 7,

@@ -155,15 +155,16 @@ class EnergyWindow:
     def elapsed_s(self) -> float:
         return self.clock() - self._start_s
 
-    def extend_to(self, step: Step) -> int:
+    def extend_to(self, step: Step, agree: Callable[[bool], bool] = bool) -> int:
         """Run `step` (synchronised) until the window has lasted min_window_s; the number of extra steps.
 
-        Without a meter nothing is measured, so nothing is extended.
+        Without a meter nothing is measured, so nothing is extended. `agree` turns this process's "not yet"
+        into the launch's (every rank of a multi-rank run steps while any rank's window is short).
         """
         extra = 0
         if self.meter is None:
             return extra
-        while self.elapsed_s() < self.min_window_s:
+        while agree(self.elapsed_s() < self.min_window_s):
             step()
             synchronize(self.device)
             extra += 1

@@ -54,8 +54,11 @@ class LiveTensorBytes(TorchDispatchMode):
     def track(self, tensor: object) -> None:
         if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu" or tensor.is_meta:
             return
-        storage = tensor.untyped_storage()
-        pointer, nbytes = storage.data_ptr(), storage.nbytes()
+        try:
+            storage = tensor.untyped_storage()
+            pointer, nbytes = storage.data_ptr(), storage.nbytes()
+        except RuntimeError:  # a wrapper subclass (DTensor) has no storage of its own: its local shard is counted
+            return
         if nbytes == 0 or pointer in self.live:
             return
         self.live[pointer] = nbytes

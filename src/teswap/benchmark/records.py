@@ -78,7 +78,7 @@ def bench_record(*, cell: Cell, model_config: dict[str, Any], provenance: Proven
                  reason: str | None, stats: dict[str, Any] | None, metrics: dict[str, Any],
                  gpu: dict[str, Any], settings: dict[str, Any], paired: dict[str, Any] | None = None,
                  noise: dict[str, Any] | None = None, clocks: dict[str, Any] | None = None,
-                 decode: dict[str, Any] | None = None) -> BenchRecord:
+                 decode: dict[str, Any] | None = None, distributed: dict[str, Any] | None = None) -> BenchRecord:
     """The record of one cell; every METRIC_FIELDS key is present in its metrics (None when unmeasured).
 
     A skipped cell records no recipe: its backend never held one (and may not be importable).
@@ -90,7 +90,7 @@ def bench_record(*, cell: Cell, model_config: dict[str, Any], provenance: Proven
         recipe=None if status == "skipped" else recipe_fields(cell.precision, cell.backend),
         model_config=model_config, status=status,
         reason=reason, stats=stats, metrics={**dict.fromkeys(METRIC_FIELDS), **metrics}, gpu=gpu,
-        settings=settings, paired=paired, noise=noise, clocks=clocks, decode=decode,
+        settings=settings, paired=paired, noise=noise, clocks=clocks, decode=decode, distributed=distributed,
     )
 
 

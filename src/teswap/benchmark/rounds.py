@@ -13,6 +13,11 @@ per output token), plus per-token series (its inter-token latencies). Every phas
 round, so it is paired exactly like the step time, and `paired_fields` turns the rounds into the
 record's "paired" field, a ratio and CI per phase included; series are kept per step, not paired.
 
+Across ranks (a torchrun launch, `sync` active): every block starts after a barrier, and each timed
+step counts at its slowest rank (the block's times are all-gathered and the largest kept), so every
+rank holds the same samples and makes the same stopping decision (the elapsed time is the ranks'
+largest); each rank's own times are kept beside them (`Rounds.own`).
+
 Sampling stops at the first of: every side has `min_samples` (and, paired, `min_rounds` rounds) and
 the 95% CI of the step time is tight (the paired speedup's, or a lone side's median), the budget is
 spent after those minimums, or a side reaches `max_samples`.
@@ -40,6 +45,7 @@ from teswap.benchmark.timing import (
     summarize,
 )
 from teswap.benchmark.workloads import WorkloadStep
+from teswap.distributed.sync import RankSync
 from teswap.statistics import RESAMPLES, RatioEstimate, paired_ratio, round_ratios
 
 STOP_CHECK_RESAMPLES = 500  # enough to judge "tight yet?"; the recorded interval uses RESAMPLES
@@ -81,6 +87,8 @@ class Rounds:
     clocks: ClockLog = field(default_factory=lambda: ClockLog(meter=None))
     stop_reason: str = ""
     timer: str = ""
+    own: list[list[float]] = field(default_factory=list)  # [side] -> this rank's own step times (multi-rank runs)
+    rank_times: list[list[list[float]]] = field(default_factory=list)  # [side][rank] -> that rank's step times
 
     def __post_init__(self) -> None:
         if not self.samples:
@@ -168,11 +176,12 @@ def timed_step(step: Callable[[], object], timer: Timer) -> StepTimings:
     return timed(timer) if callable(timed) else {STEP_TIME: timer.time(step)}
 
 
-def _run_block(side: Side, policy: TimingPolicy, timer: Timer) -> list[StepTimings]:
+def _run_block(side: Side, policy: TimingPolicy, timer: Timer, sync: RankSync) -> list[StepTimings]:
     side.enter()
     try:
         for _ in range(policy.block_warmup):
             side.step()
+        sync.barrier()  # every rank starts the timed steps together
         return [timed_step(side.step, timer) for _ in range(policy.block_steps)]
     finally:
         side.leave()
@@ -197,8 +206,21 @@ def _stop_reason(rounds: Rounds, policy: TimingPolicy, ordered: list[list[float]
     return "budget" if elapsed_s >= policy.budget_s else None
 
 
+def _slowest(block: list[StepTimings], sync: RankSync, rounds: Rounds, side: int) -> list[StepTimings]:
+    """The block with each step time replaced by its slowest rank's; this rank's and every rank's times kept."""
+    own = [float(timings[STEP_TIME]) for timings in block]  # type: ignore[arg-type]
+    slowest, every = sync.slowest(own)
+    while len(rounds.own) < rounds.sides:
+        rounds.own.append([])
+        rounds.rank_times.append([[] for _ in every])
+    rounds.own[side].extend(own)
+    for rank, times in enumerate(every):
+        rounds.rank_times[side][rank].extend(times)
+    return [{**timings, STEP_TIME: value} for timings, value in zip(block, slowest, strict=True)]
+
+
 def run_rounds(sides: Sequence[Side], policy: TimingPolicy, timer: Timer, *, clocks: ClockLog,
-               clock: Clock = time.perf_counter, seed: int = 0) -> Rounds:
+               clock: Clock = time.perf_counter, seed: int = 0, sync: RankSync | None = None) -> Rounds:
     """Time rounds of blocks until the stopping rule says enough (see the module docstring)."""
     if len(sides) not in (1, 2):
         raise ValueError(f"a measurement has one side or a baseline and a measured side, got {len(sides)}")
@@ -206,17 +228,20 @@ def run_rounds(sides: Sequence[Side], policy: TimingPolicy, timer: Timer, *, clo
                     block_steps=policy.block_steps, clocks=clocks, timer=timer.name)
     ordered: list[list[float]] = [[] for _ in sides]  # kept sorted for the cheap median-CI check
     rng = random.Random(seed)
+    sync = sync or RankSync(None)
     started = clock()
     round_index = 0
     while True:
         for index in block_order(len(sides), round_index, policy.order, rng):
-            block = _run_block(sides[index], policy, timer)
+            block = _run_block(sides[index], policy, timer, sync)
+            if sync.active:
+                block = _slowest(block, sync, rounds, index)
             clocks.read()
             rounds.add(index, round_index, block)
             for timings in block:
                 bisect.insort(ordered[index], float(timings[STEP_TIME]))  # type: ignore[arg-type]
         round_index += 1
-        reason = _stop_reason(rounds, policy, ordered, clock() - started)
+        reason = _stop_reason(rounds, policy, ordered, sync.max(clock() - started))
         if reason:
             rounds.stop_reason = reason
             return rounds

@@ -12,6 +12,7 @@ cell); any other exception makes it "error"; KeyboardInterrupt is not caught.
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from teswap.benchmark.residency import Placement, hooks_for
 from teswap.benchmark.rounds import Rounds, Side, paired_fields, run_rounds
 from teswap.benchmark.timing import Clock, Timer, TimingPolicy, TimingStats, timer_for, warm_up
 from teswap.benchmark.workloads import WorkloadStep, make_input_ids, prepare_step, release
+from teswap.distributed.sync import PeerLost, RankSync
 from teswap.hardware.nvml import PowerMeter
 
 OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -51,6 +53,7 @@ class CellContext:
     idle_power_null_reason: str | None = None
     clock: Clock = time.perf_counter
     timer: Timer | None = None  # None: CUDA events on GPU, perf_counter on CPU
+    ranks: RankSync = field(default_factory=lambda: RankSync(None))  # the launch's ranks (inert for one process)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +68,7 @@ class CellOutcome:
     noise: dict[str, Any] | None = None
     clocks: dict[str, Any] | None = None
     decode: dict[str, Any] | None = None  # a decode cell's per-generation phases and per-token latencies
+    ranks: dict[str, Any] | None = None  # multi-rank runs: every rank's own step times and medians (rank_fields)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +92,7 @@ def interleaved(ctx: CellContext, device: torch.device) -> TimeRounds:
     """The sweep's timing: device-synchronised blocks in rounds until the stopping rule (ctx.policy)."""
     def time_rounds(sides: Sequence[Side], clocks: ClockLog) -> Rounds:
         return run_rounds(sides, ctx.policy, ctx.timer or timer_for(device), clocks=clocks, clock=ctx.clock,
-                          seed=ctx.seed)
+                          seed=ctx.seed, sync=ctx.ranks)
 
     return time_rounds
 
@@ -106,7 +110,8 @@ def _timed(sides: Sequence[Side], ctx: CellContext, time_rounds: TimeRounds) -> 
     for attempt in range(1, ctx.noise.remeasure + 2):
         rounds = time_rounds(sides, ClockLog(meter=ctx.meter, null_reason=ctx.energy_null_reason))
         verdict = _verdict(rounds, sides, ctx.noise)
-        if not verdict.noisy or attempt == ctx.noise.remeasure + 1:
+        noisy = ctx.ranks.any(verdict.noisy)  # one rank's unsteady clocks time the cell again on every rank
+        if not noisy or attempt == ctx.noise.remeasure + 1:
             return rounds, verdict, attempt, earlier
         earlier.append(verdict.reasons)
     raise AssertionError("unreachable")
@@ -121,7 +126,7 @@ def _energy_and_memory(step: WorkloadStep, device: torch.device, ctx: CellContex
                           clock=ctx.clock)
     with window:
         step()  # at least one step after the peak reset: the GPU's peak is this model's
-        steps = 1 + window.extend_to(step)
+        steps = 1 + window.extend_to(step, agree=ctx.ranks.any)
     tracker.after_timing(step, step.resident_tensors)
     return window.metrics(tokens=steps * step.tokens_per_step, steps=steps)
 
@@ -151,8 +156,22 @@ def measure(sides: Sequence[Side], shape: ModelShape, ctx: CellContext, tracker:
                            energy=energy, idle=_idle(ctx), decode=decode_metrics)
     paired = paired_fields(rounds, sides[0], placement, ctx.policy.warmup) if rounds.paired and stats else None
     noise = {**verdict.to_dict(), "attempts": attempts, "earlier_reasons": earlier} if stats else None
+    ranks = rank_fields(rounds, measured.step.tokens_per_step) if ctx.ranks.active and stats else None
     return CellOutcome(status="ok", reason=None, stats=stats, metrics=metrics, paired=paired, noise=noise,
-                       clocks=rounds.clocks.to_dict(), decode=decode)
+                       clocks=rounds.clocks.to_dict(), decode=decode, ranks=ranks)
+
+
+def rank_fields(rounds: Rounds, tokens_per_step: int) -> dict[str, Any]:
+    """Every rank's own step times and medians (the measured side, and the baseline when paired); the
+    cell's samples are the slowest rank's per step, so these show which rank that was."""
+    measured = len(rounds.rank_times) - 1
+    medians = [statistics.median(times) for times in rounds.rank_times[measured]]
+    fields: dict[str, Any] = {"tokens_per_step": tokens_per_step, "rank_samples_s": rounds.rank_times[measured],
+                              "rank_median_s": medians, "slowest_rank": medians.index(max(medians))}
+    if rounds.paired:
+        fields["rank_baseline_samples_s"] = rounds.rank_times[0]
+        fields["rank_baseline_median_s"] = [statistics.median(times) for times in rounds.rank_times[0]]
+    return fields
 
 
 @contextmanager
@@ -215,6 +234,8 @@ def measure_cell(cell: Cell, model: torch.nn.Module, shape: ModelShape, ctx: Cel
             sides.append(_prepared_side(baseline.cell, baseline.model, ids, placement.as_baseline()))
         sides.append(_prepared_side(cell, model, ids, placement))
         return measure(sides, shape, ctx, tracker, interleaved(ctx, device), placement=placement.name)
+    except PeerLost:
+        raise  # another rank stopped: this cell has no result here, and the launch ends
     except OutOfMemoryError as err:
         status, reason = "oom", first_line(err)
     except Exception as err:  # noqa: BLE001 - any failure is this cell's result; the sweep goes on

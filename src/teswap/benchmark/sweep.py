@@ -43,6 +43,9 @@ from teswap.benchmark.records import bench_record, cell_key, finished_records, m
 from teswap.benchmark.residency import HOST, Placement, fits_together, move, offload, resident
 from teswap.benchmark.runner import Baseline, CellContext, CellOutcome, first_line, measure_cell, unmeasured
 from teswap.benchmark.signals import InterruptGuard, terminate_as_interrupt
+from teswap.distributed.launch import Parallel
+from teswap.distributed.sharding import shard_pair
+from teswap.distributed.sync import RankFailure, RankSync
 from teswap.errors import TeswapError
 from teswap.hardware.free_memory import free_memory
 from teswap.hardware.gpu_info import gpu_info
@@ -90,6 +93,12 @@ class _Sweep:
     gpu: dict[str, Any]
     configs: dict[str, dict[str, Any]]  # model source -> record "model_config"
     result: SweepResult
+    parallel: Parallel = field(default_factory=Parallel.single)
+    launch: dict[str, Any] | None = None  # the records' "distributed" field (plan, mesh, ranks), multi-rank runs
+
+    @property
+    def ranks(self) -> RankSync:
+        return self.ctx.ranks
 
     def key(self, cell: Cell) -> str:
         return _key(cell, self.configs, self.provenance)
@@ -100,12 +109,18 @@ class _Sweep:
             reason=outcome.reason, stats=outcome.stats.to_dict() if outcome.stats else None,
             metrics=outcome.metrics, gpu=self.gpu, settings=self.spec.settings(), paired=outcome.paired,
             noise=outcome.noise, clocks=outcome.clocks, decode=outcome.decode,
+            distributed=None if self.launch is None else {**self.launch, **(outcome.ranks or {})},
         )
         with self.guard.deferred():  # a signal waits until the record is stored and counted
             self.result.records[record.cell_key] = self.writer.write(record)
             self.result.written += 1
             self.result.run_path = self.writer.path
         self.progress.advance(cell, outcome.status)
+        if self.ranks.active and outcome.status in ("error", "oom"):  # peers may sit in a collective: stop
+            rank, world = self.parallel.rank, self.parallel.world_size
+            host = (self.launch or {}).get("ranks", [{}] * (rank + 1))[rank].get("host")
+            raise RankFailure(f"rank {rank} of {world} ({host}) failed {cell.label()}: {outcome.reason}; the launch "
+                              "stops, finished cells are kept: rerun the same command to resume")
         if outcome.noise and outcome.noise["noisy"]:
             reasons = outcome.noise["reasons"]
             clocks = any(reason.startswith(CLOCK_REASONS) for reason in reasons)
@@ -156,7 +171,7 @@ class _Sweep:
                 time.sleep(self.spec.cooldown_s)  # let clocks and temperature settle between cells
             reason = self.skip_reason(cell)
             too_big, memory = self.memory_check(cell)
-            reason = reason or too_big
+            reason = self.ranks.first_reason(reason or too_big)  # one rank's refusal skips the cell on all
             outcome = unmeasured("skipped", reason, self.ctx) if reason else measure_one(cell)
             self.write(cell, replace(outcome, metrics={**outcome.metrics, **memory}))
 
@@ -176,7 +191,7 @@ class _Sweep:
             return measure_cell(cell, pair.swapped, shape, self.ctx)
         stock, record = found
         baseline = Baseline(cell=stock, model=pair.stock)
-        if fits_together(device, record["metrics"].get("peak_allocated_bytes")):
+        if self.ranks.all(fits_together(device, record["metrics"].get("peak_allocated_bytes"))):
             with resident(pair.stock, device):
                 return measure_cell(cell, pair.swapped, shape, self.ctx, baseline=baseline)
         if "cuda-graphs" in option_names(cell.options):  # a graph keeps its weights' addresses: no moves
@@ -216,6 +231,8 @@ def _build(sweep: _Sweep, model_source: str, backend: str, dtype: torch.dtype, d
     """The pair in host memory: built there, or built on the device (fast init) and offloaded."""
     build_device = device if sweep.spec.build_on == "device" else HOST
     pair = build_pair(model_source, seed=sweep.spec.seed, backend=backend, dtype=dtype, device=build_device)
+    if sweep.parallel.sharded:  # both sides sharded by the plan, audited, on the device they run on
+        return shard_pair(pair, sweep.parallel)
     if build_device.type != "cpu":
         offload(pair)
     return pair
@@ -304,28 +321,44 @@ def _group(cells: list[Cell]) -> dict[tuple[str, str], list[Cell]]:
 
 
 def run_sweep(spec: SweepSpec, *, results_root: Path | str, provenance: Provenance, resume: bool = True,
-              progress: Progress | None = None, run_id: str | None = None) -> SweepResult:
-    """Measure every cell of `spec` not already finished in the store; KeyboardInterrupt ends it cleanly."""
+              progress: Progress | None = None, run_id: str | None = None,
+              parallel: Parallel | None = None) -> SweepResult:
+    """Measure every cell of `spec` not already finished in the store; KeyboardInterrupt ends it cleanly.
+
+    Under a torchrun launch (`parallel`), every rank runs the same cells in the same order with the pair
+    sharded by the plan; the ranks agree on which cells are finished, which are skipped and where models
+    sit, and a cell that fails on any rank stops the launch (RankFailure) after its record is written.
+    """
+    from teswap.distributed.provenance import amax_group_size, fp8_amax_group, gather_launch
+    from teswap.precision.te_glue import amax_reduction_group
+
+    parallel = parallel or Parallel.single(resolve_device(spec.device))
+    launch = gather_launch(parallel, provenance, amax_group_size(parallel))
+    provenance, run_id = launch.provenance, run_id or launch.run_id
+    ranks = RankSync(parallel)
     cells = plan_cells(spec)
     configs = {model: model_config_fields(resolve_source(model).config) for model in dict.fromkeys(spec.models)}
     result = SweepResult(cells=cells, keys=[_key(c, configs, provenance) for c in cells])
     if resume:
         found, result.notes = finished_records(results_root, result.keys)
-        result.records.update(found)
-        result.resumed = len(found)
+        agreed = set.intersection(*(set(keys) for keys in ranks.gather(sorted(found))))  # finished on every rank
+        result.records.update({key: record for key, record in found.items() if key in agreed})
+        result.resumed = len(result.records)
     progress = progress or NullProgress()
     device = resolve_device(spec.device)
     writer = open_run(results_root, provenance, run_id)
     progress.start(len(cells), result.resumed)
-    with terminate_as_interrupt() as guard, torch_threads(spec.threads), power_meter(device) as (meter, meter_reason):
+    with terminate_as_interrupt() as guard, torch_threads(spec.threads), power_meter(device) as (meter, meter_reason), \
+            amax_reduction_group(fp8_amax_group(parallel)):
         try:
             idle, idle_reason = _measure_idle(meter, meter_reason, spec)
             ctx = CellContext(policy=spec.policy, noise=spec.noise, seed=spec.seed, meter=meter,
                               energy_null_reason=meter_reason,
                               min_energy_window_s=spec.min_energy_window_s, sample_interval_s=spec.sample_interval_s,
-                              idle_power_w=idle, idle_power_null_reason=idle_reason)
+                              idle_power_w=idle, idle_power_null_reason=idle_reason, ranks=ranks)
             sweep = _Sweep(spec=spec, provenance=provenance, writer=writer, guard=guard, progress=progress, ctx=ctx,
-                           gpu=gpu_info(device), configs=configs, result=result)
+                           gpu=gpu_info(device), configs=configs, result=result, parallel=parallel,
+                           launch=launch.fields)
             for (model_source, dtype), group in _group(cells).items():
                 pending = [c for c in group if sweep.key(c) not in result.records]
                 if pending:

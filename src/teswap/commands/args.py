@@ -52,3 +52,15 @@ def name_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
     return names
+
+
+PARALLEL_PLANS = ("replicas", "fsdp", "tp", "fsdp+tp")  # teswap.distributed.launch.PLANS, kept import-free here
+
+
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """--parallel and --tp-size: how a torchrun launch splits the pair over its ranks (docs/distributed.md)."""
+    group = parser.add_argument_group("more than one process (under torchrun; docs/distributed.md)")
+    group.add_argument("--parallel", choices=PARALLEL_PLANS, default="replicas",
+                       help="replicas: every rank a whole pair (default); fsdp: FSDP2 on both sides; tp: tensor "
+                            "parallel on both sides; fsdp+tp: a 2-D mesh")
+    group.add_argument("--tp-size", type=positive_int, help="fsdp+tp: the tensor-parallel degree (default 2)")

@@ -8,7 +8,15 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from teswap.commands.args import int_list, name_list, non_negative_float, non_negative_int, positive_float, positive_int
+from teswap.commands.args import (
+    add_parallel_arguments,
+    int_list,
+    name_list,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from teswap.errors import TeswapError
 
 
@@ -68,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     store.add_argument("--no-resume", action="store_true", help="measure every cell, even ones finished earlier")
     store.add_argument("--from-pytest-json", metavar="FILE",
                        help="store the cells of a `pytest bench/ --benchmark-json FILE` run as records, then exit")
+    add_parallel_arguments(parser)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,13 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(parser)
 
 
-def build_spec(args: argparse.Namespace) -> tuple[Any, str, bool]:
+def build_spec(args: argparse.Namespace, on: str | None = None) -> tuple[Any, str, bool]:
     """This hardware's default SweepSpec with every flag given replacing its field; why those defaults;
     and whether the flags left the defaults as they were."""
     from teswap.benchmark.plan import default_spec, resolve_device
     from teswap.hardware.probe import default_device, probe_te
 
-    device = resolve_device(args.device or default_device())
+    device = resolve_device(on or args.device or default_device())
     default, why = default_spec(device, te_available=bool(probe_te()))
     policy = replace(default.policy, **{name: getattr(args, flag) for name, flag in _TIMING_FLAGS.items()
                                         if getattr(args, flag) is not None})
@@ -123,22 +132,34 @@ def main(args: argparse.Namespace) -> int:
     """Run the sweep (or import a pytest-benchmark JSON); 0 done, 1 a cell errored, 130 interrupted."""
     if args.from_pytest_json:
         return _import_pytest_json(args)
+    from teswap.distributed.faults import launch_faults, rank_zero_output
+    from teswap.distributed.launch import launch
+
+    with launch(args.parallel, device=args.device, tp_size=args.tp_size) as parallel, launch_faults(parallel), \
+            rank_zero_output(parallel):
+        return _bench(args, parallel)
+
+
+def _bench(args: argparse.Namespace, parallel: Any) -> int:
     from teswap.benchmark.plan import describe, plan_cells
-    from teswap.benchmark.progress import TqdmProgress
+    from teswap.benchmark.progress import NullProgress, TqdmProgress
     from teswap.benchmark.summary import decode_table, summary_legend, summary_table
     from teswap.benchmark.sweep import run_sweep
+    from teswap.distributed.faults import stopped_by_peer
     from teswap.store.provenance import capture_provenance
     from teswap.swap.sources import resolve_source
 
-    spec, why, defaults = build_spec(args)
+    spec, why, defaults = build_spec(args, str(parallel.device) if parallel.distributed else None)
     for model in spec.models:
         resolve_source(model)  # one clear line for a bad name before anything is built
     cells = len(plan_cells(spec))
-    print(f"teswap bench: {cells} cells: {describe(spec)}; results in {args.results}/"
+    launch = f" on {parallel.world_size} ranks, --parallel {parallel.plan}" if parallel.distributed else ""
+    print(f"teswap bench: {cells} cells{launch}: {describe(spec)}; results in {args.results}/"
           + (f"\n  ({why})" if defaults else ""))
     started = time.perf_counter()
     result = run_sweep(spec, results_root=args.results, provenance=capture_provenance(),
-                       resume=not args.no_resume, progress=TqdmProgress())
+                       resume=not args.no_resume, progress=TqdmProgress() if parallel.rank == 0 else NullProgress(),
+                       parallel=parallel if parallel.distributed else None)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     records = [result.records[key] for key in result.keys if key in result.records]
@@ -155,6 +176,8 @@ def main(args: argparse.Namespace) -> int:
           + (f", {noisy} noisy" if noisy else "") + f"; {time.perf_counter() - started:.1f} s"
           + (f"; written to {result.run_path}" if result.run_path else ""))
     print(f"sweep: {describe(spec)}")
+    if result.interrupted and stopped_by_peer(parallel):
+        return 1  # another rank failed and said so; its line is the launch's
     if result.interrupted:
         print(f"teswap bench: interrupted; rerun the same command to measure the {result.missing} missing cells",
               file=sys.stderr)

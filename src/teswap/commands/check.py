@@ -7,7 +7,7 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
-from teswap.commands.args import non_negative_int, positive_int
+from teswap.commands.args import add_parallel_arguments, non_negative_int, positive_int
 from teswap.precision.table import PRECISIONS
 
 # --json names the logits metrics as the issue tracker and dashboards expect them.
@@ -46,9 +46,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--json", type=Path, help="also write the report as JSON here")
     check.add_argument("--results", type=Path, default=Path("results"), help="results store to append the record to")
     check.add_argument("--no-record", action="store_true", help="do not append a record to the results store")
+    add_parallel_arguments(check)
+    check.add_argument("--checkpoint", type=Path, metavar="DIR",
+                       help="under a sharded plan: also save the sharded pair here with torch.distributed.checkpoint, "
+                            "load it into another seed's sharded pair and require every tensor equal")
 
 
 def main(args: argparse.Namespace) -> int:
+    from teswap.distributed.launch import under_torchrun
+
+    if args.parallel != "replicas" or under_torchrun():
+        return _sharded(args)
+    return _single(args)
+
+
+def _sharded(args: argparse.Namespace) -> int:
+    """Under torchrun: the plan exact on stock, the swap as close to stock sharded as unsharded (rank 0 prints)."""
+    from teswap.distributed.faults import launch_faults, rank_zero_output
+    from teswap.distributed.launch import launch
+    from teswap.distributed.parity import check_sharded
+
+    with launch(args.parallel, device=args.device, tp_size=args.tp_size) as parallel, launch_faults(parallel), \
+            rank_zero_output(parallel):
+        result = check_sharded(args.model, parallel=parallel, backend=args.backend, precision=args.precision,
+                               seq_len=args.seq_len, batch=args.batch, seed=args.seed, checkpoint=args.checkpoint)
+        print(result.text())
+        if args.json and parallel.rank == 0:
+            args.json.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=True))
+        return 0 if result.passed else 1
+
+
+def _single(args: argparse.Namespace) -> int:
     from teswap.hardware.probe import default_device
     from teswap.parity.case import ParityCase, run_parity_case
     from teswap.parity.mutations import mutation

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from teswap.commands.args import int_list, name_list
+from teswap.commands.args import add_parallel_arguments, int_list, name_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,15 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--skip-bench", action="store_true", help="parity only")
     run.add_argument("--beyond-max-positions", action="store_true",
                      help="measure --seq-lens past the model's max_position_embeddings (else refused; cells record it)")
+    add_parallel_arguments(run)
 
 
 def main(args: argparse.Namespace) -> int:
+    from teswap.distributed.faults import launch_faults, rank_zero_output
+    from teswap.distributed.launch import launch
     from teswap.job import plan_run, run_job
 
     started = time.perf_counter()
-    plan = plan_run(model=args.model, backend=args.backend, precisions=args.precision, seq_lens=args.seq_lens,
-                    batches=args.batch, device=args.device, results=args.results,
-                    beyond_max_positions=args.beyond_max_positions)
-    code = run_job(plan, bench=not args.skip_bench)
-    print(f"teswap run: finished in {time.perf_counter() - started:.1f} s (exit {code})")
+    with launch(args.parallel, device=args.device, tp_size=args.tp_size) as parallel, launch_faults(parallel), \
+            rank_zero_output(parallel):
+        device = str(parallel.device) if parallel.distributed else args.device
+        plan = plan_run(model=args.model, backend=args.backend, precisions=args.precision, seq_lens=args.seq_lens,
+                        batches=args.batch, device=device, results=args.results,
+                        beyond_max_positions=args.beyond_max_positions)
+        code = run_job(plan, bench=not args.skip_bench, parallel=parallel if parallel.distributed else None)
+        print(f"teswap run: finished in {time.perf_counter() - started:.1f} s (exit {code})")
     return code

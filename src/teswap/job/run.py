@@ -11,6 +11,7 @@ import torch
 
 from teswap.benchmark.plan import describe
 from teswap.benchmark.sweep import torch_threads
+from teswap.distributed.launch import Parallel
 from teswap.job.plan import RunPlan
 from teswap.parity.case import ParityCase, ReferenceCache, run_parity_case
 from teswap.parity.text import summary_header, summary_row
@@ -21,17 +22,22 @@ from teswap.store.runs import RunWriter, machine_slug, open_run
 from teswap.swap.pair import Pair, build_pair
 
 
-def run_job(plan: RunPlan, *, bench: bool = True) -> int:
-    """0 when every parity case that ran passed and no benchmark cell errored; 1 otherwise; 130 interrupted."""
+def run_job(plan: RunPlan, *, bench: bool = True, parallel: Parallel | None = None) -> int:
+    """0 when every parity case that ran passed and no benchmark cell errored; 1 otherwise; 130 interrupted.
+
+    Under a torchrun launch (`parallel`): parity is the sharded check of each planned model, backend and model
+    dtype (teswap.distributed.parity: plan exact, swap under sharding; printed, not yet stored), the sweep runs
+    on every rank with the pair sharded by the plan, and rank 0 renders the report."""
     provenance = capture_provenance()
-    print(f"teswap run: {plan.describe()}")
+    print(f"teswap run: {plan.describe()}" + (f"; --parallel {parallel.plan} on {parallel.world_size} ranks"
+                                              if parallel else ""))
     _print_environment(provenance)
     writer = open_run(plan.results, provenance)
-    parity_ok = _run_parity(plan, writer)
-    bench_code = _run_bench(plan, provenance, writer.run_id) if bench else 0
+    parity_ok = _run_parity(plan, writer) if parallel is None else _run_sharded_parity(plan, parallel)
+    bench_code = _run_bench(plan, provenance, None if parallel else writer.run_id, parallel) if bench else 0
     if bench_code == 130:
         return 130
-    if bench:  # the published table is per benchmark cell, with the parity verdict beside it
+    if bench and (parallel is None or parallel.rank == 0):  # the published table, with parity beside each cell
         _report(plan, provenance)
     return 0 if parity_ok and bench_code == 0 else 1
 
@@ -112,15 +118,38 @@ class PairCache:
         return self.pair
 
 
-def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str) -> int:
-    from teswap.benchmark.progress import TqdmProgress
+def _run_sharded_parity(plan: RunPlan, parallel: Parallel) -> bool:
+    """The sharded check once per planned model, backend and model dtype (FP8 cases: not under sharding yet)."""
+    from teswap.distributed.parity import check_sharded
+
+    passed, seen = True, set()
+    for planned in plan.parity:
+        case = planned.case
+        precision = get_precision(case.precision)
+        key = (case.source_name, case.backend, precision.model_dtype)
+        if planned.skip or precision.is_fp8 or key in seen:
+            if precision.is_fp8 and not planned.skip:
+                print(f"  {case.backend:8} {case.precision:12} skipped: FP8 parity under sharding waits for TE's "
+                      "amax groups on GPUs (docs/distributed.md)")
+            continue
+        seen.add(key)
+        result = check_sharded(case.source, parallel=parallel, backend=case.backend, precision=case.precision,
+                               seq_len=min(case.seq_len, 64), batch=case.batch, seed=case.seed)
+        print(f"\n{case.source_name} {case.backend}/{case.precision}: {result.text()}")
+        passed &= result.passed
+    return passed
+
+
+def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str | None, parallel: Parallel | None = None) -> int:
+    from teswap.benchmark.progress import NullProgress, TqdmProgress
     from teswap.benchmark.summary import summary_legend, summary_table
     from teswap.benchmark.sweep import run_sweep
 
     spec = plan.sweep
     print(f"\nbenchmarks: {describe(spec)}")
-    result = run_sweep(spec, results_root=plan.results, provenance=provenance, progress=TqdmProgress(),
-                       run_id=f"{run_id}-bench")
+    progress = TqdmProgress() if parallel is None or parallel.rank == 0 else NullProgress()
+    result = run_sweep(spec, results_root=plan.results, provenance=provenance, progress=progress,
+                       run_id=f"{run_id}-bench" if run_id else None, parallel=parallel)
     records = [result.records[key] for key in result.keys if key in result.records]
     print(summary_table(records))
     print(summary_legend(records))

@@ -14,7 +14,10 @@ torch twin emulates. Imports TE only when called.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
+from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import Enum
 from typing import Any
 
@@ -94,12 +97,30 @@ def _current_scaling(te: Any, ours: Float8CurrentScaling, installed: te_api.TEVe
     return recipe
 
 
+_AMAX_GROUP: ContextVar[Any] = ContextVar("teswap_amax_reduction_group", default=None)
+
+
+@contextmanager
+def amax_reduction_group(group: Any) -> Iterator[None]:
+    """TE autocasts opened in the block reduce DelayedScaling amaxes over `group` (a torch.distributed process
+    group; None: TE's default, the WORLD group once one exists). A launch of whole-model replicas passes each
+    rank's own group, so the swapped side pays no all-reduce stock does not."""
+    token = _AMAX_GROUP.set(group)
+    try:
+        yield
+    finally:
+        _AMAX_GROUP.reset(token)
+
+
 def te_autocast(name: str) -> ContextManager[None]:
-    """TE's FP8 context with teswap's recipe: autocast(recipe=...) on TE >= 2.9, else fp8_autocast(fp8_recipe=...)."""
+    """TE's FP8 context with teswap's recipe: autocast(recipe=...) on TE >= 2.9, else fp8_autocast(fp8_recipe=...),
+    reducing amaxes over the enclosing `amax_reduction_group` block's group, if any."""
     import transformer_engine.pytorch as te
 
     entry, recipe_keyword = te_api.autocast_entry(te)
-    return entry(enabled=True, **{recipe_keyword: te_recipe(name)})
+    group = _AMAX_GROUP.get()
+    extra = {} if group is None else {"amax_reduction_group" if recipe_keyword == "recipe" else "fp8_group": group}
+    return entry(enabled=True, **{recipe_keyword: te_recipe(name)}, **extra)
 
 
 def te_recipe_availability(name: str) -> Availability:

@@ -81,7 +81,9 @@ def _seq_text(row: pd.Series) -> str:
 
 def _backend_text(row: pd.Series) -> str:
     options = row.get("options")
-    return str(row["backend"]) + ("" if _missing(options) else options_label(str(options)))
+    text = str(row["backend"]) + ("" if _missing(options) else options_label(str(options)))
+    world = row.get("world_size")
+    return text if _missing(world) or int(world) <= 1 else f"{text} ({row.get('plan') or 'replicas'} ×{int(world)})"
 
 
 def results_table(table: pd.DataFrame) -> Table:

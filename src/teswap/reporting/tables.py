@@ -30,7 +30,7 @@ TABLE_COLUMNS = [
     "machine", "commit", "model", "workload", "seq_len", "batch", "device", "new_tokens", "options", "backend",
     "precision", "status",
     "reason", "tokens_per_s", "stock_precision", "stock_tokens_per_s", "speedup", "speedup_ci_low",
-    "speedup_ci_high", "speedup_basis", "paired_stock_tokens_per_s", "noise", "noise_reasons",
+    "speedup_ci_high", "speedup_basis", "paired_stock_tokens_per_s", "noise", "noise_reasons", "plan", "world_size",
     "peak_allocated_bytes", "stock_peak_allocated_bytes", "peak_memory_change", "energy_per_token_j",
     "stock_energy_per_token_j", "mfu_vs_precision_peak", "mfu_vs_bf16_peak", "parity", "parity_cases",
     "parity_model", "flagged",
@@ -40,7 +40,8 @@ _METRICS = {"metrics.tokens_per_s": "tokens_per_s", "metrics.peak_allocated_byte
             "mfu_vs_precision_peak", "metrics.mfu_vs_bf16_peak": "mfu_vs_bf16_peak",
             "paired.speedup": "paired_speedup", "paired.speedup_ci_low": "paired_ci_low",
             "paired.speedup_ci_high": "paired_ci_high", "paired.baseline_tokens_per_s": "paired_stock_tokens_per_s"}
-_KEPT = {"stats.samples_s": "samples_s", "noise.noisy": "noisy", "noise.reasons": "noise_reasons"} | {
+_KEPT = {"stats.samples_s": "samples_s", "noise.noisy": "noisy", "noise.reasons": "noise_reasons",
+         "distributed.plan": "plan", "rank.world_size": "world_size"} | {
     f"paired.phases.{phase}.baseline_samples": f"{phase.removesuffix('_s')}_stock_samples" for phase in DECODE_PHASES}
 # Decode cells' figures (schema 3): inference metrics, and the paired TTFT / TPOT ratios with their CIs.
 _DECODE = {f"metrics.{name}": name for name in DECODE_METRICS} | {
@@ -60,6 +61,8 @@ def latest_cells(bench: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows["run_id"] == rows["newest_run"]].drop(columns="newest_run")
     if "rank.world_size" in rows and (rows["rank.world_size"].fillna(1) > 1).any():
         rows = merge_ranks(rows)
+    for column, single in (("distributed.plan", None), ("rank.world_size", 1)):
+        rows[column] = rows[column].fillna(single) if column in rows else single
     cells = rows.rename(columns={c: c.removeprefix("cell.") for c in CELL_COLUMNS} | _METRICS | _KEPT | _DECODE)
     keep = ["machine", "sha", "commit", *(c.removeprefix("cell.") for c in CELL_COLUMNS), "status", "reason",
             *_METRICS.values(), *_KEPT.values(), *_DECODE.values()]
@@ -76,8 +79,10 @@ def _with_sha(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def merge_ranks(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per run and cell: throughput and energy summed over the ranks, peaks per GPU (as
-    teswap.store.ranks.aggregate_ranks merges them); a run missing a rank becomes status "error"."""
+    """One row per run and cell, merged by teswap.store.ranks.aggregate_ranks: all tokens over the slowest
+    rank's time, the largest peak, energy summed; a run missing a rank becomes status "error". A launch
+    whose ranks were synchronised keeps its paired speedup (its samples are the slowest rank's per step);
+    an older one's per-rank rounds are not the launch's, so its speedup is the ratio of merged rates."""
     merged = []
     for _, group in rows.groupby(["machine", "sha", "run_id", *CELL_COLUMNS], dropna=False, sort=False):
         first = group.iloc[0].copy()
@@ -87,27 +92,36 @@ def merge_ranks(rows: pd.DataFrame) -> pd.DataFrame:
             except ValueError as err:
                 first["status"], first["reason"] = "error", str(err)
             else:
-                for name in ("tokens_per_s", "peak_allocated_bytes", "energy_per_token_j"):
+                for name in ("tokens_per_s", "peak_allocated_bytes", "energy_per_token_j", "mfu_vs_precision_peak",
+                             "mfu_vs_bf16_peak"):
                     first[f"metrics.{name}"] = total["metrics"][name]
-                for name in ("mfu_vs_precision_peak", "mfu_vs_bf16_peak"):  # per-GPU utilisation: the mean
-                    first[f"metrics.{name}"] = pd.to_numeric(group[f"metrics.{name}"], errors="coerce").mean()
-                # One rank's samples or rounds are not the launch's: its speedup is the ratio of summed
-                # throughputs, unpaired, without an interval.
-                for column in ("stats.samples_s", *(c for c in _METRICS if c.startswith("paired."))):
-                    first[column] = None
+                first["distributed.plan"] = total["plan"]
+                if total["paired"] is not None and _present(first.get("paired.baseline_tokens_per_s")):
+                    first["paired.baseline_tokens_per_s"] = total["paired"]["baseline_tokens_per_s"] * total["dp_size"]
+                if total["paired"] is None:
+                    for column in ("stats.samples_s", *(c for c in _METRICS if c.startswith("paired."))):
+                        first[column] = None
         merged.append(first)
     return pd.DataFrame(merged)
 
 
 def _as_record(row: pd.Series) -> dict:
     """The nested fields aggregate_ranks reads, back from a flat row."""
-    metrics = {c.removeprefix("metrics."): None if pd.isna(v) else v for c, v in row.items()
+    def plain(value: Any) -> Any:
+        return value if isinstance(value, list) or not pd.isna(value) else None
+
+    metrics = {c.removeprefix("metrics."): plain(v) for c, v in row.items()
                if isinstance(c, str) and c.startswith("metrics.")}
+    launch = {c.removeprefix("distributed."): plain(v) for c, v in row.items()
+              if isinstance(c, str) and c.startswith("distributed.") and c.count(".") == 1}
     world = row.get("rank.world_size")
     rank = {} if pd.isna(world) else {"rank": int(row["rank.rank"]), "world_size": int(world)}
     stats = None if pd.isna(row.get("stats.median_s")) else {"median_s": row["stats.median_s"]}
+    paired = ({"speedup": row.get("paired.speedup"), "baseline_tokens_per_s": row.get("paired.baseline_tokens_per_s")}
+              if _present(row.get("paired.speedup")) else None)
     return {"kind": "bench", "status": row["status"], "run_id": row["run_id"], "rank": rank, "stats": stats,
-            "cell": {c.removeprefix("cell."): row[c] for c in CELL_COLUMNS}, "metrics": metrics}
+            "cell": {c.removeprefix("cell."): row[c] for c in CELL_COLUMNS}, "metrics": metrics,
+            "distributed": {k: v for k, v in launch.items() if v is not None} or None, "paired": paired}
 
 
 def parity_verdicts(parity: pd.DataFrame) -> pd.DataFrame:

@@ -48,6 +48,7 @@ class BenchRecord:
     noise: dict[str, Any] | None = None  # the noise guard's verdict: noisy, reasons, figures, attempts
     clocks: dict[str, Any] | None = None  # GPU clocks, temperature and clock event reasons while timed
     decode: dict[str, Any] | None = None  # a decode cell's per-generation phases and per-token latencies
+    distributed: dict[str, Any] | None = None  # a torchrun launch: plan, mesh, every rank's identity and times
 
     def __post_init__(self) -> None:
         if self.status not in BENCH_STATUSES:
