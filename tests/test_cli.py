@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -86,6 +87,27 @@ def test_run_fails_with_exit_1_when_the_swap_is_corrupted(capsys, tmp_path):
         assert main(["run", "--model", "tiny", "--out", str(tmp_path), "--skip-bench", "--precision", "fp32"]) == 1
     assert any(tmp_path.glob("*/*.jsonl"))  # --out: the old name of --results
     assert "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_replicas_launch_checks_whole_pairs_on_every_rank_and_stores_the_verdict_once(rank, tmp_path):
+    """Under --parallel replicas every rank holds the whole pair, so `run` gives it the full check (FP8 included,
+    never the sharded check's FP8 refusal); rank 0 alone stores it, so the merged speed has one verdict."""
+    from teswap.distributed.launch import Parallel
+    from teswap.job.plan import plan_run
+    from teswap.job.run import run_job
+    from teswap.store.runs import load_records
+
+    parallel = replace(Parallel.single(), world_size=2, rank=rank, dp_size=2)  # no process group: nothing to gather
+    plan = plan_run(model="tiny", backend="torch", precisions=["fp32", "fp8-current"], seq_lens=[16], batches=[1],
+                    device="cpu", results=tmp_path)
+    assert run_job(plan, bench=False, parallel=parallel) == 0
+    records = load_records(tmp_path, kind="parity")
+    if rank == 0:
+        assert sorted(r["case"]["precision"] for r in records) == ["fp32", "fp8-current"]
+        assert all(r["status"] == "passed" and r["policy"]["name"] != "sharded" for r in records)
+    else:
+        assert records == []
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -184,6 +184,40 @@ def test_ranks_of_a_torchrun_launch_merge_and_device_index_does_not_hide_parity(
     assert row.parity == "failed" and row.flagged
 
 
+def test_a_sharded_speed_takes_only_the_verdict_of_its_own_plan(tmp_path):
+    """A tensor-parallel launch's speed stands beside the tp check's verdict; a whole-model check (one process or
+    replicas) says nothing of the shards, and a failed tp check does not mark the one-process speed."""
+    from report_synthetic import bench_fields, parity_fields, provenance
+    from teswap.store.ranks import RankInfo
+
+    rng = np.random.default_rng(6)
+    sha, when = fake_sha(10), "2026-05-03T10:00:00+00:00"
+    single = open_run(tmp_path, provenance(sha, when))
+    for backend in ("stock", "te"):
+        single.append("bench", bench_fields(rng, "llama3-8b", "prefill", backend, "bf16", 1024))
+    single.append("parity", parity_fields("llama3-8b", "te", "bf16", 512, passed=True))  # checked whole
+    for rank in range(2):
+        writer = open_run(tmp_path, provenance(sha, when), rank=RankInfo(rank=rank, world_size=2, local_rank=rank,
+                                                                         run_id="tp-launch"))
+        for backend in ("stock", "te"):
+            fields = bench_fields(rng, "llama3-8b", "prefill", backend, "bf16", 1024)
+            writer.append("bench", {**fields, "distributed": {"plan": "tp", "world_size": 2, "dp_size": 1,
+                                                              "tp_size": 2}})
+    frame = load_frame(tmp_path)
+    by_plan = comparison_table(bench_frame(frame), parity_frame(frame)).set_index("plan", drop=False)
+    assert by_plan.loc["tp", "parity"] == "untested"  # the whole-model verdict does not stand for the shards
+    assert by_plan.loc[by_plan["plan"].isna()].iloc[0]["parity"] == "passed"
+    tp_case = parity_fields("llama3-8b", "te", "bf16", 512, passed=False)
+    writer.append("parity", {**tp_case, "case": {**tp_case["case"], "parallel": "tp", "world_size": 2}})
+    frame = load_frame(tmp_path)
+    table = comparison_table(bench_frame(frame), parity_frame(frame))
+    tp, whole = table[table["plan"] == "tp"].iloc[0], table[table["plan"].isna()].iloc[0]
+    assert (tp["parity"], tp["parity_cases"], bool(tp["flagged"])) == ("failed", "0/1", True)
+    assert (whole["parity"], whole["parity_cases"]) == ("passed", "1/1")
+    shown = formats.to_markdown(display.parity_cases_table(parity_table(parity_frame(frame))))
+    assert "te (tp ×2)" in shown
+
+
 def test_parity_on_cuda_matches_bench_cells_on_cuda_0(tmp_path):
     from report_synthetic import bench_fields, parity_fields, provenance
 

@@ -66,11 +66,43 @@ def test_replicas_bench_times_ranks_together_and_the_report_merges_them(tmp_path
     assert main(["report", "--results", str(tmp_path), "--format", "csv"]) == 0
 
 
+def test_run_under_tp_publishes_its_sharded_verdict_beside_the_merged_speed(tmp_path):
+    """`teswap run --parallel tp`: the sharded check stored once (rank 0, worst over the ranks, both ranks' identity),
+    both ranks' paired cells, and the published row: tokens of the tensor-parallel ranks not summed, the tp
+    verdict beside the speed."""
+    from teswap.reporting.frame import bench_frame, load_frame, parity_frame
+    from teswap.reporting.tables import comparison_table
+
+    done = torchrun(2, "run", "--parallel", "tp", "--model", "tiny", "--backend", "torch", "--precision", "fp32",
+                    "--seq-lens", "16", "--batch", "1", "--results", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (parity,) = load_records(tmp_path, kind="parity")
+    assert parity["status"] == "passed" and parity["case"]["parallel"] == "tp" and parity["case"]["world_size"] == 2
+    assert parity["rank"]["rank"] == 0 and [r["rank"] for r in parity["distributed"]["ranks"]] == [0, 1]
+    assert parity["verdict_rows"] and all(row["error"] <= row["bound"] for row in parity["verdict_rows"])
+    bench = [r for r in load_records(tmp_path, kind="bench") if r["cell"]["workload"] == "prefill"]
+    assert sorted((r["rank"]["rank"], r["cell"]["backend"]) for r in bench) == [
+        (0, "stock"), (0, "torch"), (1, "stock"), (1, "torch")]
+    assert all(r["distributed"]["plan"] == "tp" and r["distributed"]["tp_size"] == 2 for r in bench)
+    frame = load_frame(tmp_path)
+    table = comparison_table(bench_frame(frame), parity_frame(frame))
+    row = table[table["workload"] == "prefill"].iloc[0]
+    swapped = next(r for r in bench if r["cell"]["backend"] == "torch")
+    slowest = swapped["stats"]["median_s"]
+    assert row["tokens_per_s"] == pytest.approx(swapped["distributed"]["tokens_per_step"] / slowest)  # not x2
+    assert (row["plan"], row["world_size"], row["parity"], row["parity_cases"]) == ("tp", 2, "passed", "1/1")
+    published = (tmp_path / "report" / "results.md").read_text()
+    assert "torch (tp ×2)" in published and "passed 1/1" in published and "untested" not in published
+
+
 def _check(nproc: int, plan: str, tmp_path: Path, *extra: str) -> dict:
-    out = tmp_path / "check.json"
-    done = torchrun(nproc, "check", "--parallel", plan, "--seq-len", "16", "--json", str(out), *extra)
+    out, store = tmp_path / "check.json", tmp_path / "results"
+    done = torchrun(nproc, "check", "--parallel", plan, "--seq-len", "16", "--json", str(out),
+                    "--results", str(store), *extra)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "verdict: PASS" in done.stdout
+    (record,) = load_records(store, kind="parity")  # rank 0 alone stores the worst over the ranks
+    assert record["distributed"]["plan"] == plan and record["distributed"]["world_size"] == nproc
     return json.loads(out.read_text())
 
 

@@ -73,6 +73,15 @@ def _sharded(args: argparse.Namespace) -> int:
         print(result.text())
         if args.json and parallel.rank == 0:
             args.json.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=True))
+        if not args.no_record and parallel.rank == 0:  # the rows are the worst over the ranks already
+            from teswap.store.provenance import capture_provenance
+            from teswap.store.runs import open_run
+
+            case = {"model": args.model, "backend": args.backend, "precision": args.precision,
+                    "device": str(parallel.device), "seq_len": args.seq_len, "batch": args.batch, "seed": args.seed}
+            writer = open_run(args.results, capture_provenance())
+            writer.write(result.record(case))
+            print(f"record: {writer.path}")
         return 0 if result.passed else 1
 
 

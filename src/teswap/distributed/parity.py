@@ -31,12 +31,16 @@ from torch import nn
 
 from teswap.distributed.checkpoint import load_pair, local_differences, save_pair
 from teswap.distributed.launch import LaunchError, Parallel
+from teswap.distributed.provenance import gather_launch
 from teswap.distributed.sharding import AuditError, audit, shard_pair
 from teswap.distributed.sync import RankSync
 from teswap.distributed.tensor_parallel import tp_sharded_names
 from teswap.precision.table import get_precision
+from teswap.store.provenance import capture_provenance
+from teswap.store.records import ParityRecord
 from teswap.swap.pair import Pair, build_pair
 
+SHARDED_POLICY = "sharded"  # the bounds below: the plan within PLAN_TOLERANCE, the swap within 2x its unsharded error
 # Relative bound on what sharding itself may change (reduction order of the plan's collectives), by model dtype.
 PLAN_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
@@ -77,6 +81,19 @@ class ShardedParity:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "distributed": self.launch, "audit": self.audit,
                 "rows": [row.to_dict() for row in self.rows]}
+
+    def record(self, case: dict[str, Any]) -> ParityRecord:
+        """The check as a parity record (rank 0 writes it: its rows are already the worst over the ranks), so a
+        published speed under this plan has its verdict beside it. `case`: model, backend, precision, device,
+        seq_len, batch, seed as teswap.parity.case names them; the plan and world size are added."""
+        failed = [row.what for row in self.rows if not row.passed]
+        launch = {k: v for k, v in self.launch.items() if k not in ("rank", "local_rank")}
+        return ParityRecord(
+            case={**case, "parallel": self.launch["plan"], "world_size": self.launch["world_size"]},
+            status="passed" if self.passed else "failed", passed=self.passed,
+            reason=f"sharded: {'; '.join(failed)} over its bound" if failed else None,
+            policy={"name": SHARDED_POLICY, "version": 1}, metrics=None, first_divergent_layer=None,
+            verdict_rows=[row.to_dict() for row in self.rows], distributed={**launch, "audit": self.audit})
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -157,7 +174,9 @@ def check_sharded(source: Any, *, parallel: Parallel, backend: str = "torch", pr
     pair.stock.train(), pair.swapped.train()
     ids = _inputs(pair.config, batch, seq_len, seed, parallel.device)
     sharded = _sharded_copy(pair, parallel)
-    result = ShardedParity(launch={**parallel.describe(), "dp_size": parallel.dp_size, "tp_size": parallel.tp_size},
+    launch = gather_launch(parallel, capture_provenance()).fields  # every rank's identity; mixed versions refused
+    result = ShardedParity(launch=launch or {**parallel.describe(), "dp_size": parallel.dp_size,
+                                            "tp_size": parallel.tp_size},
                            audit=audit(sharded, parallel))
     full_stock, full_stock_norms = _run(pair.stock, ids)
     full_swapped, full_swapped_norms = _run(pair.swapped, ids)

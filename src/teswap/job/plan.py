@@ -61,10 +61,12 @@ class RunPlan:
     def parity_model(self) -> str:
         return self.parity_models[0] if self.parity else "none"
 
-    def describe(self) -> str:
+    def describe(self, launch: str = "") -> str:
+        """The plan's line (`launch`, e.g. "--parallel tp on 2 ranks", appended to it), then why each default."""
+        why = "; ".join(self.reasons) or "every choice given by a flag"
         return (f"device={self.device} parity model={','.join(self.parity_models)} bench model="
                 f"{','.join(self.sweep.models)} backends={','.join(self.backends)} precisions="
-                f"{','.join(self.precisions)} results={self.results}\n  why: {'; '.join(self.reasons)}")
+                f"{','.join(self.precisions)} results={self.results}{'; ' + launch if launch else ''}\n  why: {why}")
 
 
 def plan_run(*, model: str | None, backend: str | None, precisions: list[str] | None, seq_lens: list[int] | None,

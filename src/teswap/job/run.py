@@ -25,16 +25,26 @@ from teswap.swap.pair import Pair, build_pair
 def run_job(plan: RunPlan, *, bench: bool = True, parallel: Parallel | None = None) -> int:
     """0 when every parity case that ran passed and no benchmark cell errored; 1 otherwise; 130 interrupted.
 
-    Under a torchrun launch (`parallel`): parity is the sharded check of each planned model, backend and model
-    dtype (teswap.distributed.parity: plan exact, swap under sharding; printed, not yet stored), the sweep runs
+    Under a torchrun launch (`parallel`): replicas run the full check of whole pairs on every rank (rank 0 stores
+    it); sharded plans the sharded check of each planned model, backend and model dtype
+    (teswap.distributed.parity: plan exact, swap under sharding; rank 0 stores it). The sweep runs
     on every rank with the pair sharded by the plan, and rank 0 renders the report."""
     provenance = capture_provenance()
-    print(f"teswap run: {plan.describe()}" + (f"; --parallel {parallel.plan} on {parallel.world_size} ranks"
-                                              if parallel else ""))
+    launch = f"--parallel {parallel.plan} on {parallel.world_size} ranks" if parallel else ""
+    print(f"teswap run: {plan.describe(launch)}")
     _print_environment(provenance)
-    writer = open_run(plan.results, provenance)
-    parity_ok = _run_parity(plan, writer) if parallel is None else _run_sharded_parity(plan, parallel)
-    bench_code = _run_bench(plan, provenance, None if parallel else writer.run_id, parallel) if bench else 0
+    run_id = None
+    if parallel is not None:  # rank 0's run id on every rank: the parity file and the sweep's ranks share it
+        from teswap.distributed.provenance import gather_launch
+
+        shared = gather_launch(parallel, provenance)
+        provenance, run_id = shared.provenance, shared.run_id
+    writer = open_run(plan.results, provenance, run_id)
+    if parallel is None or parallel.plan == "replicas":  # whole pairs: the full check, every rank the same work
+        parity_ok = _run_parity(plan, writer if parallel is None or parallel.rank == 0 else None)
+    else:
+        parity_ok = _run_sharded_parity(plan, parallel, writer)
+    bench_code = _run_bench(plan, provenance, writer.run_id, parallel) if bench else 0
     if bench_code == 130:
         return 130
     if bench and (parallel is None or parallel.rank == 0):  # the published table, with parity beside each cell
@@ -51,8 +61,9 @@ def _print_environment(provenance: Provenance) -> None:
           f"{(provenance.git.sha or 'none')[:7]}{'-dirty' if provenance.git.dirty else ''}")
 
 
-def _run_parity(plan: RunPlan, writer: RunWriter) -> bool:
-    """Every planned case, in order (each model's pair built once per dtype); skipped ones recorded with why."""
+def _run_parity(plan: RunPlan, writer: RunWriter | None) -> bool:
+    """Every planned case, in order (each model's pair built once per dtype); skipped ones recorded with why
+    (`writer` None: checked, not stored, as on the ranks of a replicas launch other than 0)."""
     threads = parity_threads(plan.device)
     if threads is not None:
         print(f"\nparity threads: {threads} of {os.cpu_count()} cores (1-min load {os.getloadavg()[0]:.1f})")
@@ -70,7 +81,7 @@ def parity_threads(device: str) -> int | None:
     return max(1, min(torch.get_num_threads(), free_cores))
 
 
-def _run_cases(plan: RunPlan, writer: RunWriter) -> bool:
+def _run_cases(plan: RunPlan, writer: RunWriter | None) -> bool:
     all_passed, pairs, model = True, PairCache(), None
     for planned in plan.parity:
         case = planned.case
@@ -79,11 +90,13 @@ def _run_cases(plan: RunPlan, writer: RunWriter) -> bool:
             print(_parity_header(case))
             print(summary_header())
         if planned.skip:
-            writer.write(ParityRecord.skipped(case.as_dict(), planned.skip))
+            if writer is not None:
+                writer.write(ParityRecord.skipped(case.as_dict(), planned.skip))
             print(f"  {case.backend:8} {case.precision:12} {'skipped':6} {planned.skip}")
             continue
         report = run_parity_case(case, pair=pairs.pair_for(case), references=pairs.references)
-        writer.write(report.record())
+        if writer is not None:
+            writer.write(report.record())
         all_passed &= report.passed
         print(summary_row(report))
     return all_passed
@@ -118,29 +131,43 @@ class PairCache:
         return self.pair
 
 
-def _run_sharded_parity(plan: RunPlan, parallel: Parallel) -> bool:
-    """The sharded check once per planned model, backend and model dtype (FP8 cases: not under sharding yet)."""
-    from teswap.distributed.parity import check_sharded
+def _run_sharded_parity(plan: RunPlan, parallel: Parallel, writer: RunWriter) -> bool:
+    """The sharded check once per planned model, backend and model dtype; rank 0 stores a parity record for each
+    planned case (its rows are the worst over the ranks), so every speed the sweep publishes has a verdict beside
+    it. FP8 cases are stored as skipped, with why."""
+    from teswap.distributed.parity import ShardedParity, check_sharded
 
-    passed, seen = True, set()
+    passed = True
+    results: dict[tuple, ShardedParity] = {}
     for planned in plan.parity:
         case = planned.case
         precision = get_precision(case.precision)
-        key = (case.source_name, case.backend, precision.model_dtype)
-        if planned.skip or precision.is_fp8 or key in seen:
-            if precision.is_fp8 and not planned.skip:
-                print(f"  {case.backend:8} {case.precision:12} skipped: FP8 parity under sharding waits for TE's "
-                      "amax groups on GPUs (docs/distributed.md)")
+        seq_len = min(case.seq_len, 64)
+        stored = {"model": case.source_name, "backend": case.backend, "precision": case.precision,
+                  "device": str(parallel.device), "seq_len": seq_len, "batch": case.batch, "seed": case.seed,
+                  **({"stands_for": case.stands_for} if case.stands_for else {})}
+        skip = planned.skip or (FP8_UNDER_SHARDING if precision.is_fp8 else None)
+        if skip:
+            print(f"  {case.backend:8} {case.precision:12} skipped: {skip}")
+            if parallel.rank == 0:
+                writer.write(ParityRecord.skipped({**stored, "parallel": parallel.plan,
+                                                   "world_size": parallel.world_size}, skip))
             continue
-        seen.add(key)
-        result = check_sharded(case.source, parallel=parallel, backend=case.backend, precision=case.precision,
-                               seq_len=min(case.seq_len, 64), batch=case.batch, seed=case.seed)
-        print(f"\n{case.source_name} {case.backend}/{case.precision}: {result.text()}")
-        passed &= result.passed
+        key = (case.source_name, case.backend, precision.model_dtype)
+        if key not in results:
+            results[key] = check_sharded(case.source, parallel=parallel, backend=case.backend,
+                                         precision=case.precision, seq_len=seq_len, batch=case.batch, seed=case.seed)
+            print(f"\n{case.source_name} {case.backend}/{case.precision}: {results[key].text()}")
+        if parallel.rank == 0:
+            writer.write(results[key].record(stored))
+        passed &= results[key].passed
     return passed
 
 
-def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str | None, parallel: Parallel | None = None) -> int:
+FP8_UNDER_SHARDING = "FP8 parity under sharding waits for TE's amax groups on GPUs (docs/distributed.md)"
+
+
+def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str, parallel: Parallel | None = None) -> int:
     from teswap.benchmark.progress import NullProgress, TqdmProgress
     from teswap.benchmark.summary import summary_legend, summary_table
     from teswap.benchmark.sweep import run_sweep
@@ -149,7 +176,7 @@ def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str | None, parall
     print(f"\nbenchmarks: {describe(spec)}")
     progress = TqdmProgress() if parallel is None or parallel.rank == 0 else NullProgress()
     result = run_sweep(spec, results_root=plan.results, provenance=provenance, progress=progress,
-                       run_id=f"{run_id}-bench" if run_id else None, parallel=parallel)
+                       run_id=f"{run_id}-bench", parallel=parallel)
     records = [result.records[key] for key in result.keys if key in result.records]
     print(summary_table(records))
     print(summary_legend(records))

@@ -45,8 +45,9 @@ def decode_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) -> pd.
         return empty_decode_table()
     cells = latest_cells(decode_rows).rename(columns={"noise_reasons": "own_noise_reasons"})
     comparison = comparison_table(decode_rows, parity)
-    table = cells.merge(comparison.rename(columns={"commit": "_commit"})[
-        [*(c for c in CELL if c != "sha"), *FROM_COMPARISON]], on=[c for c in CELL if c != "sha"], how="left")
+    key = [*(c for c in CELL if c != "sha"), "plan", "world_size"]
+    table = cells.merge(comparison.rename(columns={"commit": "_commit"})[[*key, *FROM_COMPARISON]], on=key,
+                        how="left")
     stock = table["backend"] == "stock"
     table.loc[stock, "noise"] = [_own_noise(row) for _, row in table[stock].iterrows()]
     table.loc[stock, "noise_reasons"] = ["; ".join(r) if isinstance(r, list) else ""

@@ -161,7 +161,9 @@ def parity_cases_table(parity: pd.DataFrame) -> Table:
             f"{_pair(row, 'greedy_tokens', '{:.1f}')} of {int(row['greedy_new_tokens'])}"
         ppl = MISSING if _missing(row["swapped_perplexity"]) else \
             f"{_pair(row, 'perplexity', '{:.2f}')} ({number(row['reference_perplexity'], '{:.2f}')})"
-        rows.append([Cell(str(row["model"])), Cell(str(row["backend"])), Cell(str(row["precision"])),
+        world = row.get("world_size")
+        backend = str(row["backend"]) + ("" if _missing(world) else f" ({row['parallel']} ×{int(world)})")
+        rows.append([Cell(str(row["model"])), Cell(backend), Cell(str(row["precision"])),
                      Cell(str(row["seq_len"]), numeric=True), Cell(str(row["batch"]), numeric=True),
                      Cell(_pair(row, "rel_rms", "{:.2e}"), numeric=True),
                      Cell(_pair(row, "robust_rel", "{:.2e}"), numeric=True),

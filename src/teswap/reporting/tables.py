@@ -48,13 +48,15 @@ _DECODE = {f"metrics.{name}": name for name in DECODE_METRICS} | {
     f"paired.phases.{phase}.{part}": f"{phase.removesuffix('_s')}_{part}"
     for phase in DECODE_PHASES for part in ("ratio", "ci_low", "ci_high")}
 STEADY, NOISY, UNCHECKED = "steady", "noisy", "unchecked"
-_JOIN = ["machine", "sha", "model", "workload", "seq_len", "batch", "device", "new_tokens"]
+_JOIN = ["machine", "sha", "model", "workload", "seq_len", "batch", "device", "new_tokens", "plan", "world_size"]
 
 
 def latest_cells(bench: pd.DataFrame) -> pd.DataFrame:
-    """The newest run's record of every cell per machine and commit (its ranks merged when it ran
-    under torchrun), with short column names."""
-    key = ["machine", "sha", *CELL_COLUMNS]
+    """The newest run's record of every cell per machine, commit and launch (plan and world size: one process
+    and a tensor-parallel launch of the same cell are two rows), its ranks merged when it ran under torchrun,
+    with short column names."""
+    launches = [c for c in ("distributed.plan", "rank.world_size") if c in bench]  # a plan's cell is its own
+    key = ["machine", "sha", *CELL_COLUMNS, *launches]
     ordered = _with_sha(bench).sort_values("utc_time")
     newest_run = ordered.groupby(key, dropna=False)["run_id"].last().rename("newest_run").reset_index()
     rows = ordered.merge(newest_run, on=key, how="left")
@@ -128,18 +130,29 @@ def parity_verdicts(parity: pd.DataFrame) -> pd.DataFrame:
     """Per machine, commit, model, backend, precision and device type: the worst status, n passed / n, and the
     model the verdict was measured on (`parity_model`): the model itself, or where its own case could not run
     (teswap run plans one that fits), the smaller model whose case says it stands for it."""
-    columns = ["machine", "sha", "model", "backend", "precision", "device", "parity", "parity_cases", "parity_model"]
+    columns = ["machine", "sha", "model", "backend", "precision", "device", "sharding", "parity", "parity_cases",
+               "parity_model"]
     if parity is None or parity.empty:
         return pd.DataFrame(columns=columns)
     cases = _with_sha(parity).rename(columns={f"case.{c}": c for c in ("model", "backend", "precision", "device")})
-    cases = cases.assign(device=cases["device"].map(_device_type), parity_model=cases["model"])
-    rows = _verdict_rows(cases, columns[:6])
+    plans = cases["case.parallel"] if "case.parallel" in cases else pd.Series(None, index=cases.index, dtype=object)
+    cases = cases.assign(device=cases["device"].map(_device_type), parity_model=cases["model"],
+                         sharding=plans.map(sharding))
+    key = columns[:7]
+    rows = _verdict_rows(cases, key)
     if "case.stands_for" in cases:
-        own = {row[:6] for row in rows}
+        own = {row[:7] for row in rows}
         standing = cases[cases["case.stands_for"].notna()]
-        borrowed = _verdict_rows(standing.assign(model=standing["case.stands_for"]), columns[:6])
-        rows += [row for row in borrowed if row[:6] not in own]  # a model's own verdict wins over a stand-in's
+        borrowed = _verdict_rows(standing.assign(model=standing["case.stands_for"]), key)
+        rows += [row for row in borrowed if row[:7] not in own]  # a model's own verdict wins over a stand-in's
     return pd.DataFrame(rows, columns=columns)
+
+
+def sharding(plan: object) -> str:
+    """What a verdict must have been measured under to stand beside a speed of `plan`: a whole model (one
+    process or replicas: each rank holds all of it) or that sharded plan itself (fsdp, tp, fsdp+tp), never
+    another: a swap checked whole says nothing of its tensor-parallel shards."""
+    return "whole" if plan is None or pd.isna(plan) or plan == "replicas" else str(plan)
 
 
 def _verdict_rows(cases: pd.DataFrame, key: list[str]) -> list[tuple]:
@@ -175,7 +188,9 @@ def comparison_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) ->
     table["peak_memory_change"] = table["peak_allocated_bytes"] / table["stock_peak_allocated_bytes"] - 1
     verdicts = parity_verdicts(parity).rename(columns={"device": "device_type"})
     table["device_type"] = table["device"].map(_device_type)
-    table = table.merge(verdicts, how="left", on=["machine", "sha", "model", "backend", "precision", "device_type"])
+    table["sharding"] = table["plan"].map(sharding)
+    table = table.merge(verdicts, how="left",
+                        on=["machine", "sha", "model", "backend", "precision", "device_type", "sharding"])
     table["parity"] = table["parity"].fillna(UNTESTED)
     table["parity_cases"] = table["parity_cases"].fillna("0/0")
     table["parity_model"] = table["parity_model"].fillna(table["model"])
@@ -244,8 +259,8 @@ PARITY_FIGURES = {
     "greedy_prompts": "generation.prompts",
 }
 PARITY_TABLE_COLUMNS = ["machine", "commit", "model", "backend", "precision", "seq_len", "batch", "device",
-                        "fuse_qkv", "seed", "policy", "status", "precision_verdict", *PARITY_FIGURES,
-                        "first_divergent_layer", "inputs", "reason"]
+                        "fuse_qkv", "seed", "parallel", "world_size", "policy", "status", "precision_verdict",
+                        *PARITY_FIGURES, "first_divergent_layer", "inputs", "reason"]
 
 
 def parity_table(parity: pd.DataFrame) -> pd.DataFrame:
@@ -260,7 +275,7 @@ def parity_table(parity: pd.DataFrame) -> pd.DataFrame:
                        for name, version in zip(table["policy.name"], table["policy.version"], strict=True)]
     for column, source in PARITY_FIGURES.items():
         table[column] = pd.to_numeric(table[source], errors="coerce") if source in table else np.nan
-    for column in ("precision_verdict", "inputs"):
+    for column in ("precision_verdict", "inputs", "parallel", "world_size"):  # parallel: a sharded check's plan
         if column not in table:
             table[column] = None
     table = table.sort_values(["machine", "model", "backend", "precision", "seq_len", "batch"])

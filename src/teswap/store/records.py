@@ -88,6 +88,7 @@ class ParityRecord:
     inputs: str | None = None  # what the models were fed (real text and its corpus digest, or random ids)
     recipe: dict[str, Any] | None = None  # the swapped model's FP8 recipe, every field as its backend holds it
     routing: dict[str, Any] | None = None  # MoE families: routing agreement, flips, tokens per expert, aux loss
+    distributed: dict[str, Any] | None = None  # a sharded check: the launch (plan, world size, mesh) and its audit
 
     def __post_init__(self) -> None:
         if self.status not in PARITY_STATUSES:
@@ -103,7 +104,8 @@ class ParityRecord:
         """The record's own fields, as the store writes them (optional ones only when set)."""
         data = asdict(self)
         optional = ("reference_dtype", "layer_errors", "worst_grad", "verdict_rows", "skipped_bounds",
-                    "precision_verdict", "precision_rows", "perplexity", "generation", "inputs", "recipe", "routing")
+                    "precision_verdict", "precision_rows", "perplexity", "generation", "inputs", "recipe", "routing",
+                    "distributed")
         return {key: value for key, value in data.items() if key not in optional or value is not None}
 
     @classmethod
