@@ -238,7 +238,7 @@ def _decode_times(variant: tuple[str, str, str], seq_len: int, batch: int) -> tu
 
 def _generations(rng, variant, seq_len, batch, new_tokens, factors) -> list[list[list[float]]]:
     """Per round, two generations' timings each (step_timings of their marks)."""
-    from teswap.benchmark.decode_metrics import step_timings
+    from teswap.benchmark.decode.metrics import step_timings
 
     ttft_s, tpot_s = _decode_times(variant, seq_len, batch)
     return [[step_timings(decode_marks(rng, ttft_s, tpot_s, new_tokens, f)) for _ in range(2)] for f in factors]
@@ -252,8 +252,8 @@ def decode_bench_fields(rng: np.random.Generator, model: str, variant: tuple[str
                         batch: int, new_tokens: int, rounds: int = 6) -> dict:
     """One decode cell's record fields (schema 3): its generations timed in rounds with stock (the options
     stock can run), every metric computed by the real decode_metrics and statistics from token marks."""
-    from teswap.benchmark.decode_metrics import decode_summary
-    from teswap.benchmark.decode_options import option_reason
+    from teswap.benchmark.decode.metrics import decode_summary
+    from teswap.benchmark.decode.options import option_reason
     from teswap.speed_options import stock_options
     from teswap.statistics import paired_ratio
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from support import llama
-from teswap.benchmark.decode import DecodeStep, HFCacheDecoder
-from teswap.benchmark.decode_options import decode_skip_reason
-from teswap.benchmark.decode_setup import prepare_decode
+from teswap.benchmark.decode.options import decode_skip_reason
+from teswap.benchmark.decode.setup import prepare_decode
+from teswap.benchmark.decode.steps import DecodeStep, HFCacheDecoder
 from teswap.benchmark.errors import BenchConfigError
 from teswap.benchmark.noise import NoisePolicy
 from teswap.benchmark.plan import Cell, SweepSpec, plan_cells

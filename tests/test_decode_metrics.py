@@ -1,4 +1,4 @@
-"""Each decode metric's definition, pinned on a synthetic clock (decode_metrics.py, decode.py, mfu.py)."""
+"""Each decode metric's definition, pinned on a synthetic clock (benchmark/decode/metrics.py and steps.py, mfu.py)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from support import MeterOnClock, llama
-from teswap.benchmark.decode import DecodeStep, HFCacheDecoder
-from teswap.benchmark.decode_metrics import decode_summary, percentile, step_timings
+from teswap.benchmark.decode.metrics import decode_summary, percentile, step_timings
+from teswap.benchmark.decode.steps import DecodeStep, HFCacheDecoder
+from teswap.benchmark.decode.token_clock import HostTokenClock
 from teswap.benchmark.mfu import ModelShape, flops_per_token
 from teswap.benchmark.noise import NoisePolicy
 from teswap.benchmark.plan import Cell
 from teswap.benchmark.runner import CellContext, measure_cell
 from teswap.benchmark.timing import PerfCounterTimer, TimingPolicy
-from teswap.benchmark.token_clock import HostTokenClock
 from teswap.swap.pair import build_pair
 
 

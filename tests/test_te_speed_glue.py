@@ -17,8 +17,8 @@ import te_speed_standin
 import te_standin
 from support import llama
 from teswap import build_pair
-from teswap.benchmark.decode import DecodeStep, HFCacheDecoder
-from teswap.benchmark.decode_setup import prepare_decode
+from teswap.benchmark.decode.setup import prepare_decode
+from teswap.benchmark.decode.steps import DecodeStep, HFCacheDecoder
 from teswap.benchmark.te_speed import TEGraphDecoder, fp8_weight_model
 from teswap.benchmark.workloads import autocast_for
 from teswap.hardware.probe import Availability

@@ -4,11 +4,7 @@ One concern per module:
 
     plan.py       SweepSpec, Cell, the cells of a sweep, the default sweep for this hardware
     workloads.py  prefill, training-step and decode callables
-    decode.py     the decode step: a prompt's prefill then exactly N greedy tokens over a KV cache, each marked
-    token_clock.py  when each token exists: CUDA events on a GPU, the host clock on a CPU
-    decode_metrics.py  TTFT, TPOT, inter-token latency percentiles, decode and end-to-end tokens/s
-    decode_options.py  which decode cells cannot run, and why (GPU-only options, TE's FP8 rows rule)
-    decode_setup.py    a decode cell's cache and speed options applied
+    decode/       decode cells: the step, its token clock, TTFT/TPOT metrics, options, setup (decode/__init__.py)
     te_speed.py   TE's calls for the speed options: make_graphed_callables, quantized_model_init
     metrics.py    a finished cell's "metrics" field (throughput, memory, energy, MFU, decode's)
     timing.py     device-synchronised timers, warm-up, the timing policy, a side's statistics

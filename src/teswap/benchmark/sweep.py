@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from teswap.benchmark.decode_options import decode_skip_reason
+from teswap.benchmark.decode.options import decode_skip_reason
 from teswap.benchmark.energy import idle_power_w
 from teswap.benchmark.memory_estimate import estimate_build, estimate_cell, fits, refusal, shape_of
 from teswap.benchmark.mfu import ModelShape

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from teswap.benchmark.decode import Decoder, HFCacheDecoder
+from teswap.benchmark.decode.steps import Decoder, HFCacheDecoder
 from teswap.errors import MappingError, UnsupportedConfigError
 from teswap.families import family_for_config
 from teswap.layers.backends import get_backend

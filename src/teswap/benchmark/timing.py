@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from teswap.benchmark.decode.token_clock import CudaEventTokenClock, HostTokenClock, TokenClock
 from teswap.benchmark.errors import BenchConfigError
-from teswap.benchmark.token_clock import CudaEventTokenClock, HostTokenClock, TokenClock
 
 Step = Callable[[], object]
 Clock = Callable[[], float]

@@ -5,7 +5,7 @@
 - train: forward with labels, backward, AdamW step and zero_grad(set_to_none=True), as TE's te_llama
   tutorial times a fine-tuning step. Weights stay in the model dtype (pure bf16 training on GPUs).
 - decode: a prompt of `seq_len` tokens, then exactly `new_tokens` greedy tokens over the KV cache, each
-  token timed (decode.py; its cache and speed options: decode_setup.py).
+  token timed (decode/steps.py; its cache and speed options: decode/setup.py).
 
 The swapped model runs inside `swapped_autocast(precision, backend)` (FP8 recipes keep bf16 weights);
 the stock model runs plain. Both are eval() for prefill and train() for training; dropout is 0 in both.
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from teswap.benchmark.decode import DecodeStep
-from teswap.benchmark.decode_setup import prepare_decode
+from teswap.benchmark.decode.setup import prepare_decode
+from teswap.benchmark.decode.steps import DecodeStep
 from teswap.benchmark.timing import STEP_TIME, StepTimings, Timer
 from teswap.precision.runtime import calibrate, swapped_autocast
 
@@ -103,7 +103,7 @@ WorkloadStep = PreparedStep | DecodeStep  # what prepare_step returns: call it t
 def prepare_step(workload: str, model: torch.nn.Module, input_ids: torch.Tensor, *, backend: str,
                  precision: str, new_tokens: int = 0, options: str = "") -> WorkloadStep:
     """Bind `workload` to `model`; a DelayedScaling prefill (or decode) is calibrated first so its scales
-    are not 1.0. Decode takes `new_tokens` and its speed `options` (decode_setup.py)."""
+    are not 1.0. Decode takes `new_tokens` and its speed `options` (decode/setup.py)."""
     if workload not in WORKLOADS:
         raise ValueError(f"unknown workload {workload!r}; choose one of {WORKLOADS}")
     autocast = autocast_for(backend, precision)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 BENCH_STATUSES = ("ok", "oom", "error", "skipped")
 PARITY_STATUSES = ("passed", "failed", "skipped", "error")
 # A decode cell's inference metrics, in every bench record's "metrics" (null outside decode cells;
-# definitions in teswap.benchmark.decode_metrics), and the phases a decode step times inside itself,
+# definitions in teswap.benchmark.decode.metrics), and the phases a decode step times inside itself,
 # which a paired record's "paired.phases" gives a ratio and CI each. The benchmark writes these and
 # the reports read them: named once, here.
 DECODE_METRICS = ("ttft_s", "tpot_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "decode_tokens_per_s",

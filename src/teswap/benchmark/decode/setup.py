@@ -1,4 +1,4 @@
-"""A decode cell's step: its cache kind and speed options applied (decode.py, te_speed.py).
+"""A decode cell's step: its cache kind and speed options applied (steps.py, ../te_speed.py).
 
     backend   no options              cuda-graphs                                    + fp8-weights
     stock     DynamicCache            StaticCache, compiled one-token forward        -
@@ -18,8 +18,8 @@ from contextlib import AbstractContextManager as ContextManager
 
 import torch
 
-from teswap.benchmark.decode import Compiler, Decoder, DecodeStep, HFCacheDecoder, reduce_overhead
-from teswap.benchmark.decode_options import option_reason
+from teswap.benchmark.decode.options import option_reason
+from teswap.benchmark.decode.steps import Compiler, Decoder, DecodeStep, HFCacheDecoder, reduce_overhead
 from teswap.errors import UnsupportedConfigError
 from teswap.precision.runtime import calibrate
 from teswap.speed_options import option_names

@@ -5,7 +5,7 @@ gives token 1, then N - 1 forwards of one token each over the cache give tokens 
 criterion runs, so N tokens come out whatever they are (EOS included), and only the model's forward
 and an argmax run per token: HF generate()'s logits processors and stopping checks are not timed. A
 token clock (Timer.token_clock: CUDA events on a GPU, the host clock on a CPU) marks when each token
-exists; `timed()` returns the phases of decode_metrics.py, and the paired rounds give each a ratio and
+exists; `timed()` returns the phases of metrics.py, and the paired rounds give each a ratio and
 a CI. The cache is reset before the clock starts, so its zeroing is not in TTFT.
 
 Caches (the same kind on both sides of a pair):
@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache, StaticCache
 
-from teswap.benchmark.decode_metrics import PHASES, SERIES, decode_summary, step_timings
+from teswap.benchmark.decode.metrics import PHASES, SERIES, decode_summary, step_timings
+from teswap.benchmark.decode.token_clock import TokenClock
 from teswap.benchmark.timing import STEP_TIME, StepTimings, Timer
-from teswap.benchmark.token_clock import TokenClock
 from teswap.layers.hf_inputs import cache_kwarg
 from teswap.layers.te_cache import TEKVCache
 
