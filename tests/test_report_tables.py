@@ -186,7 +186,8 @@ def test_ranks_of_a_torchrun_launch_merge_and_device_index_does_not_hide_parity(
 
 def test_a_sharded_speed_takes_only_the_verdict_of_its_own_plan(tmp_path):
     """A tensor-parallel launch's speed stands beside the tp check's verdict; a whole-model check (one process or
-    replicas) says nothing of the shards, and a failed tp check does not mark the one-process speed."""
+    replicas) says nothing of the shards, nor a tp check on 4 ranks of a 2-rank speed's, and a failed tp check
+    does not mark the one-process speed."""
     from report_synthetic import bench_fields, parity_fields, provenance
     from teswap.store.ranks import RankInfo
 
@@ -209,6 +210,8 @@ def test_a_sharded_speed_takes_only_the_verdict_of_its_own_plan(tmp_path):
     assert by_plan.loc[by_plan["plan"].isna()].iloc[0]["parity"] == "passed"
     tp_case = parity_fields("llama3-8b", "te", "bf16", 512, passed=False)
     writer.append("parity", {**tp_case, "case": {**tp_case["case"], "parallel": "tp", "world_size": 2}})
+    wider = parity_fields("llama3-8b", "te", "bf16", 512, passed=True)  # tp 4 cuts other shards: not this speed's
+    writer.append("parity", {**wider, "case": {**wider["case"], "parallel": "tp", "world_size": 4}})
     frame = load_frame(tmp_path)
     table = comparison_table(bench_frame(frame), parity_frame(frame))
     tp, whole = table[table["plan"] == "tp"].iloc[0], table[table["plan"].isna()].iloc[0]

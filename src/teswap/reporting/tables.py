@@ -135,9 +135,10 @@ def parity_verdicts(parity: pd.DataFrame) -> pd.DataFrame:
     if parity is None or parity.empty:
         return pd.DataFrame(columns=columns)
     cases = _with_sha(parity).rename(columns={f"case.{c}": c for c in ("model", "backend", "precision", "device")})
-    plans = cases["case.parallel"] if "case.parallel" in cases else pd.Series(None, index=cases.index, dtype=object)
+    none = pd.Series(None, index=cases.index, dtype=object)
+    plans, worlds = (cases.get(c, none) for c in ("case.parallel", "case.world_size"))
     cases = cases.assign(device=cases["device"].map(_device_type), parity_model=cases["model"],
-                         sharding=plans.map(sharding))
+                         sharding=[sharding(p, w) for p, w in zip(plans, worlds, strict=True)])
     key = columns[:7]
     rows = _verdict_rows(cases, key)
     if "case.stands_for" in cases:
@@ -148,11 +149,16 @@ def parity_verdicts(parity: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def sharding(plan: object) -> str:
-    """What a verdict must have been measured under to stand beside a speed of `plan`: a whole model (one
-    process or replicas: each rank holds all of it) or that sharded plan itself (fsdp, tp, fsdp+tp), never
-    another: a swap checked whole says nothing of its tensor-parallel shards."""
-    return "whole" if plan is None or pd.isna(plan) or plan == "replicas" else str(plan)
+def sharding(plan: Any, world_size: Any = None) -> str:
+    """What a verdict must have been measured under to stand beside a speed of `plan` on `world_size` ranks: a
+    whole model (one process or replicas: each rank holds all of it) or that sharded plan itself on as many
+    ranks (fsdp, tp, fsdp+tp cut the weights by the world), never another: a swap checked whole says nothing
+    of its tensor-parallel shards, nor one checked at tp 2 of its shards at tp 4."""
+    if plan is None or pd.isna(plan) or plan == "replicas":
+        return "whole"
+    if world_size is None or pd.isna(world_size):
+        return str(plan)
+    return f"{plan} x{int(world_size)}"  # a float column where some records have no launch
 
 
 def _verdict_rows(cases: pd.DataFrame, key: list[str]) -> list[tuple]:
@@ -188,7 +194,7 @@ def comparison_table(bench: pd.DataFrame, parity: pd.DataFrame | None = None) ->
     table["peak_memory_change"] = table["peak_allocated_bytes"] / table["stock_peak_allocated_bytes"] - 1
     verdicts = parity_verdicts(parity).rename(columns={"device": "device_type"})
     table["device_type"] = table["device"].map(_device_type)
-    table["sharding"] = table["plan"].map(sharding)
+    table["sharding"] = [sharding(p, w) for p, w in zip(table["plan"], table["world_size"], strict=True)]
     table = table.merge(verdicts, how="left",
                         on=["machine", "sha", "model", "backend", "precision", "device_type", "sharding"])
     table["parity"] = table["parity"].fillna(UNTESTED)
