@@ -22,6 +22,8 @@ def test_rank_info_reads_torchrun_environment():
     info = rank_info({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "job/42"})
     assert (info.rank, info.world_size, info.local_rank, info.run_id) == (3, 4, 1, "job-42")
     assert info.file_suffix() == "_rank3of4"
+    # torchrun's default id, the same for every launch without --rdzv-id: no id, so two launches never merge
+    assert rank_info({"RANK": "0", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "none"}).run_id is None
     assert rank_info({}).distributed is False and rank_info({}).file_suffix() == ""
     with pytest.raises(ValueError, match="outside WORLD_SIZE"):
         rank_info({"RANK": "4", "WORLD_SIZE": "4"})

@@ -75,13 +75,11 @@ def _sharded(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=True))
         if not args.no_record and parallel.rank == 0:  # the rows are the worst over the ranks already
             from teswap.store.provenance import capture_provenance
-            from teswap.store.ranks import rank_info
-            from teswap.store.runs import new_run_id, open_run
+            from teswap.store.runs import open_run
 
             case = {"model": args.model, "backend": args.backend, "precision": args.precision,
                     "device": str(parallel.device), "seq_len": args.seq_len, "batch": args.batch, "seed": args.seed}
-            own = rank_info().run_id  # torchrun's default id, "none", would join unrelated launches into one run
-            writer = open_run(args.results, capture_provenance(), own if own not in (None, "none") else new_run_id())
+            writer = open_run(args.results, capture_provenance())
             writer.write(result.record(case))
             print(f"record: {writer.path}")
         return 0 if result.passed else 1

@@ -61,7 +61,7 @@ def gather_launch(parallel: Parallel, provenance: Provenance,
     if not sync.active:
         return Launch(run_id=None, provenance=provenance, fields=None)
     own = rank_info()
-    run_id = own.run_id if own.run_id not in (None, "none") else new_run_id()  # torchrun's default id is "none"
+    run_id = own.run_id or new_run_id()
     identities = sync.gather({**rank_identity(parallel, provenance), "run_id": run_id,
                               "utc_time": provenance.utc_time})
     check_same(identities)

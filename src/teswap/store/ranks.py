@@ -2,7 +2,8 @@
 
 Each rank benchmarks its own GPU and appends to its own run file, named with the shared run id and
 `rank<R>of<W>`, so ranks never contend for a file and a dead rank loses only its own cells. The run id
-is shared through the environment: TESWAP_RUN_ID if set, else torchrun's TORCHELASTIC_RUN_ID.
+is shared through the environment: TESWAP_RUN_ID if set, else torchrun's TORCHELASTIC_RUN_ID (except its
+default, "none", which every launch without --rdzv-id has: no id at all, so unrelated launches never merge).
 `aggregate_ranks` merges the per-rank bench records of one run into one per cell, by the rules of
 docs/distributed.md: all tokens over the slowest rank's time, the largest peak, energy summed.
 """
@@ -40,6 +41,8 @@ def rank_info(environ: dict[str, str] | None = None) -> RankInfo:
     if not 0 <= rank < world:
         raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
     run_id = env.get("TESWAP_RUN_ID") or env.get("TORCHELASTIC_RUN_ID")
+    if run_id == "none":  # torchrun's default id: not an id of this launch
+        run_id = None
     if run_id is not None:
         run_id = re.sub(r"[^A-Za-z0-9-]+", "-", run_id)[:40] or None
     return RankInfo(rank=rank, world_size=world, local_rank=int(env.get("LOCAL_RANK", rank)), run_id=run_id)
