@@ -40,6 +40,7 @@ from teswap.store.provenance import capture_provenance
 from teswap.store.records import ParityRecord
 from teswap.swap.pair import Pair, build_pair
 
+FP8_UNDER_SHARDING = "FP8 parity under sharding waits for TE's amax groups on GPUs (docs/distributed.md)"
 SHARDED_POLICY = "sharded"  # the bounds below: the plan within PLAN_TOLERANCE, the swap within 2x its unsharded error
 # Relative bound on what sharding itself may change (reduction order of the plan's collectives), by model dtype.
 PLAN_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -89,11 +90,21 @@ class ShardedParity:
         failed = [row.what for row in self.rows if not row.passed]
         launch = {k: v for k, v in self.launch.items() if k not in ("rank", "local_rank")}
         return ParityRecord(
-            case={**case, "parallel": self.launch["plan"], "world_size": self.launch["world_size"]},
+            case=sharded_case(case, self.launch["plan"], self.launch["world_size"]),
             status="passed" if self.passed else "failed", passed=self.passed,
             reason=f"sharded: {'; '.join(failed)} over its bound" if failed else None,
             policy={"name": SHARDED_POLICY, "version": 1}, metrics=None, first_divergent_layer=None,
             verdict_rows=[row.to_dict() for row in self.rows], distributed={**launch, "audit": self.audit})
+
+
+def sharded_case(case: dict[str, Any], plan: str, world_size: int) -> dict[str, Any]:
+    """A parity record's case under a launch: the plan and world size the report joins its verdict by."""
+    return {**case, "parallel": plan, "world_size": world_size}
+
+
+def skipped_record(case: dict[str, Any], parallel: Parallel, reason: str) -> ParityRecord:
+    """A planned case the sharded check does not run (FP8, or a case skipped before the launch), with why."""
+    return ParityRecord.skipped(sharded_case(case, parallel.plan, parallel.world_size), reason)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -168,7 +179,7 @@ def check_sharded(source: Any, *, parallel: Parallel, backend: str = "torch", pr
     sync = RankSync(parallel)
     if get_precision(precision).is_fp8:
         raise LaunchError(f"check --parallel compares sharded and unsharded pairs at the model dtype (fp32, bf16); "
-                          f"{precision} under sharding waits for TE's amax groups on GPUs (docs/distributed.md)")
+                          f"{precision}: {FP8_UNDER_SHARDING}")
     dtype = get_precision(precision).model_dtype
     pair = build_pair(source, seed=seed, backend=backend, dtype=dtype, device=parallel.device)
     pair.stock.train(), pair.swapped.train()

@@ -135,7 +135,7 @@ def _run_sharded_parity(plan: RunPlan, parallel: Parallel, writer: RunWriter) ->
     """The sharded check once per planned model, backend and model dtype; rank 0 stores a parity record for each
     planned case (its rows are the worst over the ranks), so every speed the sweep publishes has a verdict beside
     it. FP8 cases are stored as skipped, with why."""
-    from teswap.distributed.parity import ShardedParity, check_sharded
+    from teswap.distributed.parity import FP8_UNDER_SHARDING, ShardedParity, check_sharded, skipped_record
 
     passed = True
     results: dict[tuple, ShardedParity] = {}
@@ -150,8 +150,7 @@ def _run_sharded_parity(plan: RunPlan, parallel: Parallel, writer: RunWriter) ->
         if skip:
             print(f"  {case.backend:8} {case.precision:12} skipped: {skip}")
             if parallel.rank == 0:
-                writer.write(ParityRecord.skipped({**stored, "parallel": parallel.plan,
-                                                   "world_size": parallel.world_size}, skip))
+                writer.write(skipped_record(stored, parallel, skip))
             continue
         key = (case.source_name, case.backend, precision.model_dtype)
         if key not in results:
@@ -162,9 +161,6 @@ def _run_sharded_parity(plan: RunPlan, parallel: Parallel, writer: RunWriter) ->
             writer.write(results[key].record(stored))
         passed &= results[key].passed
     return passed
-
-
-FP8_UNDER_SHARDING = "FP8 parity under sharding waits for TE's amax groups on GPUs (docs/distributed.md)"
 
 
 def _run_bench(plan: RunPlan, provenance: Provenance, run_id: str, parallel: Parallel | None = None) -> int:
